@@ -1,0 +1,303 @@
+"""Experiment configuration: YAML + ``key=value`` overrides, merged by OmegaConf, validated by pydantic.
+
+Every field has a type and a default; unknown keys are errors. A validation failure becomes a single-line
+:class:`~research.errors.ConfigError` that names the key and the valid choices, so the CLI can exit with code 2
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from research.errors import ConfigError
+
+SOURCES = ("digits", "mnist1d", "npz", "folder")
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are rejected, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class TransformConfig(Strict):
+    """A transform applied to every example of a task, e.g. to express "same classes, shifted domain"."""
+
+    kind: Literal["permute", "rotate"]
+    seed: int = 0  # permute: which fixed permutation of the input features
+    degrees: float = 0.0  # rotate: angle in degrees (image sources only)
+
+
+class TaskConfig(Strict):
+    """A named classification problem drawn from one source, optionally restricted to some classes."""
+
+    name: str
+    source: Literal["digits", "mnist1d", "npz", "folder"]
+    path: str | None = None  # npz file or image folder, for the user-data sources
+    classes: list[int | str] | None = None  # None = every class of the source
+    transform: TransformConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _usable_as_key(cls, name: str) -> str:
+        # Task names become head names, W&B keys and parquet values: keep them plain.
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ValueError(f"task name '{name}' may only contain letters, digits, '_' and '-'")
+        return name
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> TaskConfig:
+        if self.source in ("npz", "folder") and not self.path:
+            raise ValueError(f"source '{self.source}' needs a 'path' to the user's data")
+        if self.classes is not None and len(self.classes) == 0:
+            raise ValueError("classes must not be empty (leave it out to use every class)")
+        if self.classes is not None and len(set(map(str, self.classes))) != len(self.classes):
+            raise ValueError(f"classes has duplicates: {self.classes}")
+        return self
+
+
+class DataConfig(Strict):
+    """How every task's pool is split. The split is fixed by ``split_seed``, not by the run's seed."""
+
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.15
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    split_seed: int = 0
+    mnist1d_samples: PositiveInt = 5000  # examples generated for the MNIST-1D source (before splitting)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+
+class ModelConfig(Strict):
+    """Backbone + heads. ``heads: per_task`` gives each task its own output layer (a new head for each new
+    task, old heads kept for scoring); ``shared`` is one output layer over the union of all tasks' classes."""
+
+    arch: Literal["mlp", "cnn"] = "mlp"
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256])  # mlp: block widths
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64])  # cnn: block channels
+    batchnorm: bool = False
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    heads: Literal["per_task", "shared"] = "per_task"
+
+
+class OptimConfig(Strict):
+    """One training stage's loop. ``backbone_lr_scale`` and ``lr_decay`` give reduced and layer-wise
+    learning rates: the head trains at ``lr``, the top backbone block at ``lr * backbone_lr_scale``, and each
+    block below it at a further factor of ``lr_decay`` (Howard & Ruder 2018, ULMFiT's discriminative rates)."""
+
+    epochs: PositiveInt = 5
+    max_steps: PositiveInt | None = None
+    lr: PositiveFloat = 1e-3
+    batch_size: PositiveInt = 64
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    backbone_lr_scale: Annotated[float, Field(ge=0)] = 1.0
+    lr_decay: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+
+class PretrainConfig(Strict):
+    """The pretraining stage: trained once per distinct config (cached by hash) or loaded from a checkpoint."""
+
+    tasks: list[TaskConfig]
+    checkpoint: str | None = None  # safetensors file, or a directory holding model.safetensors
+    seed: int = 0  # fixed independently of the run seed so every run of a grid starts from the same weights
+    train: OptimConfig = Field(default_factory=lambda: OptimConfig(epochs=20))
+
+    @field_validator("tasks")
+    @classmethod
+    def _non_empty(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        if not tasks:
+            raise ValueError("at least one pretraining task is needed")
+        return tasks
+
+
+class FinetuneConfig(Strict):
+    tasks: list[TaskConfig]
+
+    @field_validator("tasks")
+    @classmethod
+    def _exactly_one(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        if len(tasks) != 1:
+            raise ValueError(
+                f"exactly one fine-tuning task is supported for now (got {len(tasks)}); "
+                "task sequences are tracked in the methods-library issue"
+            )
+        return tasks
+
+
+class EvalConfig(Strict):
+    every_n_steps: PositiveInt = 10
+    split: Literal["val", "test"] = "test"
+    batch_size: PositiveInt = 2048
+    max_samples: PositiveInt | None = None  # per task; a fixed-seed subsample for large eval sets
+
+
+class LoggingConfig(Strict):
+    """Where numbers go besides the run directory. Not part of the run id: it does not change results."""
+
+    wandb: Literal["offline", "online", "disabled"] = Field(
+        default_factory=lambda: "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    )
+    project: str = "forgetting-lab"
+    progress: bool = True
+    log_every_n_steps: PositiveInt = 25
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    seed: int = 0
+    out: str = "runs"
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig
+    finetune: FinetuneConfig
+    method: dict[str, Any] = Field(default_factory=lambda: {"name": "finetune"})
+    train: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _tasks_are_distinct(self) -> ExperimentConfig:
+        names = [t.name for t in self.pretrain.tasks + self.finetune.tasks]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"task names must be unique across pretrain and finetune; repeated: {duplicated}")
+        return self
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_is_registered(cls, raw: Any) -> dict[str, Any]:
+        # Validated against the method's own typed config; stored back as a plain dict of resolved values.
+        from research.methods import method_config
+
+        try:
+            return method_config(raw).model_dump(mode="json")
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+
+    def method_config(self):  # noqa: ANN201 - the concrete type depends on the method
+        from research.methods import method_config
+
+        return method_config(self.method)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read an experiment YAML, apply ``key=value`` overrides, and validate. Raises ConfigError."""
+    overrides = overrides or []
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        base = OmegaConf.load(path) if path is not None else OmegaConf.create({})
+        if not isinstance(base, type(OmegaConf.create({}))):
+            raise ConfigError(f"{path}: the top level of an experiment file must be a mapping")
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override '{item}' is not of the form key=value")
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
+        raw = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot read config {path}: {str(err).splitlines()[0]}") from err
+    except Exception as err:  # YAML syntax errors come from the yaml package
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"cannot parse {path}: {' '.join(str(err).split())}") from err
+    return validate_config(raw)
+
+
+def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, ExperimentConfig, raw)) from None
+
+
+def describe_validation_error(err: ValidationError, model: type[BaseModel], raw: Any, prefix: str = "") -> str:
+    """One line for the first problem: the dotted key, what is wrong, and the valid choices."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join([prefix, *loc] if prefix else loc) or "config"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        valid = _valid_keys(model, first["loc"][:-1], raw)
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        message = f"{key}: unknown key{hint}; valid keys here: {', '.join(valid)}"
+    elif kind == "missing":
+        message = f"{key}: required key is missing"
+    elif kind == "value_error":
+        text = first["msg"].removeprefix("Value error, ")
+        # The method validator already names its own keys (``method.lam: ...``).
+        message = text if text.startswith(f"{key}.") or text.startswith(f"{key}:") else f"{key}: {text}"
+    else:
+        message = f"{key}: {first['msg']} (got {first.get('input')!r})"
+    more = len(err.errors()) - 1
+    return message + (f" [and {more} more problem{'s' * (more > 1)}]" if more else "")
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...], raw: Any) -> list[str]:
+    """Field names of the (nested) pydantic model at ``loc``; list indices are skipped."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    return sorted(current.model_fields) if current is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The BaseModel class inside an annotation such as ``X``, ``X | None`` or ``list[X]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# --------------------------------------------------------------------------------------------- identity
+
+
+# Sections that do not change a run's numbers and so are not part of its identity.
+NOT_IN_RUN_ID = ("out", "logging")
+
+
+def resolved(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The fully resolved config as plain data: what config.yaml holds."""
+    return cfg.model_dump(mode="json")
+
+
+def stable_hash(data: Any, length: int = 12) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def run_id(cfg: ExperimentConfig) -> str:
+    """Content address of a run: hash of everything that determines its numbers, seed included."""
+    data = {k: v for k, v in resolved(cfg).items() if k not in NOT_IN_RUN_ID}
+    return stable_hash(data)

@@ -1,0 +1,39 @@
+"""Minibatches straight from in-memory tensors.
+
+The data sets here fit in memory, so a ``DataLoader`` (per-example indexing, collation, worker processes)
+only adds per-step cost. This iterable shuffles with its own seeded generator, so the order depends on the
+seed and the epoch alone, never on global RNG state that evaluation or other code might touch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+class TensorBatches:
+    """Yields tuples of aligned slices of ``tensors`` (e.g. inputs, labels, head ids), reshuffled every pass."""
+
+    def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = True, seed: int = 0) -> None:
+        if len({len(t) for t in tensors}) != 1:
+            raise ValueError("all tensors must have the same length")
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0  # advanced on every full pass
+
+    def __len__(self) -> int:
+        return -(-len(self.tensors[0]) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        tensors = self.tensors
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(len(tensors[0]), generator=generator)
+            tensors = tuple(t[order] for t in tensors)
+        self.epoch += 1
+        for start in range(0, len(tensors[0]), self.batch_size):
+            yield tuple(t[start : start + self.batch_size] for t in tensors)

@@ -1,0 +1,12 @@
+"""Exceptions that map onto the CLI's exit codes (design guide §4)."""
+
+
+class ConfigError(ValueError):
+    """Bad user input: a usage or config problem found before anything is written (exit code 2).
+
+    The message is one line that names the offending key and, where there is a finite set, the valid choices.
+    """
+
+
+class RunFailed(RuntimeError):
+    """A run that started and then failed; its summary.json records why (exit code 1)."""

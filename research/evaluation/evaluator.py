@@ -1,0 +1,136 @@
+"""Scoring every task during fine-tuning: the measurements forgetting curves are made of.
+
+``Evaluator`` is a Lightning callback that scores every task (pretraining and fine-tuning) at step 0, before
+the first update, then every ``every_n_steps`` optimizer steps, and once more at the end. It never disturbs
+training: it runs in inference mode with the model in eval mode, restores each submodule's own train/eval
+flag afterwards (so BatchNorm statistics and dropout behave as before), and draws no random numbers (the
+optional subsample of a large eval set is fixed once, with its own seeded generator).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from research.data.tasks import Task
+from research.models.multihead import MultiHeadNet
+
+
+@dataclass
+class EvalSet:
+    task: Task
+    x: Tensor
+    y: Tensor
+    num_classes: int
+
+
+def eval_sets(
+    tasks: list[Task], head_sizes: dict[str, int], split: str, max_samples: int | None, seed: int
+) -> list[EvalSet]:
+    """Each task's evaluation split, subsampled to ``max_samples`` with a fixed seed when it is larger."""
+    sets = []
+    for i, task in enumerate(tasks):
+        x, y = task.splits[split]
+        if max_samples is not None and len(y) > max_samples:
+            generator = torch.Generator().manual_seed(seed * 1_000 + i)
+            idx = torch.randperm(len(y), generator=generator)[:max_samples].sort().values
+            x, y = x[idx], y[idx]
+        sets.append(EvalSet(task, x, y, head_sizes[task.head]))
+    return sets
+
+
+@torch.inference_mode()
+def score(model: MultiHeadNet, sets: list[EvalSet], batch_size: int) -> dict[str, dict[str, float]]:
+    """Accuracy and mean cross-entropy of every set, in eval mode; restores every module's own mode."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    device = next(model.parameters()).device
+    results = {}
+    try:
+        for s in sets:
+            accuracy = MulticlassAccuracy(num_classes=s.num_classes, average="micro").to(device)
+            mean_loss = MeanMetric().to(device)
+            for start in range(0, len(s.y), batch_size):
+                x = s.x[start : start + batch_size].to(device, non_blocking=True)
+                y = s.y[start : start + batch_size].to(device, non_blocking=True)
+                logits = model(x, s.task.head)
+                accuracy.update(logits, y)
+                mean_loss.update(F.cross_entropy(logits, y), weight=len(y))
+            results[s.task.name] = {"acc": float(accuracy.compute()), "loss": float(mean_loss.compute())}
+    finally:
+        _restore(modes)
+    return results
+
+
+def _restore(modes: dict[nn.Module, bool]) -> None:
+    for module, training in modes.items():
+        module.training = training
+
+
+Record = dict[str, object]
+
+
+class Evaluator(L.Callback):
+    """Scores every task at step 0, every ``every_n_steps`` optimizer steps, and at the end of training.
+
+    Each measurement becomes tidy records (step, epoch, task, role, metric, value) in ``self.records`` and,
+    through ``on_scores``, goes to whatever else wants it (the W&B logger).
+    """
+
+    def __init__(
+        self,
+        sets: list[EvalSet],
+        every_n_steps: int,
+        batch_size: int,
+        steps_per_epoch: int,
+        on_scores: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        self.sets = sets
+        self.steps_per_epoch = steps_per_epoch
+        self.every_n_steps = every_n_steps
+        self.batch_size = batch_size
+        self.on_scores = on_scores
+        self.records: list[Record] = []
+        self.seconds = 0.0
+        self.evaluations = 0
+        self._last_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluate(trainer, pl_module)  # step 0: the pretrained model, before any update
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluate(trainer, pl_module)
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if step == self._last_step:
+            return
+        self._last_step = step
+        started = time.perf_counter()
+        results = score(pl_module.model, self.sets, self.batch_size)  # type: ignore[arg-type]
+        # The epoch in which this step's update happened (0-based); step 0 belongs to epoch 0.
+        epoch = max(step - 1, 0) // self.steps_per_epoch
+        flat: dict[str, float] = {}
+        for s in self.sets:
+            for metric, value in results[s.task.name].items():
+                self.records.append(
+                    {"step": step, "epoch": epoch, "task": s.task.name, "role": s.task.role,
+                     "metric": metric, "value": value}
+                )
+                flat[f"{s.task.role}/{s.task.name}/{metric}"] = value
+        self.seconds += time.perf_counter() - started
+        self.evaluations += 1
+        if self.on_scores is not None:
+            self.on_scores(step, flat)

@@ -1,0 +1,120 @@
+"""The interface between the generic fine-tuning module and an anti-forgetting method.
+
+Methods never own the optimizer step. The generic module computes the task loss on the new task's batch and
+does the update; a method contributes only through these optional hooks:
+
+- ``configure_trainable``: freeze parts of the model before the optimizer is built;
+- ``prepare``: once, before the first update (snapshot θ₀, estimate a Fisher, fill a replay buffer);
+- ``extra_batches``: more examples mixed into every training step (replay);
+- ``loss_terms``: extra loss terms, returned by name so each is logged under its own name;
+- ``info``: what the run's summary should record about the method (estimator used, timings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+from research.data.tasks import Task, TaskSet
+from research.models.multihead import MultiHeadNet
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's hyperparameters: typed, with defaults, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    name: str
+
+
+@dataclass
+class HeadBatch:
+    """Examples scored by one head. ``source`` says where they came from (``new`` or ``replay``)."""
+
+    head: str
+    x: Tensor
+    y: Tensor
+    source: str = "new"
+
+
+@dataclass
+class FinetuneContext:
+    """What a method may look at when it prepares: the model, every task, and the run's settings."""
+
+    model: MultiHeadNet
+    tasks: TaskSet
+    task: Task  # the task being fine-tuned on
+    seed: int
+    batch_size: int
+    pretrained_names: list[str]  # parameters that came from the pretrained model (backbone, old heads)
+    new_names: list[str]  # parameters created for fine-tuning (the new task's head)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def pretrain_train_batches(self, batch_size: int, max_samples: int | None = None) -> list[HeadBatch]:
+        """The pretraining tasks' training data in batches of one head each, optionally a seeded subsample
+        of ``max_samples`` examples spread over the tasks in proportion to their sizes."""
+        sizes = [len(t.splits["train"][1]) for t in self.tasks.pretrain]
+        total = sum(sizes)
+        generator = torch.Generator().manual_seed(self.seed)
+        batches = []
+        for task, size in zip(self.tasks.pretrain, sizes, strict=True):
+            x, y = task.splits["train"]
+            if max_samples is not None and max_samples < total:
+                keep = max(1, round(max_samples * size / total))
+                idx = torch.randperm(size, generator=generator)[:keep].sort().values
+                x, y = x[idx], y[idx]
+            for start in range(0, len(y), batch_size):
+                batches.append(
+                    HeadBatch(task.head, x[start : start + batch_size].to(self.device),
+                              y[start : start + batch_size].to(self.device), "pretrain")
+                )
+        return batches
+
+
+@dataclass
+class TrainStep:
+    """One training step as the method sees it: the batches (new first) and each batch's logits."""
+
+    batches: list[HeadBatch]
+    logits: list[Tensor]
+    step: int
+
+
+class Method:
+    """Base class. Subclasses set ``name`` and ``Config`` and override only the hooks they need."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]]
+
+    def __init__(self, config: MethodConfig) -> None:
+        self.config = config
+
+    def configure_trainable(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        """Freeze what this method keeps fixed (``requires_grad_(False)``). Default: train everything the
+        generic module left trainable (backbone and the new task's head)."""
+
+    def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        """Runs once before the first update, on the device the model trains on."""
+
+    def extra_batches(self, batch_size: int) -> list[HeadBatch]:
+        """Examples to mix into the current step, alongside the new task's batch of ``batch_size``."""
+        return []
+
+    def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:
+        """Extra terms added to the task loss, by name (each is logged as ``loss/<name>``)."""
+        return {}
+
+    def info(self) -> dict[str, Any]:
+        """Facts for summary.json, e.g. which Fisher estimator ran and how long it took."""
+        return {}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Tensors the method needs to resume (anchors, importances, buffers)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"method '{self.name}' keeps no state but was given {sorted(state)}")

@@ -1,0 +1,142 @@
+"""Diagonal Fisher information estimators, per sample with ``torch.func``.
+
+The literature's anchors disagree on what "the Fisher" of EWC (Kirkpatrick et al. 2017) is, so each estimator
+is offered by name, and a run records which one it used. With g_y(x) = ∇_θ log p(y|x; θ) and N examples:
+
+- ``exact``:     F = 1/N Σ_n Σ_y p(y|x_n) g_y(x_n)²            (the true Fisher; van de Ven 2025 finds it best)
+- ``sample``:    F = 1/N Σ_n g_ŷ(x_n)²,  ŷ ~ p(y|x_n)           (one Monte-Carlo label per example)
+- ``empirical``: F = 1/N Σ_n g_{y_n}(x_n)²                      (the example's true label)
+- ``batched``:   F = 1/B Σ_b (∇_θ mean_{n∈b} −log p(y_n|x_n))²  (Avalanche's EWCPlugin: squared minibatch-mean
+  gradients, B minibatches; ≈ the empirical Fisher divided by the batch size, so λ depends on the batch size)
+
+All estimators run with the model in eval mode (no dropout noise, BatchNorm uses and keeps its running
+statistics) and restore the previous mode afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jacrev, vmap
+from torch.nn import functional as F
+
+from research.methods.base import HeadBatch
+
+FisherEstimator = Literal["exact", "sample", "empirical", "batched"]
+FISHER_ESTIMATORS: tuple[str, ...] = ("exact", "sample", "empirical", "batched")
+
+# Upper bound on floats held by one vmap chunk of per-sample (per-class) gradients: 2**26 floats = 256 MiB.
+_CHUNK_FLOATS = 2**26
+
+
+@contextmanager
+def eval_mode(module: nn.Module):
+    """Eval mode for the duration, restoring every submodule's own flag afterwards."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def fisher_diagonal(
+    model: nn.Module,
+    batches: Iterable[HeadBatch],
+    param_names: list[str],
+    estimator: FisherEstimator = "exact",
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Diagonal Fisher for the named parameters over ``batches`` (each scored by its own head)."""
+    if estimator not in FISHER_ESTIMATORS:
+        raise ValueError(f"unknown Fisher estimator '{estimator}'; valid choices: {', '.join(FISHER_ESTIMATORS)}")
+    named = dict(model.named_parameters())
+    params = {n: named[n].detach() for n in param_names}
+    buffers = dict(model.named_buffers())
+    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+    count = 0
+    with eval_mode(model):
+        for batch in batches:
+            if estimator == "batched":
+                _add(fisher, _batch_mean_gradient(model, params, buffers, batch), square=True)
+                count += 1
+                continue
+            for x, y in _chunks(batch, params, model):
+                if estimator == "exact":
+                    _add(fisher, _exact_sum(model, params, buffers, batch.head, x))
+                else:
+                    if estimator == "sample":
+                        with torch.no_grad():
+                            probs = functional_call(model, (params, buffers), (x,), {"head": batch.head}).softmax(-1)
+                        y = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                    grads = _per_sample_gradients(model, params, buffers, batch.head, x, y)
+                    _add(fisher, {n: g.pow(2).sum(0) for n, g in grads.items()})
+                count += len(x)
+    if count == 0:
+        raise ValueError("cannot estimate a Fisher from no data")
+    return {n: f / count for n, f in fisher.items()}
+
+
+def _add(total: dict[str, Tensor], part: dict[str, Tensor], square: bool = False) -> None:
+    for n, value in part.items():
+        total[n] += value.pow(2) if square else value
+
+
+def _chunks(batch: HeadBatch, params: dict[str, Tensor], model: nn.Module) -> Iterable[tuple[Tensor, Tensor]]:
+    """Split a batch so that per-sample, per-class gradients of one chunk stay within the memory bound."""
+    num_params = sum(p.numel() for p in params.values())
+    num_classes = model.heads[batch.head].out_features  # type: ignore[index]
+    size = max(1, _CHUNK_FLOATS // max(1, num_params * num_classes))
+    for start in range(0, len(batch.y), size):
+        yield batch.x[start : start + size], batch.y[start : start + size]
+
+
+def _log_probs_fn(model: nn.Module, buffers: dict[str, Tensor], head: str):
+    def log_probs(params: dict[str, Tensor], x: Tensor) -> Tensor:
+        logits = functional_call(model, (params, buffers), (x.unsqueeze(0),), {"head": head})
+        return F.log_softmax(logits, dim=-1).squeeze(0)
+
+    return log_probs
+
+
+def _exact_sum(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], head: str, x: Tensor):
+    """Σ_n Σ_y p(y|x_n) g_y(x_n)² for one chunk: the Jacobian of log p over classes, per sample."""
+    log_probs = _log_probs_fn(model, buffers, head)
+    jacobians = vmap(jacrev(log_probs), in_dims=(None, 0))(params, x)  # name -> (N, C, *shape)
+    with torch.no_grad():
+        probs = vmap(log_probs, in_dims=(None, 0))(params, x).exp()  # (N, C)
+    out = {}
+    for n, jac in jacobians.items():
+        weights = probs.reshape(*probs.shape, *([1] * (jac.dim() - 2)))
+        out[n] = (weights * jac.pow(2)).sum(dim=(0, 1))
+    return out
+
+
+def _per_sample_gradients(
+    model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], head: str, x: Tensor, y: Tensor
+) -> dict[str, Tensor]:
+    log_probs = _log_probs_fn(model, buffers, head)
+
+    def nll(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        return -log_probs(p, xi)[yi]
+
+    return vmap(grad(nll), in_dims=(None, 0, 0))(params, x, y)
+
+
+def _batch_mean_gradient(
+    model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: HeadBatch
+) -> dict[str, Tensor]:
+    def mean_nll(p: dict[str, Tensor]) -> Tensor:
+        logits = functional_call(model, (p, buffers), (batch.x,), {"head": batch.head})
+        return F.cross_entropy(logits, batch.y)
+
+    return grad(mean_nll)(params)
+
+
+def fisher_trace(fisher: dict[str, Tensor]) -> float:
+    return float(sum(f.sum() for f in fisher.values()))

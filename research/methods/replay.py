@@ -1,0 +1,111 @@
+"""Experience replay (Ratcliff 1990; Rolnick et al. 2019, "Experience replay for continual learning"): a small
+buffer of pretraining examples mixed into every fine-tuning step."""
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from research.methods.base import FinetuneContext, HeadBatch, Method, MethodConfig
+from research.methods.registry import register
+from research.models.multihead import MultiHeadNet
+
+
+class ReplayConfig(MethodConfig):
+    name: Literal["replay"] = "replay"
+    buffer_size: int = Field(200, gt=0, description="pretraining examples kept in the buffer")
+    selection: Literal["reservoir", "class_balanced"] = Field(
+        "reservoir", description="how the buffer is filled from the pretraining data"
+    )
+    ratio: float = Field(
+        0.5, ge=0, lt=1, description="share of each training step's examples drawn from the buffer"
+    )
+
+
+@register
+class Replay(Method):
+    """Replay: every step trains on the new task's batch plus buffer examples, so that replayed examples make up
+    ``ratio`` of the mixed batch (a new batch of B gets round(B·ratio/(1−ratio)) replayed examples, drawn
+    uniformly without replacement). The task loss is the mean over the mixed batch, each replayed example scored
+    by its own task's head. The buffer is filled once from the pretraining tasks' training data, by reservoir
+    sampling (Vitter 1985) over a seeded random stream or class-balanced (equal counts per class).
+    """
+
+    name = "replay"
+    Config = ReplayConfig
+    config: ReplayConfig
+
+    def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        pools = [(t.head, *t.splits["train"]) for t in ctx.tasks.pretrain]
+        heads = [h for h, _, _ in pools]
+        x = torch.cat([x for _, x, _ in pools])
+        y = torch.cat([y for _, _, y in pools])
+        head_ids = torch.cat([torch.full((len(yy),), i) for i, (_, _, yy) in enumerate(pools)])
+        generator = torch.Generator().manual_seed(ctx.seed)
+        if self.config.selection == "reservoir":
+            chosen = reservoir_indices(len(y), self.config.buffer_size, generator)
+        else:
+            chosen = class_balanced_indices(head_ids * (int(y.max()) + 1) + y, self.config.buffer_size, generator)
+        self.heads = heads
+        self.buffer_x = x[chosen].to(ctx.device)
+        self.buffer_y = y[chosen].to(ctx.device)
+        self.buffer_head = head_ids[chosen].to(ctx.device)
+        self.generator = torch.Generator().manual_seed(ctx.seed + 1)
+
+    def replay_count(self, batch_size: int) -> int:
+        ratio = self.config.ratio
+        return min(round(batch_size * ratio / (1 - ratio)), len(self.buffer_y))
+
+    def extra_batches(self, batch_size: int) -> list[HeadBatch]:
+        count = self.replay_count(batch_size)
+        if count == 0:
+            return []
+        idx = torch.randperm(len(self.buffer_y), generator=self.generator)[:count].to(self.buffer_y.device)
+        x, y, head_ids = self.buffer_x[idx], self.buffer_y[idx], self.buffer_head[idx]
+        if len(self.heads) == 1:
+            return [HeadBatch(self.heads[0], x, y, "replay")]
+        return [
+            HeadBatch(head, x[head_ids == i], y[head_ids == i], "replay")
+            for i, head in enumerate(self.heads)
+            if bool((head_ids == i).any())
+        ]
+
+    def info(self) -> dict[str, Any]:
+        classes = torch.unique(self.buffer_head * 10_000 + self.buffer_y, return_counts=True)[1]
+        return {"buffer_size": len(self.buffer_y), "buffer_classes": len(classes),
+                "buffer_min_per_class": int(classes.min()), "buffer_max_per_class": int(classes.max())}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"buffer_x": self.buffer_x, "buffer_y": self.buffer_y, "buffer_head": self.buffer_head}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.buffer_x, self.buffer_y, self.buffer_head = state["buffer_x"], state["buffer_y"], state["buffer_head"]
+
+
+def reservoir_indices(stream_length: int, capacity: int, generator: torch.Generator) -> Tensor:
+    """Algorithm R over the stream in a seeded random order: every example ends up kept with equal probability."""
+    order = torch.randperm(stream_length, generator=generator).tolist()
+    reservoir = order[:capacity]
+    for seen, item in enumerate(order[capacity:], start=capacity):
+        j = int(torch.randint(0, seen + 1, (1,), generator=generator))
+        if j < capacity:
+            reservoir[j] = item
+    return torch.tensor(sorted(reservoir), dtype=torch.long)
+
+
+def class_balanced_indices(labels: Tensor, capacity: int, generator: torch.Generator) -> Tensor:
+    """Take examples class by class in turn (each class's order seeded), so counts differ by at most one
+    unless a class runs out of examples."""
+    per_class = [
+        members[torch.randperm(len(members), generator=generator)].tolist()
+        for members in (torch.nonzero(labels == c).flatten() for c in torch.unique(labels))
+    ]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < capacity and any(depth < len(m) for m in per_class):
+        for members in per_class:
+            if depth < len(members) and len(chosen) < capacity:
+                chosen.append(members[depth])
+        depth += 1
+    return torch.tensor(sorted(chosen), dtype=torch.long)

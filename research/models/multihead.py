@@ -1,0 +1,47 @@
+"""Backbone + named heads: the one model shape every method works with."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class MultiHeadNet(nn.Module):
+    """A backbone of blocks followed by one linear head per name.
+
+    The backbone is an ``nn.Sequential`` whose children are the "blocks" that partial unfreezing and layer-wise
+    learning rates count from the top. Heads live in a ``ModuleDict`` keyed by head name: one per task for the
+    per-task layout, or a single ``"shared"`` head over all classes.
+    """
+
+    def __init__(self, backbone: nn.Sequential, feature_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.heads = nn.ModuleDict()
+
+    def add_head(self, name: str, num_outputs: int, generator: torch.Generator | None = None) -> nn.Linear:
+        """Append a freshly initialised head. ``generator`` makes the initialisation independent of global RNG."""
+        if name in self.heads:
+            raise ValueError(f"head '{name}' already exists")
+        head = nn.Linear(self.feature_dim, num_outputs)
+        if generator is not None:
+            # Same distribution as nn.Linear's default (Kaiming-uniform, bound 1/sqrt(fan_in)), seeded.
+            bound = 1.0 / self.feature_dim**0.5
+            with torch.no_grad():
+                head.weight.uniform_(-bound, bound, generator=generator)
+                head.bias.uniform_(-bound, bound, generator=generator)
+        self.heads[name] = head
+        return head
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: Tensor, head: str) -> Tensor:
+        return self.heads[head](self.backbone(x))
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.backbone.children())
+
+    def head_sizes(self) -> dict[str, int]:
+        return {name: module.out_features for name, module in self.heads.items()}

@@ -1,0 +1,97 @@
+"""The run directory: the local source of truth for one run (design guide §4).
+
+    <out>/<run id>/config.yaml       the fully resolved config
+                   metrics.parquet   tidy: step, epoch, task, role, metric, value
+                   summary.json      status (running | completed | failed), error, final metrics, timings, versions
+                   wandb/            the W&B run's own files (offline mode)
+
+Every file is written to a temporary name and renamed into place, and summary.json says ``running`` until the
+very end, so a crash at any point leaves a run that does not look completed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+METRIC_COLUMNS = ["step", "epoch", "task", "role", "metric", "value"]
+PACKAGES = ("torch", "lightning", "torchmetrics", "wandb", "avalanche-lib", "numpy", "pandas", "forgetting-lab")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_completed(run_dir: Path) -> bool:
+    summary = read_summary(run_dir)
+    return bool(summary and summary.get("status") == "completed" and (run_dir / "metrics.parquet").is_file())
+
+
+def start_run_dir(run_dir: Path, config: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Create a fresh run directory (removing what an earlier failed or interrupted attempt left)."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    write_json(run_dir / "summary.json", {**summary, "status": "running", "error": None})
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def metrics_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(records, columns=METRIC_COLUMNS)
+    return frame.astype(
+        {"step": "int64", "epoch": "int64", "task": "string", "role": "string", "metric": "string",
+         "value": "float64"}
+    )
+
+
+def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = metrics_frame(records)
+    tmp = run_dir / f".metrics.parquet.{os.getpid()}.tmp"
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, run_dir / "metrics.parquet")
+    return frame
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> dict[str, Any]:
+    """The commit of the code that produced a run, and whether the working tree had changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return {"commit": commit, "dirty": bool(dirty)}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}

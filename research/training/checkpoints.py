@@ -1,0 +1,72 @@
+"""Loading and saving model weights safely: safetensors, or ``torch.load(weights_only=True)``.
+
+Nothing here unpickles arbitrary objects, so a pickle disguised as a checkpoint is refused without running it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from research.errors import ConfigError
+
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A state dict from a .safetensors file, a folder holding model.safetensors, or a torch file (.pt, .pth,
+    .ckpt; a Lightning checkpoint's ``state_dict`` with its ``model.`` prefix is accepted)."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / WEIGHTS_FILE
+    if not file.is_file():
+        raise ConfigError(f"pretrain.checkpoint: file not found: {file}")
+    if file.suffix == ".safetensors":
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ConfigError(f"pretrain.checkpoint: {file} is not a readable safetensors file ({err})") from None
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError and friends: refuse, never execute
+        reason = " ".join(str(err).split())[:200]
+        raise ConfigError(
+            f"pretrain.checkpoint: {file} cannot be loaded safely (weights only): {reason}"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ConfigError(f"pretrain.checkpoint: {file} does not hold a state dict of tensors")
+    return state
+
+
+def load_into(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Strict load; a checkpoint of another architecture is a config error that says what differs."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:4]}{' …' if len(missing) > 4 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:4]}{' …' if len(unexpected) > 4 else ''}")
+        if shapes:
+            parts.append(f"shape mismatch {shapes[:2]}")
+        raise ConfigError(
+            f"pretrain.checkpoint: {source} does not fit the configured model (model.* and the pretraining "
+            f"tasks' heads): {'; '.join(parts)}"
+        )
+    model.load_state_dict(state, strict=True)

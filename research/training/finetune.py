@@ -1,0 +1,115 @@
+"""The fine-tuning stage: pretrained weights + new head, trained on the new task under a method, with every
+task scored at step 0 and every N steps."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from research.config import ExperimentConfig
+from research.data.batches import TensorBatches
+from research.data.tasks import TaskSet
+from research.evaluation.evaluator import Evaluator, eval_sets
+from research.methods.base import FinetuneContext, Method
+from research.models.multihead import MultiHeadNet
+from research.tracking import Tracker
+from research.training.checkpoints import load_into
+from research.training.module import ClassifierModule
+from research.training.pretrain import pretrained_skeleton
+from research.training.trainer import make_trainer
+
+
+def finetune_model(
+    cfg: ExperimentConfig, tasks: TaskSet, method: Method, state: dict[str, Tensor] | None
+) -> tuple[MultiHeadNet, FinetuneContext]:
+    """The model ready for fine-tuning: pretrained weights (when given), a new seeded head for the new task,
+    old heads frozen (they only score their tasks), and the method's own freezing applied.
+
+    Called with ``state=None`` to check a config (e.g. ``partial``'s depth) before anything is written."""
+    model = pretrained_skeleton(cfg, tasks)
+    if state is not None:
+        load_into(model, state, "pretrained weights")
+    pretrained_names = [name for name, _ in model.named_parameters()]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for task in tasks.finetune:
+        if task.head not in model.heads:
+            model.add_head(task.head, tasks.head_sizes[task.head], generator=generator)
+    new_names = [name for name, _ in model.named_parameters() if name not in pretrained_names]
+    finetune_heads = {t.head for t in tasks.finetune}
+    for name, head in model.heads.items():
+        head.requires_grad_(name in finetune_heads)
+    context = FinetuneContext(
+        model=model, tasks=tasks, task=tasks.finetune[0], seed=cfg.seed, batch_size=cfg.train.batch_size,
+        pretrained_names=pretrained_names, new_names=new_names,
+    )
+    method.configure_trainable(model, context)
+    return model, context
+
+
+@dataclass
+class FinetuneOutcome:
+    records: list[dict[str, Any]] = field(default_factory=list)  # evaluations + training scalars, tidy
+    steps: int = 0
+    seconds: float = 0.0
+    eval_seconds: float = 0.0
+    evaluations: int = 0
+    method_info: dict[str, Any] = field(default_factory=dict)
+
+
+def run_finetune(
+    cfg: ExperimentConfig,
+    tasks: TaskSet,
+    method: Method,
+    state: dict[str, Tensor],
+    tracker: Tracker,
+    outcome: FinetuneOutcome,
+) -> FinetuneOutcome:
+    """Train; fills ``outcome`` as it goes, so a failure mid-run still leaves what was measured."""
+    started = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model, context = finetune_model(cfg, tasks, method, state)
+    task = tasks.finetune[0]
+    x, y = task.splits["train"]
+    batches = TensorBatches(x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size,
+                            seed=cfg.seed)
+
+    def on_scores(step: int, scores: dict[str, float]) -> None:
+        tracker.log(scores, step)
+
+    evaluator = Evaluator(
+        eval_sets(tasks.all, tasks.head_sizes, cfg.eval.split, cfg.eval.max_samples, cfg.data.split_seed),
+        cfg.eval.every_n_steps, cfg.eval.batch_size, len(batches), on_scores,
+    )
+    evaluator.records = outcome.records  # measurements land in the outcome as they are taken
+
+    def on_train_scalars(step: int, epoch: int, scalars: dict[str, Tensor]) -> None:
+        values = {name: float(value) for name, value in scalars.items()}
+        diverged = {name: v for name, v in values.items() if not math.isfinite(v)}
+        if diverged:  # stop now: every further step would only spread NaNs through the weights
+            raise FloatingPointError(f"training diverged at step {step}: {diverged}")
+        for name, value in values.items():
+            outcome.records.append({"step": step, "epoch": epoch, "task": task.name, "role": "finetune",
+                                    "metric": f"train_{name}", "value": value})
+        tracker.log({f"train/{name}": v for name, v in values.items()}, step)
+
+    module = ClassifierModule(model, [task.head], cfg.train, method, context,
+                              cfg.logging.log_every_n_steps, on_train_scalars)
+    trainer = make_trainer(cfg.train, cfg.device, cfg.logging.progress, [evaluator])
+    try:
+        trainer.fit(module, train_dataloaders=batches)
+    finally:
+        outcome.steps = trainer.global_step
+        outcome.seconds = time.perf_counter() - started
+        outcome.eval_seconds = evaluator.seconds
+        outcome.evaluations = evaluator.evaluations
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training was interrupted")
+    outcome.method_info = method.info()
+    return outcome
+

@@ -1,0 +1,133 @@
+"""The one generic LightningModule, used for pretraining and for fine-tuning under any method.
+
+It computes the task loss (cross-entropy, each example through its own task's head, averaged over every
+example of the step, replayed ones included), adds the method's loss terms, and lets Lightning do the
+optimizer step. Training scalars are recorded every ``log_every_n_steps`` steps only, without host syncs on
+the other steps: for small models the per-step path is the bottleneck.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from research.config import OptimConfig
+from research.methods.base import FinetuneContext, HeadBatch, Method, TrainStep
+from research.models.multihead import MultiHeadNet
+
+
+class ClassifierModule(L.LightningModule):
+    def __init__(
+        self,
+        model: MultiHeadNet,
+        heads: list[str],
+        optim: OptimConfig,
+        method: Method | None = None,
+        context: FinetuneContext | None = None,
+        log_every_n_steps: int = 25,
+        scalar_sink: Any = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.heads = heads  # batch head ids index into this list
+        self.optim = optim
+        self.method = method
+        self.context = context
+        self.log_every_n_steps = log_every_n_steps
+        self.scalar_sink = scalar_sink  # callable(step, epoch, {name: tensor}) or None
+        # Blocks with nothing to train run in eval mode, so their BatchNorm statistics stay pretrained.
+        self.frozen_blocks = [b for b in model.blocks() if not any(p.requires_grad for p in b.parameters())]
+
+    # ------------------------------------------------------------------------------------------ modes
+
+    def train(self, mode: bool = True) -> ClassifierModule:
+        super().train(mode)
+        if mode:
+            for block in self.frozen_blocks:
+                block.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        if self.method is not None and self.context is not None:
+            self.context.device = self.device
+            self.method.prepare(self.model, self.context)
+
+    # ------------------------------------------------------------------------------------------ step
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        x, y, head_ids = batch
+        batches = self._split_by_head(x, y, head_ids)
+        if self.method is not None:
+            batches += self.method.extra_batches(len(y))
+        logits = self._forward(batches)
+        losses = [F.cross_entropy(out, b.y, reduction="sum") for out, b in zip(logits, batches, strict=True)]
+        count = sum(len(b.y) for b in batches)
+        task_loss = torch.stack(losses).sum() / count
+        terms = {}
+        if self.method is not None:
+            terms = self.method.loss_terms(self.model, TrainStep(batches, logits, self.global_step))
+        loss = task_loss + sum(terms.values()) if terms else task_loss
+
+        if self.scalar_sink is not None and self.global_step % self.log_every_n_steps == 0:
+            scalars = {"loss": loss.detach(), "loss_task": task_loss.detach()}
+            scalars.update({f"loss_{name}": value.detach() for name, value in terms.items()})
+            for source in {b.source for b in batches} - {"new"}:
+                parts = [(lo, len(b.y)) for lo, b in zip(losses, batches, strict=True) if b.source == source]
+                scalars[f"loss_task_{source}"] = sum(lo for lo, _ in parts).detach() / sum(n for _, n in parts)
+            self.scalar_sink(self.global_step, self.current_epoch, scalars)
+        return loss
+
+    def _split_by_head(self, x: Tensor, y: Tensor, head_ids: Tensor) -> list[HeadBatch]:
+        if len(self.heads) == 1:
+            return [HeadBatch(self.heads[0], x, y)]
+        return [
+            HeadBatch(head, x[head_ids == i], y[head_ids == i])
+            for i, head in enumerate(self.heads)
+            if bool((head_ids == i).any())
+        ]
+
+    def _forward(self, batches: list[HeadBatch]) -> list[Tensor]:
+        """Logits per batch. One backbone pass over all examples when shapes allow, so BatchNorm sees the
+        mixed batch as one batch, as it would in a single-stream training loop."""
+        if len(batches) == 1:
+            return [self.model(batches[0].x, batches[0].head)]
+        if len({b.x.shape[1:] for b in batches}) == 1:
+            features = self.model.features(torch.cat([b.x for b in batches]))
+            chunks = features.split([len(b.y) for b in batches])
+            return [self.model.heads[b.head](f) for b, f in zip(batches, chunks, strict=True)]
+        return [self.model(b.x, b.head) for b in batches]
+
+    # ------------------------------------------------------------------------------------------ optimizer
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = parameter_groups(self.model, self.optim)
+        if not groups:
+            raise ValueError("nothing to train: every parameter is frozen")
+        if self.optim.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.optim.lr, momentum=self.optim.momentum,
+                                   weight_decay=self.optim.weight_decay)
+        optimizer = torch.optim.AdamW if self.optim.optimizer == "adamw" else torch.optim.Adam
+        return optimizer(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+
+
+def parameter_groups(model: MultiHeadNet, optim: OptimConfig) -> list[dict[str, Any]]:
+    """Heads train at ``lr``; backbone block i of n (0 = bottom) at lr · backbone_lr_scale · lr_decay^(n−1−i).
+
+    Only trainable parameters are included, so frozen ones are never touched by momentum or weight decay.
+    """
+    blocks = model.blocks()
+    groups = []
+    for i, block in enumerate(blocks):
+        params = [p for p in block.parameters() if p.requires_grad]
+        if params:
+            scale = optim.backbone_lr_scale * optim.lr_decay ** (len(blocks) - 1 - i)
+            groups.append({"params": params, "lr": optim.lr * scale, "name": f"backbone.{i}"})
+    head_params = [p for p in model.heads.parameters() if p.requires_grad]
+    if head_params:
+        groups.append({"params": head_params, "lr": optim.lr, "name": "heads"})
+    return groups
+

@@ -1,0 +1,138 @@
+"""The pretraining stage: train once per distinct setup, cache the weights, or load a user's checkpoint.
+
+The cache entry is ``<out>/pretrained/<key>/`` (model.safetensors + manifest.json), where the key hashes
+everything that determines the weights: data, model, pretraining tasks and heads, optimizer and seed. An
+exclusive file lock serialises concurrent runs of a grid, and the entry appears by an atomic rename, so every
+run starts from bit-identical weights, pretraining happens once, and no reader ever sees a torn file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from research.config import ExperimentConfig, stable_hash
+from research.data.batches import TensorBatches
+from research.data.tasks import TaskSet
+from research.evaluation.evaluator import eval_sets, score
+from research.models.build import build_model
+from research.models.multihead import MultiHeadNet
+from research.store import package_versions
+from research.training.checkpoints import MANIFEST_FILE, WEIGHTS_FILE, load_into, read_state_dict, save_weights
+from research.training.module import ClassifierModule
+from research.training.trainer import make_trainer
+
+
+@dataclass
+class Pretrained:
+    state: dict[str, Tensor]
+    manifest: dict[str, Any]
+    cached: bool  # True when the weights were reused (cache hit or user checkpoint)
+    seconds: float
+    path: Path
+
+
+def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
+    return stable_hash({
+        "data": cfg.data.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],
+        "heads": tasks.pretrain_head_sizes(),
+        "train": cfg.pretrain.train.model_dump(mode="json"),
+        "seed": cfg.pretrain.seed,
+        "device": cfg.device,
+    })
+
+
+def pretrained_skeleton(cfg: ExperimentConfig, tasks: TaskSet) -> MultiHeadNet:
+    """The model as pretraining leaves it: backbone plus the pretraining tasks' heads."""
+    return build_model(cfg.model, tasks.pretrain[0].input_shape, tasks.pretrain_head_sizes())
+
+
+def check_checkpoint(cfg: ExperimentConfig, tasks: TaskSet) -> None:
+    """Fail early (ConfigError, nothing written) if a user checkpoint is unreadable or does not fit."""
+    if cfg.pretrain.checkpoint:
+        load_into(pretrained_skeleton(cfg, tasks), read_state_dict(cfg.pretrain.checkpoint), cfg.pretrain.checkpoint)
+
+
+def pretrained_weights(cfg: ExperimentConfig, tasks: TaskSet) -> Pretrained:
+    started = time.perf_counter()
+    if cfg.pretrain.checkpoint:
+        path = Path(cfg.pretrain.checkpoint)
+        state = read_state_dict(path)
+        manifest_file = (path if path.is_dir() else path.parent) / MANIFEST_FILE
+        manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+        return Pretrained(state, {**manifest, "source": str(path)}, True, time.perf_counter() - started, path)
+
+    key = pretrain_key(cfg, tasks)
+    root = Path(cfg.out) / "pretrained"
+    entry = root / key
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(root / f".{key}.lock"):
+        cached = (entry / MANIFEST_FILE).is_file()
+        if not cached:
+            _train_and_store(cfg, tasks, key, entry)
+    state = read_state_dict(entry / WEIGHTS_FILE)
+    manifest = json.loads((entry / MANIFEST_FILE).read_text())
+    return Pretrained(state, manifest, cached, time.perf_counter() - started, entry)
+
+
+@contextmanager
+def _exclusive_lock(path: Path):
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Path) -> None:
+    started = time.perf_counter()
+    L.seed_everything(cfg.pretrain.seed, workers=True, verbose=False)
+    model = pretrained_skeleton(cfg, tasks)
+    task_heads = [t.head for t in tasks.pretrain]
+    heads = sorted(set(task_heads), key=task_heads.index)  # distinct; one entry when the head is shared
+    x = torch.cat([t.splits["train"][0] for t in tasks.pretrain])
+    y = torch.cat([t.splits["train"][1] for t in tasks.pretrain])
+    head_ids = torch.cat([
+        torch.full((len(t.splits["train"][1]),), heads.index(t.head)) for t in tasks.pretrain
+    ])
+    batches = TensorBatches(x, y, head_ids, batch_size=cfg.pretrain.train.batch_size, seed=cfg.pretrain.seed)
+    module = ClassifierModule(model, heads, cfg.pretrain.train)
+    trainer = make_trainer(cfg.pretrain.train, cfg.device, cfg.logging.progress, [])
+    trainer.fit(module, train_dataloaders=batches)
+    model = module.model.cpu()
+    sets = {split: eval_sets(tasks.pretrain, tasks.head_sizes, split, None, 0) for split in ("val", "test")}
+    metrics = {split: score(model, s, cfg.eval.batch_size) for split, s in sets.items() if all(len(e.y) for e in s)}
+
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(model, tmp / WEIGHTS_FILE)
+    manifest = {
+        "key": key,
+        "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],
+        "heads": tasks.pretrain_head_sizes(),
+        "input_shape": list(tasks.pretrain[0].input_shape),
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.pretrain.train.model_dump(mode="json"),
+        "seed": cfg.pretrain.seed,
+        "steps": trainer.global_step,
+        "metrics": metrics,
+        "seconds": time.perf_counter() - started,
+        "versions": package_versions(),
+    }
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, entry)

@@ -1,0 +1,153 @@
+"""``run(cfg)``: one complete run, from config to run directory.
+
+1. Check everything that can be checked without writing: tasks and classes, the method and its settings
+   against the model, a user checkpoint's fit. Problems raise ConfigError (exit 2) and nothing is written.
+2. Pretraining stage: cached weights, trained once per distinct setup, or the user's checkpoint.
+3. Fine-tuning stage in a fresh run directory whose summary says ``running`` until the very end; on failure
+   it says ``failed`` with the reason, and the measurements taken so far are kept.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from research.config import ExperimentConfig, resolved, run_id
+from research.data.tasks import TaskSet, build_tasks
+from research.errors import RunFailed
+from research.methods import build_method
+from research.store import (
+    git_commit,
+    is_completed,
+    package_versions,
+    read_summary,
+    start_run_dir,
+    write_json,
+    write_metrics,
+)
+from research.tracking import Tracker
+from research.training.finetune import FinetuneOutcome, finetune_model, run_finetune
+from research.training.pretrain import Pretrained, check_checkpoint, pretrained_weights
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    summary: dict[str, Any]
+    skipped: bool = False  # True when a completed run with this id already existed
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        return pd.read_parquet(self.run_dir / "metrics.parquet")
+
+
+def check(cfg: ExperimentConfig) -> TaskSet:
+    """Everything that can fail because of the input, checked before anything is written."""
+    tasks = build_tasks(cfg)
+    finetune_model(cfg, tasks, build_method(cfg.method), state=None)
+    check_checkpoint(cfg, tasks)
+    return tasks
+
+
+def pretrain_only(cfg: ExperimentConfig) -> Pretrained:
+    return pretrained_weights(cfg, check(cfg))
+
+
+def run(cfg: ExperimentConfig, force: bool = False) -> RunResult:
+    rid = run_id(cfg)
+    run_dir = Path(cfg.out) / rid
+    started = time.perf_counter()
+    tasks = check(cfg)
+    if is_completed(run_dir) and not force:
+        return RunResult(rid, run_dir, read_summary(run_dir) or {}, skipped=True)
+    data_seconds = time.perf_counter() - started
+
+    pretrained = pretrained_weights(cfg, tasks)
+    method = build_method(cfg.method)
+    config = resolved(cfg)
+    summary: dict[str, Any] = {
+        "status": "running",
+        "error": None,
+        "run_id": rid,
+        "name": cfg.name,
+        "method": cfg.method["name"],
+        "method_config": cfg.method,
+        "seed": cfg.seed,
+        "tasks": {t.name: {"role": t.role, "head": t.head, "classes": list(t.classes),
+                           "sizes": {k: len(v[1]) for k, v in t.splits.items()}} for t in tasks.all},
+        "pretrained": {"path": str(pretrained.path), "cached": pretrained.cached,
+                       "metrics": pretrained.manifest.get("metrics")},
+        "versions": package_versions(),
+        "git": git_commit(),
+    }
+    start_run_dir(run_dir, config, summary)
+
+    tracker_started = time.perf_counter()
+    tracker = Tracker(cfg.logging.wandb, run_dir, cfg.logging.project, _readable_name(cfg), config,
+                      job_type=cfg.method["name"], tags=[cfg.method["name"], cfg.name])
+    wandb_seconds = time.perf_counter() - tracker_started
+    outcome = FinetuneOutcome()
+    error: BaseException | None = None
+    try:
+        run_finetune(cfg, tasks, method, pretrained.state, tracker, outcome)
+    except BaseException as err:  # noqa: BLE001 - recorded, then re-raised below
+        error = err
+
+    summary.update(_results(outcome))
+    summary["method_info"] = outcome.method_info
+    summary["timings"] = {
+        "data_seconds": data_seconds,
+        "pretrain_seconds": pretrained.seconds,
+        "finetune_seconds": outcome.seconds,
+        "eval_seconds": outcome.eval_seconds,
+        "wandb_init_seconds": wandb_seconds,
+        "total_seconds": time.perf_counter() - started,
+    }
+    summary["steps"] = outcome.steps
+    summary["evaluations"] = outcome.evaluations
+    if error is None:
+        tracker.summary({f"final/{task}/{m}": v for task, ms in summary["final"].items()
+                         for m, v in ms.items() if m != "role"})
+    tracker.finish(exit_code=0 if error is None else 1)
+    summary["wandb"] = {"mode": cfg.logging.wandb, "run_id": tracker.run_id, "problem": tracker.problem}
+
+    write_metrics(run_dir, outcome.records)
+    if error is not None:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(error).__name__}: {error}"
+        summary["traceback"] = "".join(traceback.format_exception(error))[-4000:]
+        write_json(run_dir / "summary.json", summary)
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            raise error
+        raise RunFailed(f"run {rid} failed: {summary['error']} (see {run_dir / 'summary.json'})") from error
+    summary["status"] = "completed"
+    write_json(run_dir / "summary.json", summary)
+    return RunResult(rid, run_dir, summary)
+
+
+def _results(outcome: FinetuneOutcome) -> dict[str, Any]:
+    """Scores per task at step 0 and at the last evaluation."""
+    evals = [r for r in outcome.records if r["metric"] in ("acc", "loss")]
+    if not evals:
+        return {"initial": {}, "final": {}}
+    first, last = min(r["step"] for r in evals), max(r["step"] for r in evals)
+
+    def at(step: int) -> dict[str, dict[str, Any]]:
+        table: dict[str, dict[str, Any]] = {}
+        for r in evals:
+            if r["step"] == step:
+                table.setdefault(r["task"], {"role": r["role"]})[r["metric"]] = r["value"]
+        return table
+
+    return {"initial": at(first), "final": at(last), "final_step": last}
+
+
+def _readable_name(cfg: ExperimentConfig) -> str:
+    params = [f"{k}={v}" for k, v in cfg.method.items() if k != "name" and not isinstance(v, dict | list)]
+    return " ".join([cfg.name, cfg.method["name"], *params[:3], f"seed={cfg.seed}"])

@@ -1,0 +1,31 @@
+"""The Lightning Trainer both stages use, set up for short, lean runs."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import lightning as L
+
+from research.config import OptimConfig
+
+
+def make_trainer(optim: OptimConfig, device: str, progress: bool, callbacks: list[L.Callback]) -> L.Trainer:
+    # Our own logging goes through research.tracking (guarded W&B) and the run store, so Lightning's logger
+    # and checkpointing are off; the per-step path stays short.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    return L.Trainer(
+        max_epochs=optim.epochs,
+        max_steps=optim.max_steps or -1,
+        accelerator=device,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )

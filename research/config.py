@@ -212,10 +212,17 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
         base = OmegaConf.load(path) if path is not None else OmegaConf.create({})
         if not isinstance(base, type(OmegaConf.create({}))):
             raise ConfigError(f"{path}: the top level of an experiment file must be a mapping")
+        merged = base
         for item in overrides:
-            if "=" not in item:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
                 raise ConfigError(f"override '{item}' is not of the form key=value")
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
+            # OmegaConf's grammar parses the value (numbers, lists, null); update() walks list indices too.
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
+            try:
+                OmegaConf.update(merged, key, parsed, merge=True)
+            except (OmegaConfBaseException, ValueError, KeyError, IndexError) as err:
+                raise ConfigError(f"override '{item}': cannot apply it ({str(err).splitlines()[0]})") from None
         raw = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot read config {path}: {str(err).splitlines()[0]}") from err

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -70,11 +70,16 @@ def describe_methods() -> list[dict[str, Any]]:
         for field_name, field in cls.Config.model_fields.items():
             if field_name == "name":
                 continue
-            annotation = getattr(field.annotation, "__name__", None) or str(field.annotation)
             params.append(
-                {"name": field_name, "type": annotation.replace("typing.", ""), "default": field.default,
+                {"name": field_name, "type": _type_name(field.annotation), "default": field.default,
                  "help": field.description or ""}
             )
         doc = (cls.__doc__ or "").strip().splitlines()
         rows.append({"name": name, "summary": doc[0] if doc else "", "params": params})
     return rows
+
+
+def _type_name(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return " | ".join(str(a) for a in get_args(annotation))
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")

@@ -64,9 +64,12 @@ class ClassifierModule(L.LightningModule):
         if self.method is not None:
             batches += self.method.extra_batches(len(y))
         logits = self._forward(batches)
-        losses = [F.cross_entropy(out, b.y, reduction="sum") for out, b in zip(logits, batches, strict=True)]
-        count = sum(len(b.y) for b in batches)
-        task_loss = torch.stack(losses).sum() / count
+        losses: list[Tensor] = []  # summed per batch; only needed when several batches are mixed
+        if len(batches) == 1:  # the common case, kept to the same ops as a plain training loop
+            task_loss = F.cross_entropy(logits[0], batches[0].y)
+        else:
+            losses = [F.cross_entropy(out, b.y, reduction="sum") for out, b in zip(logits, batches, strict=True)]
+            task_loss = torch.stack(losses).sum() / sum(len(b.y) for b in batches)
         terms = {}
         if self.method is not None:
             terms = self.method.loss_terms(self.model, TrainStep(batches, logits, self.global_step))
@@ -75,7 +78,7 @@ class ClassifierModule(L.LightningModule):
         if self.scalar_sink is not None and self.global_step % self.log_every_n_steps == 0:
             scalars = {"loss": loss.detach(), "loss_task": task_loss.detach()}
             scalars.update({f"loss_{name}": value.detach() for name, value in terms.items()})
-            for source in {b.source for b in batches} - {"new"}:
+            for source in sorted({b.source for b in batches}) if losses else []:  # mixed batches: each part
                 parts = [(lo, len(b.y)) for lo, b in zip(losses, batches, strict=True) if b.source == source]
                 scalars[f"loss_task_{source}"] = sum(lo for lo, _ in parts).detach() / sum(n for _, n in parts)
             self.scalar_sink(self.global_step, self.current_epoch, scalars)

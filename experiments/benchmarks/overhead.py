@@ -1,0 +1,133 @@
+"""Framework overhead: a full ``research run`` fine-tuning stage against a bare PyTorch loop.
+
+Both sides do the same updates (same pretrained weights, same new-head initialisation, same batch order, same
+optimizer) and the same evaluations (every task at step 0, every N steps and at the end); the framework side
+also writes the run directory and a W&B offline run. Pretraining is cached before timing, so only the
+fine-tuning stage is compared. Repetitions alternate between the two sides, and the median ratio is printed.
+
+    uv run python experiments/benchmarks/overhead.py [--epochs 6] [--repeats 3]
+
+The two sides must end with the same final accuracies: the benchmark checks that it compared equal work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+from torch.nn import functional as F
+
+from research.config import ExperimentConfig, validate_config
+from research.data import TensorBatches, build_tasks
+from research.training import run
+from research.training.checkpoints import load_into
+from research.training.pretrain import pretrained_skeleton, pretrained_weights
+
+CONFIG = {
+    "name": "benchmark_overhead",
+    "data": {"mnist1d_samples": 4000},
+    "model": {"arch": "mlp", "hidden": [512, 512]},
+    "pretrain": {"tasks": [{"name": "m1d_0_4", "source": "mnist1d", "classes": [0, 1, 2, 3, 4]}],
+                 "train": {"epochs": 5, "lr": 1e-3, "batch_size": 64}},
+    "finetune": {"tasks": [{"name": "m1d_5_9", "source": "mnist1d", "classes": [5, 6, 7, 8, 9]}]},
+    "method": {"name": "finetune"},
+    "train": {"lr": 1e-3, "batch_size": 64},
+    "eval": {"every_n_steps": 50},
+    "logging": {"wandb": "offline", "progress": False},
+}
+
+
+def bare_loop(cfg: ExperimentConfig) -> tuple[float, dict[str, float]]:
+    """The same fine-tuning and evaluations written as a plain PyTorch loop."""
+    started = time.perf_counter()
+    tasks = build_tasks(cfg)
+    state = pretrained_weights(cfg, tasks).state
+    torch.manual_seed(cfg.seed)
+    model = pretrained_skeleton(cfg, tasks)
+    load_into(model, state, "cache")
+    task = tasks.finetune[0]
+    model.add_head(task.head, tasks.head_sizes[task.head], generator=torch.Generator().manual_seed(cfg.seed))
+    for name, head in model.heads.items():
+        head.requires_grad_(name == task.head)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
+    x, y = task.splits["train"]
+    batches = TensorBatches(x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size,
+                            seed=cfg.seed)
+    evals = [(t, *t.splits[cfg.eval.split]) for t in tasks.all]
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        with torch.inference_mode():
+            scores = {}
+            for t, ex, ey in evals:
+                logits = model(ex, t.head)
+                scores[t.name] = float((logits.argmax(1) == ey).float().mean())
+                scores[t.name + "_loss"] = float(F.cross_entropy(logits, ey))
+        model.train()
+        return scores
+
+    scores = evaluate()
+    step = 0
+    for _ in range(cfg.train.epochs):
+        for xb, yb, _ in batches:
+            loss = F.cross_entropy(model(xb, task.head), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % cfg.eval.every_n_steps == 0:
+                scores = evaluate()
+    if step % cfg.eval.every_n_steps != 0:
+        scores = evaluate()
+    return time.perf_counter() - started, scores
+
+
+def framework(cfg: ExperimentConfig) -> tuple[float, dict[str, float]]:
+    started = time.perf_counter()
+    result = run(cfg, force=True)
+    seconds = time.perf_counter() - started
+    return seconds, {task: values["acc"] for task, values in result.summary["final"].items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory() as out:
+        os.environ.setdefault("WANDB_DIR", out)
+        raw = {**CONFIG, "out": out, "train": {**CONFIG["train"], "epochs": args.epochs}}
+        cfg = validate_config(raw)
+        pretrained_weights(cfg, build_tasks(cfg))  # cache pretraining outside the timings
+        bare_times, framework_times = [], []
+        for _ in range(args.repeats):
+            t_bare, bare_scores = bare_loop(cfg)
+            t_fw, fw_scores = framework(cfg)
+            bare_times.append(t_bare)
+            framework_times.append(t_fw)
+        steps = args.epochs * -(-len(build_tasks(cfg).finetune[0].splits["train"][1]) // cfg.train.batch_size)
+        print(f"fine-tuning: MNIST-1D 5 classes, MLP 40-512-512, batch {cfg.train.batch_size}, {steps} steps, "
+              f"every task scored every {cfg.eval.every_n_steps} steps, W&B offline")
+        print(f"bare PyTorch loop : median {statistics.median(bare_times):6.2f} s  {_fmt(bare_times)}")
+        print(f"research run      : median {statistics.median(framework_times):6.2f} s  {_fmt(framework_times)}")
+        ratio = statistics.median(framework_times) / statistics.median(bare_times)
+        print(f"ratio research/bare: {ratio:.3f}  (target <= 1.15)")
+        same = all(abs(fw_scores[t] - bare_scores[t]) < 1e-6 for t in fw_scores)
+        print(f"final accuracies   : research {fw_scores}  bare {_acc(bare_scores)}  identical={same}")
+
+
+def _fmt(times: list[float]) -> str:
+    return "[" + ", ".join(f"{t:.2f}" for t in times) + "]"
+
+
+def _acc(scores: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in scores.items() if not k.endswith("_loss")}
+
+
+if __name__ == "__main__":
+    main()

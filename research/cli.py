@@ -15,8 +15,10 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # The demo: every method of the core slice on the split-digits experiment, plus the two other shipped
 # experiments under plain fine-tuning. (A grid with seeds and a report replace this list when they exist.)
 DEMO_RUNS: list[tuple[str, list[str]]] = [
-    *[("split_digits.yaml", [f"method.name={m}"])
-      for m in ("finetune", "feature_extraction", "partial", "l2sp", "ewc", "replay")],
+    *[
+        ("split_digits.yaml", [f"method.name={m}"])
+        for m in ("finetune", "feature_extraction", "partial", "l2sp", "ewc", "replay")
+    ],
     ("rotated_digits.yaml", ["method.name=finetune"]),
     ("mnist1d.yaml", ["method.name=finetune"]),
 ]
@@ -42,27 +44,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="pretrain (cached) and fine-tune one experiment",
-                         description="Run one experiment: pretraining (cached by config hash), then "
-                                     "fine-tuning with every task scored at step 0 and every N steps.")
+    run = sub.add_parser(
+        "run",
+        help="pretrain (cached) and fine-tune one experiment",
+        description="Run one experiment: pretraining (cached by config hash), then "
+        "fine-tuning with every task scored at step 0 and every N steps.",
+    )
     run.add_argument("config", help="experiment YAML, e.g. experiments/split_digits.yaml")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. method.name=ewc")
     run.add_argument("--force", action="store_true", help="rerun even if a completed run with this id exists")
     run.set_defaults(handler=_cmd_run)
 
-    pre = sub.add_parser("pretrain", help="run only the pretraining stage (or reuse its cache)",
-                         description="Train and cache the pretrained model of an experiment.")
+    pre = sub.add_parser(
+        "pretrain",
+        help="run only the pretraining stage (or reuse its cache)",
+        description="Train and cache the pretrained model of an experiment.",
+    )
     pre.add_argument("config")
     pre.add_argument("overrides", nargs="*", metavar="key=value")
     pre.set_defaults(handler=_cmd_pretrain)
 
-    methods = sub.add_parser("methods", help="list every method with its hyperparameters and defaults",
-                             description="List registered methods, their hyperparameters and defaults.")
+    methods = sub.add_parser(
+        "methods",
+        help="list every method with its hyperparameters and defaults",
+        description="List registered methods, their hyperparameters and defaults.",
+    )
     methods.set_defaults(handler=_cmd_methods)
 
-    demo = sub.add_parser("demo", help="run the shipped demo experiments on embedded data",
-                          description="Run the shipped experiments (split digits under every method, rotated "
-                                      "digits, MNIST-1D) and print what each run forgot.")
+    demo = sub.add_parser(
+        "demo",
+        help="run the shipped demo experiments on embedded data",
+        description="Run the shipped experiments (split digits under every method, rotated "
+        "digits, MNIST-1D) and print what each run forgot.",
+    )
     demo.add_argument("--out", default="runs/demo", help="where the run directories go (default: runs/demo)")
     demo.set_defaults(handler=_cmd_demo)
     return parser

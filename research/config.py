@@ -194,7 +194,7 @@ class ExperimentConfig(Strict):
         except ConfigError as err:
             raise ValueError(str(err)) from None
 
-    def method_config(self):  # noqa: ANN201 - the concrete type depends on the method
+    def method_config(self):
         from research.methods import method_config
 
         return method_config(self.method)

@@ -24,7 +24,16 @@ import pandas as pd
 import yaml
 
 METRIC_COLUMNS = ["step", "epoch", "task", "role", "metric", "value"]
-PACKAGES = ("torch", "lightning", "torchmetrics", "wandb", "avalanche-lib", "numpy", "pandas", "forgetting-lab")
+PACKAGES = (
+    "torch",
+    "lightning",
+    "torchmetrics",
+    "wandb",
+    "avalanche-lib",
+    "numpy",
+    "pandas",
+    "forgetting-lab",
+)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -61,8 +70,14 @@ def start_run_dir(run_dir: Path, config: dict[str, Any], summary: dict[str, Any]
 def metrics_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(records, columns=METRIC_COLUMNS)
     return frame.astype(
-        {"step": "int64", "epoch": "int64", "task": "string", "role": "string", "metric": "string",
-         "value": "float64"}
+        {
+            "step": "int64",
+            "epoch": "int64",
+            "task": "string",
+            "role": "string",
+            "metric": "string",
+            "value": "float64",
+        }
     )
 
 
@@ -88,10 +103,17 @@ def git_commit() -> dict[str, Any]:
     """The commit of the code that produced a run, and whether the working tree had changes."""
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         return {"commit": commit, "dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}

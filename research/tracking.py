@@ -17,8 +17,16 @@ from lightning.pytorch.loggers import WandbLogger
 class Tracker:
     """Wraps one W&B run. ``logger`` is None when W&B is disabled or has failed."""
 
-    def __init__(self, mode: str, run_dir: Path, project: str, name: str, config: dict[str, Any],
-                 job_type: str, tags: list[str]) -> None:
+    def __init__(
+        self,
+        mode: str,
+        run_dir: Path,
+        project: str,
+        name: str,
+        config: dict[str, Any],
+        job_type: str,
+        tags: list[str],
+    ) -> None:
         self.mode = mode
         self.problem: str | None = None
         self.logger: WandbLogger | None = None
@@ -28,11 +36,17 @@ class Tracker:
         try:
             import wandb
 
-            settings = wandb.Settings(console="off", x_disable_stats=True, silent=True,
-                                      x_disable_machine_info=True)
+            settings = wandb.Settings(console="off", x_disable_stats=True, silent=True, x_disable_machine_info=True)
             self.logger = WandbLogger(
-                name=name, save_dir=str(run_dir), project=project, mode=mode, config=config,
-                job_type=job_type, tags=tags, settings=settings, reinit="finish_previous",
+                name=name,
+                save_dir=str(run_dir),
+                project=project,
+                mode=mode,
+                config=config,
+                job_type=job_type,
+                tags=tags,
+                settings=settings,
+                reinit="finish_previous",
             )
             self.logger._wandb_init.pop("anonymous", None)  # deprecated in wandb; Lightning still passes it
             experiment = self.logger.experiment  # wandb.init happens here

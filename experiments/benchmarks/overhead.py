@@ -31,8 +31,10 @@ CONFIG = {
     "name": "benchmark_overhead",
     "data": {"mnist1d_samples": 4000},
     "model": {"arch": "mlp", "hidden": [512, 512]},
-    "pretrain": {"tasks": [{"name": "m1d_0_4", "source": "mnist1d", "classes": [0, 1, 2, 3, 4]}],
-                 "train": {"epochs": 5, "lr": 1e-3, "batch_size": 64}},
+    "pretrain": {
+        "tasks": [{"name": "m1d_0_4", "source": "mnist1d", "classes": [0, 1, 2, 3, 4]}],
+        "train": {"epochs": 5, "lr": 1e-3, "batch_size": 64},
+    },
     "finetune": {"tasks": [{"name": "m1d_5_9", "source": "mnist1d", "classes": [5, 6, 7, 8, 9]}]},
     "method": {"name": "finetune"},
     "train": {"lr": 1e-3, "batch_size": 64},
@@ -55,8 +57,7 @@ def bare_loop(cfg: ExperimentConfig) -> tuple[float, dict[str, float]]:
         head.requires_grad_(name == task.head)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
     x, y = task.splits["train"]
-    batches = TensorBatches(x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size,
-                            seed=cfg.seed)
+    batches = TensorBatches(x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size, seed=cfg.seed)
     evals = [(t, *t.splits[cfg.eval.split]) for t in tasks.all]
 
     def evaluate() -> dict[str, float]:
@@ -111,8 +112,10 @@ def main() -> None:
             bare_times.append(t_bare)
             framework_times.append(t_fw)
         steps = args.epochs * -(-len(build_tasks(cfg).finetune[0].splits["train"][1]) // cfg.train.batch_size)
-        print(f"fine-tuning: MNIST-1D 5 classes, MLP 40-512-512, batch {cfg.train.batch_size}, {steps} steps, "
-              f"every task scored every {cfg.eval.every_n_steps} steps, W&B offline")
+        print(
+            f"fine-tuning: MNIST-1D 5 classes, MLP 40-512-512, batch {cfg.train.batch_size}, {steps} steps, "
+            f"every task scored every {cfg.eval.every_n_steps} steps, W&B offline"
+        )
         print(f"bare PyTorch loop : median {statistics.median(bare_times):6.2f} s  {_fmt(bare_times)}")
         print(f"research run      : median {statistics.median(framework_times):6.2f} s  {_fmt(framework_times)}")
         ratio = statistics.median(framework_times) / statistics.median(bare_times)

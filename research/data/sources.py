@@ -79,7 +79,9 @@ def _npz(path: str) -> SourceData:
             if "x" not in arrays or "y" not in arrays:
                 raise ConfigError(f"npz source {path}: needs arrays 'x' and 'y'; found {sorted(arrays.files)}")
             x, y = arrays["x"], arrays["y"]
-            names = arrays["class_names"] if "class_names" in arrays else None
+            names = arrays.get("class_names", None)
+    except ConfigError:
+        raise
     except (ValueError, OSError) as err:
         raise ConfigError(f"npz source {path}: cannot read it ({err})") from None
     if len(x) != len(y) or len(x) == 0:

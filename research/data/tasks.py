@@ -143,8 +143,10 @@ def _split(
         train, val = _stratified(rest, y[rest], data.val_fraction / (1 - data.test_fraction), data.split_seed)
     else:
         train, val = rest, rest[:0]
-    return {name: (torch.from_numpy(x[i]), torch.from_numpy(y[i])) for name, i in
-            (("train", train), ("val", val), ("test", test))}
+    return {
+        name: (torch.from_numpy(x[i]), torch.from_numpy(y[i]))
+        for name, i in (("train", train), ("val", val), ("test", test))
+    }
 
 
 def _stratified(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

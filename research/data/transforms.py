@@ -16,7 +16,9 @@ def apply_transform(x: np.ndarray, transform: TransformConfig | None, where: str
     if transform.kind == "permute":
         return permute_features(x, transform.seed)
     if x.ndim != 4:
-        raise ConfigError(f"{where}.transform: rotate needs image data (N, C, H, W); this source has shape {x.shape[1:]}")
+        raise ConfigError(
+            f"{where}.transform: rotate needs image data (N, C, H, W); this source has shape {x.shape[1:]}"
+        )
     return rotate_images(x, transform.degrees)
 
 

@@ -126,8 +126,14 @@ class Evaluator(L.Callback):
         for s in self.sets:
             for metric, value in results[s.task.name].items():
                 self.records.append(
-                    {"step": step, "epoch": epoch, "task": s.task.name, "role": s.task.role,
-                     "metric": metric, "value": value}
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "task": s.task.name,
+                        "role": s.task.role,
+                        "metric": metric,
+                        "value": value,
+                    }
                 )
                 flat[f"{s.task.role}/{s.task.name}/{metric}"] = value
         self.seconds += time.perf_counter() - started

@@ -68,8 +68,12 @@ class FinetuneContext:
                 x, y = x[idx], y[idx]
             for start in range(0, len(y), batch_size):
                 batches.append(
-                    HeadBatch(task.head, x[start : start + batch_size].to(self.device),
-                              y[start : start + batch_size].to(self.device), "pretrain")
+                    HeadBatch(
+                        task.head,
+                        x[start : start + batch_size].to(self.device),
+                        y[start : start + batch_size].to(self.device),
+                        "pretrain",
+                    )
                 )
         return batches
 

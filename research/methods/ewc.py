@@ -66,8 +66,10 @@ class EWC(Method):
         }
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {**{f"anchor.{n}": t for n, t in self.anchor.items()},
-                **{f"fisher.{n}": t for n, t in self.fisher.items()}}
+        return {
+            **{f"anchor.{n}": t for n, t in self.anchor.items()},
+            **{f"fisher.{n}": t for n, t in self.fisher.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.anchor = {n.removeprefix("anchor."): t for n, t in state.items() if n.startswith("anchor.")}

@@ -37,8 +37,4 @@ def quadratic_penalty(
 
 def snapshot(module: nn.Module, names: list[str] | None = None) -> dict[str, Tensor]:
     """Detached copies of a module's parameters (all, or those named), e.g. the pretrained anchor θ₀."""
-    return {
-        name: p.detach().clone()
-        for name, p in module.named_parameters()
-        if names is None or name in names
-    }
+    return {name: p.detach().clone() for name, p in module.named_parameters() if names is None or name in names}

@@ -71,8 +71,12 @@ def describe_methods() -> list[dict[str, Any]]:
             if field_name == "name":
                 continue
             params.append(
-                {"name": field_name, "type": _type_name(field.annotation), "default": field.default,
-                 "help": field.description or ""}
+                {
+                    "name": field_name,
+                    "type": _type_name(field.annotation),
+                    "default": field.default,
+                    "help": field.description or "",
+                }
             )
         doc = (cls.__doc__ or "").strip().splitlines()
         rows.append({"name": name, "summary": doc[0] if doc else "", "params": params})

@@ -18,9 +18,7 @@ class ReplayConfig(MethodConfig):
     selection: Literal["reservoir", "class_balanced"] = Field(
         "reservoir", description="how the buffer is filled from the pretraining data"
     )
-    ratio: float = Field(
-        0.5, ge=0, lt=1, description="share of each training step's examples drawn from the buffer"
-    )
+    ratio: float = Field(0.5, ge=0, lt=1, description="share of each training step's examples drawn from the buffer")
 
 
 @register
@@ -73,14 +71,22 @@ class Replay(Method):
 
     def info(self) -> dict[str, Any]:
         classes = torch.unique(self.buffer_head * 10_000 + self.buffer_y, return_counts=True)[1]
-        return {"buffer_size": len(self.buffer_y), "buffer_classes": len(classes),
-                "buffer_min_per_class": int(classes.min()), "buffer_max_per_class": int(classes.max())}
+        return {
+            "buffer_size": len(self.buffer_y),
+            "buffer_classes": len(classes),
+            "buffer_min_per_class": int(classes.min()),
+            "buffer_max_per_class": int(classes.max()),
+        }
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"buffer_x": self.buffer_x, "buffer_y": self.buffer_y, "buffer_head": self.buffer_head}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.buffer_x, self.buffer_y, self.buffer_head = state["buffer_x"], state["buffer_y"], state["buffer_head"]
+        self.buffer_x, self.buffer_y, self.buffer_head = (
+            state["buffer_x"],
+            state["buffer_y"],
+            state["buffer_head"],
+        )
 
 
 def reservoir_indices(stream_length: int, capacity: int, generator: torch.Generator) -> Tensor:

@@ -46,9 +46,7 @@ def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...]) -> tuple[nn.Sequential,
             f"this data has shape {input_shape}; use model.arch=mlp"
         )
     two_d = len(input_shape) == 3
-    conv, norm, pool = (
-        (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d) if two_d else (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d)
-    )
+    conv, norm, pool = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d) if two_d else (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d)
     adaptive = nn.AdaptiveAvgPool2d(1) if two_d else nn.AdaptiveAvgPool1d(1)
     spatial = list(input_shape[1:])
     blocks: list[nn.Module] = []

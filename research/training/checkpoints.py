@@ -40,9 +40,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError and friends: refuse, never execute
         reason = " ".join(str(err).split())[:200]
-        raise ConfigError(
-            f"pretrain.checkpoint: {file} cannot be loaded safely (weights only): {reason}"
-        ) from None
+        raise ConfigError(f"pretrain.checkpoint: {file} cannot be loaded safely (weights only): {reason}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -55,8 +53,11 @@ def load_into(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:

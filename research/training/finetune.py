@@ -45,8 +45,13 @@ def finetune_model(
     for name, head in model.heads.items():
         head.requires_grad_(name in finetune_heads)
     context = FinetuneContext(
-        model=model, tasks=tasks, task=tasks.finetune[0], seed=cfg.seed, batch_size=cfg.train.batch_size,
-        pretrained_names=pretrained_names, new_names=new_names,
+        model=model,
+        tasks=tasks,
+        task=tasks.finetune[0],
+        seed=cfg.seed,
+        batch_size=cfg.train.batch_size,
+        pretrained_names=pretrained_names,
+        new_names=new_names,
     )
     method.configure_trainable(model, context)
     return model, context
@@ -76,15 +81,17 @@ def run_finetune(
     model, context = finetune_model(cfg, tasks, method, state)
     task = tasks.finetune[0]
     x, y = task.splits["train"]
-    batches = TensorBatches(x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size,
-                            seed=cfg.seed)
+    batches = TensorBatches(x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size, seed=cfg.seed)
 
     def on_scores(step: int, scores: dict[str, float]) -> None:
         tracker.log(scores, step)
 
     evaluator = Evaluator(
         eval_sets(tasks.all, tasks.head_sizes, cfg.eval.split, cfg.eval.max_samples, cfg.data.split_seed),
-        cfg.eval.every_n_steps, cfg.eval.batch_size, len(batches), on_scores,
+        cfg.eval.every_n_steps,
+        cfg.eval.batch_size,
+        len(batches),
+        on_scores,
     )
     evaluator.records = outcome.records  # measurements land in the outcome as they are taken
 
@@ -94,12 +101,21 @@ def run_finetune(
         if diverged:  # stop now: every further step would only spread NaNs through the weights
             raise FloatingPointError(f"training diverged at step {step}: {diverged}")
         for name, value in values.items():
-            outcome.records.append({"step": step, "epoch": epoch, "task": task.name, "role": "finetune",
-                                    "metric": f"train_{name}", "value": value})
+            outcome.records.append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "task": task.name,
+                    "role": "finetune",
+                    "metric": f"train_{name}",
+                    "value": value,
+                }
+            )
         tracker.log({f"train/{name}": v for name, v in values.items()}, step)
 
-    module = ClassifierModule(model, [task.head], cfg.train, method, context,
-                              cfg.logging.log_every_n_steps, on_train_scalars)
+    module = ClassifierModule(
+        model, [task.head], cfg.train, method, context, cfg.logging.log_every_n_steps, on_train_scalars
+    )
     trainer = make_trainer(cfg.train, cfg.device, cfg.logging.progress, [evaluator])
     try:
         trainer.fit(module, train_dataloaders=batches)
@@ -112,4 +128,3 @@ def run_finetune(
         raise KeyboardInterrupt("training was interrupted")
     outcome.method_info = method.info()
     return outcome
-

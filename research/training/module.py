@@ -111,8 +111,9 @@ class ClassifierModule(L.LightningModule):
         if not groups:
             raise ValueError("nothing to train: every parameter is frozen")
         if self.optim.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=self.optim.lr, momentum=self.optim.momentum,
-                                   weight_decay=self.optim.weight_decay)
+            return torch.optim.SGD(
+                groups, lr=self.optim.lr, momentum=self.optim.momentum, weight_decay=self.optim.weight_decay
+            )
         optimizer = torch.optim.AdamW if self.optim.optimizer == "adamw" else torch.optim.Adam
         return optimizer(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
 
@@ -133,4 +134,3 @@ def parameter_groups(model: MultiHeadNet, optim: OptimConfig) -> list[dict[str, 
     if head_params:
         groups.append({"params": head_params, "lr": optim.lr, "name": "heads"})
     return groups
-

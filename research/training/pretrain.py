@@ -29,7 +29,13 @@ from research.evaluation.evaluator import eval_sets, score
 from research.models.build import build_model
 from research.models.multihead import MultiHeadNet
 from research.store import package_versions
-from research.training.checkpoints import MANIFEST_FILE, WEIGHTS_FILE, load_into, read_state_dict, save_weights
+from research.training.checkpoints import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    load_into,
+    read_state_dict,
+    save_weights,
+)
 from research.training.module import ClassifierModule
 from research.training.trainer import make_trainer
 
@@ -44,15 +50,17 @@ class Pretrained:
 
 
 def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
-    return stable_hash({
-        "data": cfg.data.model_dump(mode="json"),
-        "model": cfg.model.model_dump(mode="json"),
-        "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],
-        "heads": tasks.pretrain_head_sizes(),
-        "train": cfg.pretrain.train.model_dump(mode="json"),
-        "seed": cfg.pretrain.seed,
-        "device": cfg.device,
-    })
+    return stable_hash(
+        {
+            "data": cfg.data.model_dump(mode="json"),
+            "model": cfg.model.model_dump(mode="json"),
+            "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],
+            "heads": tasks.pretrain_head_sizes(),
+            "train": cfg.pretrain.train.model_dump(mode="json"),
+            "seed": cfg.pretrain.seed,
+            "device": cfg.device,
+        }
+    )
 
 
 def pretrained_skeleton(cfg: ExperimentConfig, tasks: TaskSet) -> MultiHeadNet:
@@ -106,9 +114,7 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
     heads = sorted(set(task_heads), key=task_heads.index)  # distinct; one entry when the head is shared
     x = torch.cat([t.splits["train"][0] for t in tasks.pretrain])
     y = torch.cat([t.splits["train"][1] for t in tasks.pretrain])
-    head_ids = torch.cat([
-        torch.full((len(t.splits["train"][1]),), heads.index(t.head)) for t in tasks.pretrain
-    ])
+    head_ids = torch.cat([torch.full((len(t.splits["train"][1]),), heads.index(t.head)) for t in tasks.pretrain])
     batches = TensorBatches(x, y, head_ids, batch_size=cfg.pretrain.train.batch_size, seed=cfg.pretrain.seed)
     module = ClassifierModule(model, heads, cfg.pretrain.train)
     trainer = make_trainer(cfg.pretrain.train, cfg.device, cfg.logging.progress, [])

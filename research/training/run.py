@@ -79,18 +79,35 @@ def run(cfg: ExperimentConfig, force: bool = False) -> RunResult:
         "method": cfg.method["name"],
         "method_config": cfg.method,
         "seed": cfg.seed,
-        "tasks": {t.name: {"role": t.role, "head": t.head, "classes": list(t.classes),
-                           "sizes": {k: len(v[1]) for k, v in t.splits.items()}} for t in tasks.all},
-        "pretrained": {"path": str(pretrained.path), "cached": pretrained.cached,
-                       "metrics": pretrained.manifest.get("metrics")},
+        "tasks": {
+            t.name: {
+                "role": t.role,
+                "head": t.head,
+                "classes": list(t.classes),
+                "sizes": {k: len(v[1]) for k, v in t.splits.items()},
+            }
+            for t in tasks.all
+        },
+        "pretrained": {
+            "path": str(pretrained.path),
+            "cached": pretrained.cached,
+            "metrics": pretrained.manifest.get("metrics"),
+        },
         "versions": package_versions(),
         "git": git_commit(),
     }
     start_run_dir(run_dir, config, summary)
 
     tracker_started = time.perf_counter()
-    tracker = Tracker(cfg.logging.wandb, run_dir, cfg.logging.project, _readable_name(cfg), config,
-                      job_type=cfg.method["name"], tags=[cfg.method["name"], cfg.name])
+    tracker = Tracker(
+        cfg.logging.wandb,
+        run_dir,
+        cfg.logging.project,
+        _readable_name(cfg),
+        config,
+        job_type=cfg.method["name"],
+        tags=[cfg.method["name"], cfg.name],
+    )
     wandb_seconds = time.perf_counter() - tracker_started
     outcome = FinetuneOutcome()
     error: BaseException | None = None
@@ -112,8 +129,9 @@ def run(cfg: ExperimentConfig, force: bool = False) -> RunResult:
     summary["steps"] = outcome.steps
     summary["evaluations"] = outcome.evaluations
     if error is None:
-        tracker.summary({f"final/{task}/{m}": v for task, ms in summary["final"].items()
-                         for m, v in ms.items() if m != "role"})
+        tracker.summary(
+            {f"final/{task}/{m}": v for task, ms in summary["final"].items() for m, v in ms.items() if m != "role"}
+        )
     tracker.finish(exit_code=0 if error is None else 1)
     summary["wandb"] = {"mode": cfg.logging.wandb, "run_id": tracker.run_id, "problem": tracker.problem}
 

@@ -66,9 +66,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> RunResult:
     tasks = check(cfg)
     if is_completed(run_dir) and not force:
         return RunResult(rid, run_dir, read_summary(run_dir) or {}, skipped=True)
-    data_seconds = time.perf_counter() - started
-
-    pretrained = pretrained_weights(cfg, tasks)
+    data_seconds = time.perf_counter() - started  # building and checking the tasks
     method = build_method(cfg.method)
     config = resolved(cfg)
     summary: dict[str, Any] = {
@@ -88,52 +86,56 @@ def run(cfg: ExperimentConfig, force: bool = False) -> RunResult:
             }
             for t in tasks.all
         },
-        "pretrained": {
-            "path": str(pretrained.path),
-            "cached": pretrained.cached,
-            "metrics": pretrained.manifest.get("metrics"),
-        },
         "versions": package_versions(),
         "git": git_commit(),
     }
     start_run_dir(run_dir, config, summary)
 
-    tracker_started = time.perf_counter()
-    tracker = Tracker(
-        cfg.logging.wandb,
-        run_dir,
-        cfg.logging.project,
-        _readable_name(cfg),
-        config,
-        job_type=cfg.method["name"],
-        tags=[cfg.method["name"], cfg.name],
-    )
-    wandb_seconds = time.perf_counter() - tracker_started
+    timings = {"data_seconds": data_seconds}
     outcome = FinetuneOutcome()
+    tracker: Tracker | None = None
     error: BaseException | None = None
     try:
+        pretrained = pretrained_weights(cfg, tasks)
+        timings["pretrain_seconds"] = pretrained.seconds
+        summary["pretrained"] = {
+            "path": str(pretrained.path),
+            "cached": pretrained.cached,
+            "metrics": pretrained.manifest.get("metrics"),
+        }
+        tracker_started = time.perf_counter()
+        tracker = Tracker(
+            cfg.logging.wandb,
+            run_dir,
+            cfg.logging.project,
+            _readable_name(cfg),
+            config,
+            job_type=cfg.method["name"],
+            tags=[cfg.method["name"], cfg.name],
+        )
+        timings["wandb_init_seconds"] = time.perf_counter() - tracker_started
         run_finetune(cfg, tasks, method, pretrained.state, tracker, outcome)
-    except BaseException as err:  # noqa: BLE001 - recorded, then re-raised below
+    except BaseException as err:  # noqa: BLE001 - recorded in summary.json, then re-raised below
         error = err
 
     summary.update(_results(outcome))
     summary["method_info"] = outcome.method_info
     summary["timings"] = {
-        "data_seconds": data_seconds,
-        "pretrain_seconds": pretrained.seconds,
+        **timings,
         "finetune_seconds": outcome.seconds,
         "eval_seconds": outcome.eval_seconds,
-        "wandb_init_seconds": wandb_seconds,
         "total_seconds": time.perf_counter() - started,
     }
     summary["steps"] = outcome.steps
     summary["evaluations"] = outcome.evaluations
-    if error is None:
-        tracker.summary(
-            {f"final/{task}/{m}": v for task, ms in summary["final"].items() for m, v in ms.items() if m != "role"}
-        )
-    tracker.finish(exit_code=0 if error is None else 1)
-    summary["wandb"] = {"mode": cfg.logging.wandb, "run_id": tracker.run_id, "problem": tracker.problem}
+    if tracker is not None:
+        if error is None:
+            final = summary["final"]
+            tracker.summary(
+                {f"final/{task}/{m}": v for task, ms in final.items() for m, v in ms.items() if m != "role"}
+            )
+        tracker.finish(exit_code=0 if error is None else 1)
+        summary["wandb"] = {"mode": cfg.logging.wandb, "run_id": tracker.run_id, "problem": tracker.problem}
 
     write_metrics(run_dir, outcome.records)
     if error is not None:

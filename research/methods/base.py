@@ -1,7 +1,7 @@
 """The interface between the generic fine-tuning module and an anti-forgetting method.
 
-Methods never own the optimizer step. The generic module computes the task loss on the new task's batch and
-does the update; a method contributes only through these optional hooks:
+Methods never own the optimizer step. The generic module (research.training.module) computes the task loss on
+the new task's batch and does the update; a method contributes only through these optional hooks:
 
 - ``configure_trainable``: freeze parts of the model before the optimizer is built;
 - ``prepare``: once, before the first update (snapshot θ₀, estimate a Fisher, fill a replay buffer);

@@ -1,8 +1,8 @@
 """The one generic LightningModule, used for pretraining and for fine-tuning under any method.
 
 It computes the task loss (cross-entropy, each example through its own task's head, averaged over every
-example of the step, replayed ones included), adds the method's loss terms, and lets Lightning do the
-optimizer step. Training scalars are recorded every ``log_every_n_steps`` steps only, without host syncs on
+example of the step, replayed ones included), adds the method's loss terms, and performs the update itself
+through Lightning's manual optimization (``zero_grad``, ``manual_backward``, ``step``). Training scalars are recorded every ``log_every_n_steps`` steps only, without host syncs on
 the other steps: for small models the per-step path is the bottleneck.
 """
 
@@ -32,6 +32,9 @@ class ClassifierModule(L.LightningModule):
         scalar_sink: Any = None,
     ) -> None:
         super().__init__()
+        # The module runs the update itself (zero_grad, backward, step): a short, explicit per-step path,
+        # and the one place where methods could later hook in around the step. Methods never call step().
+        self.automatic_optimization = False
         self.model = model
         self.heads = heads  # batch head ids index into this list
         self.optim = optim
@@ -82,6 +85,11 @@ class ClassifierModule(L.LightningModule):
                 parts = [(lo, len(b.y)) for lo, b in zip(losses, batches, strict=True) if b.source == source]
                 scalars[f"loss_task_{source}"] = sum(lo for lo, _ in parts).detach() / sum(n for _, n in parts)
             self.scalar_sink(self.global_step, self.current_epoch, scalars)
+
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
         return loss
 
     def _split_by_head(self, x: Tensor, y: Tensor, head_ids: Tensor) -> list[HeadBatch]:

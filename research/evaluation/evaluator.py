@@ -9,6 +9,7 @@ optional subsample of a large eval set is fixed once, with its own seeded genera
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from research.data.tasks import Task
@@ -57,14 +57,15 @@ def score(model: MultiHeadNet, sets: list[EvalSet], batch_size: int) -> dict[str
     try:
         for s in sets:
             accuracy = MulticlassAccuracy(num_classes=s.num_classes, average="micro").to(device)
-            mean_loss = MeanMetric().to(device)
+            # A plain sum: torchmetrics' MeanMetric drops NaN batches by default, which would hide divergence.
+            loss_sum = torch.zeros((), device=device)
             for start in range(0, len(s.y), batch_size):
                 x = s.x[start : start + batch_size].to(device, non_blocking=True)
                 y = s.y[start : start + batch_size].to(device, non_blocking=True)
                 logits = model(x, s.task.head)
                 accuracy.update(logits, y)
-                mean_loss.update(F.cross_entropy(logits, y), weight=len(y))
-            results[s.task.name] = {"acc": float(accuracy.compute()), "loss": float(mean_loss.compute())}
+                loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            results[s.task.name] = {"acc": float(accuracy.compute()), "loss": float(loss_sum) / len(s.y)}
     finally:
         _restore(modes)
     return results
@@ -140,3 +141,6 @@ class Evaluator(L.Callback):
         self.evaluations += 1
         if self.on_scores is not None:
             self.on_scores(step, flat)
+        broken = {k: v for k, v in flat.items() if k.endswith("/loss") and not math.isfinite(v)}
+        if broken:  # non-finite outputs mean non-finite weights: the run has diverged
+            raise FloatingPointError(f"evaluation at step {step} gave non-finite losses: {broken}")

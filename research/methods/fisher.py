@@ -123,7 +123,8 @@ def _per_sample_gradients(
     log_probs = _log_probs_fn(model, buffers, head)
 
     def nll(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-        return -log_probs(p, xi)[yi]
+        # gather, not [yi]: under vmap the label is a batched tensor, which plain indexing cannot take.
+        return -log_probs(p, xi).gather(0, yi.unsqueeze(0)).squeeze(0)
 
     return vmap(grad(nll), in_dims=(None, 0, 0))(params, x, y)
 

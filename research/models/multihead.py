@@ -24,8 +24,13 @@ class MultiHeadNet(nn.Module):
         """Append a freshly initialised head. ``generator`` makes the initialisation independent of global RNG."""
         if name in self.heads:
             raise ValueError(f"head '{name}' already exists")
-        head = nn.Linear(self.feature_dim, num_outputs)
-        if generator is not None:
+        if generator is None:
+            head = nn.Linear(self.feature_dim, num_outputs)
+        else:
+            # Built on the meta device so that nn.Linear's own initialisation draws nothing from global RNG.
+            first = next(self.parameters(), None)
+            device = first.device if first is not None else torch.device("cpu")
+            head = nn.Linear(self.feature_dim, num_outputs, device="meta").to_empty(device=device)
             # Same distribution as nn.Linear's default (Kaiming-uniform, bound 1/sqrt(fan_in)), seeded.
             bound = 1.0 / self.feature_dim**0.5
             with torch.no_grad():

@@ -2,8 +2,9 @@
 
 It computes the task loss (cross-entropy, each example through its own task's head, averaged over every
 example of the step, replayed ones included), adds the method's loss terms, and performs the update itself
-through Lightning's manual optimization (``zero_grad``, ``manual_backward``, ``step``). Training scalars are recorded every ``log_every_n_steps`` steps only, without host syncs on
-the other steps: for small models the per-step path is the bottleneck.
+through Lightning's manual optimization (``zero_grad``, ``manual_backward``, ``step``). Training scalars are
+recorded every ``log_every_n_steps`` steps only, without host syncs on the other steps: for small models the
+per-step path is the bottleneck.
 """
 
 from __future__ import annotations
@@ -50,14 +51,32 @@ class ClassifierModule(L.LightningModule):
     def train(self, mode: bool = True) -> ClassifierModule:
         super().train(mode)
         if mode:
-            for block in self.frozen_blocks:
-                block.eval()
+            self._freeze_modes()
         return self
 
+    def _freeze_modes(self) -> None:
+        for block in self.frozen_blocks:
+            block.eval()
+
     def on_fit_start(self) -> None:
+        # Lightning 2.6 keeps the modules' own modes during fit (it does not call train()), so the frozen
+        # blocks are put in eval mode here, before the step-0 evaluation and the first update.
+        self.train()
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         if self.method is not None and self.context is not None:
             self.context.device = self.device
             self.method.prepare(self.model, self.context)
+
+    def on_train_epoch_start(self) -> None:
+        self._freeze_modes()
+
+    def check_finite(self) -> None:
+        """Raise if any step so far had a non-finite loss (one host sync; called every few steps and at the end)."""
+        if bool(self._nonfinite):
+            raise FloatingPointError(f"training diverged: a non-finite loss occurred by step {self.global_step}")
+
+    def on_train_end(self) -> None:
+        self.check_finite()
 
     # ------------------------------------------------------------------------------------------ step
 
@@ -77,7 +96,11 @@ class ClassifierModule(L.LightningModule):
         if self.method is not None:
             terms = self.method.loss_terms(self.model, TrainStep(batches, logits, self.global_step))
         loss = task_loss + sum(terms.values()) if terms else task_loss
+        # Every step, without a host sync: remember whether the loss was ever non-finite.
+        self._nonfinite |= ~torch.isfinite(loss.detach())
 
+        if self.global_step % self.log_every_n_steps == 0:
+            self.check_finite()
         if self.scalar_sink is not None and self.global_step % self.log_every_n_steps == 0:
             scalars = {"loss": loss.detach(), "loss_task": task_loss.detach()}
             scalars.update({f"loss_{name}": value.detach() for name, value in terms.items()})

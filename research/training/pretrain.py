@@ -25,6 +25,7 @@ from torch import Tensor
 from research.config import ExperimentConfig, stable_hash
 from research.data.batches import TensorBatches
 from research.data.tasks import TaskSet
+from research.errors import RunFailed
 from research.evaluation.evaluator import eval_sets, score
 from research.models.build import build_model
 from research.models.multihead import MultiHeadNet
@@ -118,8 +119,14 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
     batches = TensorBatches(x, y, head_ids, batch_size=cfg.pretrain.train.batch_size, seed=cfg.pretrain.seed)
     module = ClassifierModule(model, heads, cfg.pretrain.train)
     trainer = make_trainer(cfg.pretrain.train, cfg.device, cfg.logging.progress, [])
-    trainer.fit(module, train_dataloaders=batches)
+    try:
+        trainer.fit(module, train_dataloaders=batches)
+    except FloatingPointError as err:
+        raise RunFailed(f"pretraining diverged ({err}); nothing was cached") from err
     model = module.model.cpu()
+    broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+    if broken:  # never cache a diverged model as if it were a valid starting point
+        raise RunFailed(f"pretraining diverged: non-finite weights in {broken[:3]}; nothing was cached")
     sets = {split: eval_sets(tasks.pretrain, tasks.head_sizes, split, None, 0) for split in ("val", "test")}
     metrics = {split: score(model, s, cfg.eval.batch_size) for split, s in sets.items() if all(len(e.y) for e in s)}
 

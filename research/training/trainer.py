@@ -15,6 +15,8 @@ def make_trainer(optim: OptimConfig, device: str, progress: bool, callbacks: lis
     # and checkpointing are off; the per-step path stays short.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Frozen blocks are in eval mode on purpose (their BatchNorm statistics must stay pretrained).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     return L.Trainer(

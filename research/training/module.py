@@ -62,7 +62,6 @@ class ClassifierModule(L.LightningModule):
         # Lightning 2.6 keeps the modules' own modes during fit (it does not call train()), so the frozen
         # blocks are put in eval mode here, before the step-0 evaluation and the first update.
         self.train()
-        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         if self.method is not None and self.context is not None:
             self.context.device = self.device
             self.method.prepare(self.model, self.context)
@@ -70,17 +69,19 @@ class ClassifierModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._freeze_modes()
 
-    def check_finite(self) -> None:
-        """Raise if any step so far had a non-finite loss (one host sync; called every few steps and at the end)."""
-        if bool(self._nonfinite):
-            raise FloatingPointError(f"training diverged: a non-finite loss occurred by step {self.global_step}")
-
     def on_train_end(self) -> None:
-        self.check_finite()
+        # Divergence is caught without a per-step host sync: the loss is checked on logging steps, every
+        # evaluation fails on non-finite losses (NaN weights give NaN outputs), and so does this final check.
+        broken = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if broken:
+            raise FloatingPointError(
+                f"training diverged: non-finite weights in {broken[:3]} at step {self.global_step}"
+            )
 
     # ------------------------------------------------------------------------------------------ step
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        step = self.global_step  # optimizer steps so far: this step's update will be number step + 1
         x, y, head_ids = batch
         batches = self._split_by_head(x, y, head_ids)
         if self.method is not None:
@@ -94,26 +95,36 @@ class ClassifierModule(L.LightningModule):
             task_loss = torch.stack(losses).sum() / sum(len(b.y) for b in batches)
         terms = {}
         if self.method is not None:
-            terms = self.method.loss_terms(self.model, TrainStep(batches, logits, self.global_step))
+            terms = self.method.loss_terms(self.model, TrainStep(batches, logits, step))
         loss = task_loss + sum(terms.values()) if terms else task_loss
-        # Every step, without a host sync: remember whether the loss was ever non-finite.
-        self._nonfinite |= ~torch.isfinite(loss.detach())
 
-        if self.global_step % self.log_every_n_steps == 0:
-            self.check_finite()
-        if self.scalar_sink is not None and self.global_step % self.log_every_n_steps == 0:
-            scalars = {"loss": loss.detach(), "loss_task": task_loss.detach()}
-            scalars.update({f"loss_{name}": value.detach() for name, value in terms.items()})
-            for source in sorted({b.source for b in batches}) if losses else []:  # mixed batches: each part
-                parts = [(lo, len(b.y)) for lo, b in zip(losses, batches, strict=True) if b.source == source]
-                scalars[f"loss_task_{source}"] = sum(lo for lo, _ in parts).detach() / sum(n for _, n in parts)
-            self.scalar_sink(self.global_step, self.current_epoch, scalars)
+        if step % self.log_every_n_steps == 0:
+            if not bool(torch.isfinite(loss)):
+                raise FloatingPointError(f"training diverged: loss {float(loss)} at step {step}")
+            if self.scalar_sink is not None:
+                self._record_scalars(step, loss, task_loss, terms, batches, losses)
 
         optimizer = self.optimizers()
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
         return loss
+
+    def _record_scalars(
+        self,
+        step: int,
+        loss: Tensor,
+        task_loss: Tensor,
+        terms: dict[str, Tensor],
+        batches: list[HeadBatch],
+        losses: list[Tensor],
+    ) -> None:
+        scalars = {"loss": loss.detach(), "loss_task": task_loss.detach()}
+        scalars.update({f"loss_{name}": value.detach() for name, value in terms.items()})
+        for source in sorted({b.source for b in batches}) if losses else []:  # mixed batches: each part's loss
+            parts = [(lo, len(b.y)) for lo, b in zip(losses, batches, strict=True) if b.source == source]
+            scalars[f"loss_task_{source}"] = sum(lo for lo, _ in parts).detach() / sum(n for _, n in parts)
+        self.scalar_sink(step, self.current_epoch, scalars)
 
     def _split_by_head(self, x: Tensor, y: Tensor, head_ids: Tensor) -> list[HeadBatch]:
         if len(self.heads) == 1:

@@ -9,6 +9,7 @@ per-step path is the bottleneck.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -99,8 +100,9 @@ class ClassifierModule(L.LightningModule):
         loss = task_loss + sum(terms.values()) if terms else task_loss
 
         if step % self.log_every_n_steps == 0:
-            if not bool(torch.isfinite(loss)):
-                raise FloatingPointError(f"training diverged: loss {float(loss)} at step {step}")
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"training diverged: loss {value} at step {step}")
             if self.scalar_sink is not None:
                 self._record_scalars(step, loss, task_loss, terms, batches, losses)
 

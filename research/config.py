@@ -27,9 +27,11 @@ SOURCES = ("digits", "mnist1d", "npz", "folder")
 class Strict(BaseModel):
     """Base for every config section: unknown keys are rejected, values are checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+# Seeds feed numpy, torch and Lightning, which all take unsigned 32-bit values.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -38,7 +40,7 @@ class TransformConfig(Strict):
     """A transform applied to every example of a task, e.g. to express "same classes, shifted domain"."""
 
     kind: Literal["permute", "rotate"]
-    seed: int = 0  # permute: which fixed permutation of the input features
+    seed: Seed = 0  # permute: which fixed permutation of the input features
     degrees: float = 0.0  # rotate: angle in degrees (image sources only)
 
 
@@ -63,6 +65,8 @@ class TaskConfig(Strict):
     def _path_matches_source(self) -> TaskConfig:
         if self.source in ("npz", "folder") and not self.path:
             raise ValueError(f"source '{self.source}' needs a 'path' to the user's data")
+        if self.source not in ("npz", "folder") and self.path:
+            raise ValueError(f"source '{self.source}' is built in and takes no 'path' (only npz and folder do)")
         if self.classes is not None and len(self.classes) == 0:
             raise ValueError("classes must not be empty (leave it out to use every class)")
         if self.classes is not None and len(set(map(str, self.classes))) != len(self.classes):
@@ -75,7 +79,7 @@ class DataConfig(Strict):
 
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.15
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    split_seed: int = 0
+    split_seed: Seed = 0
     mnist1d_samples: PositiveInt = 5000  # examples generated for the MNIST-1D source (before splitting)
 
     @model_validator(mode="after")
@@ -90,8 +94,8 @@ class ModelConfig(Strict):
     task, old heads kept for scoring); ``shared`` is one output layer over the union of all tasks' classes."""
 
     arch: Literal["mlp", "cnn"] = "mlp"
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256])  # mlp: block widths
-    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64])  # cnn: block channels
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256], min_length=1)  # mlp: block widths
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], min_length=1)  # cnn: block channels
     batchnorm: bool = False
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     heads: Literal["per_task", "shared"] = "per_task"
@@ -109,7 +113,7 @@ class OptimConfig(Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    backbone_lr_scale: Annotated[float, Field(ge=0)] = 1.0
+    backbone_lr_scale: PositiveFloat = 1.0  # to freeze the backbone, use method feature_extraction
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 1.0
 
 
@@ -118,7 +122,7 @@ class PretrainConfig(Strict):
 
     tasks: list[TaskConfig]
     checkpoint: str | None = None  # safetensors file, or a directory holding model.safetensors
-    seed: int = 0  # fixed independently of the run seed so every run of a grid starts from the same weights
+    seed: Seed = 0  # fixed independently of the run seed so every run of a grid starts from the same weights
     train: OptimConfig = Field(default_factory=lambda: OptimConfig(epochs=20))
 
     @field_validator("tasks")
@@ -163,7 +167,7 @@ class LoggingConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str = "experiment"
-    seed: int = 0
+    seed: Seed = 0
     out: str = "runs"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -174,6 +178,12 @@ class ExperimentConfig(Strict):
     train: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _eval_split_exists(self) -> ExperimentConfig:
+        if self.eval.split == "val" and self.data.val_fraction == 0:
+            raise ValueError("eval.split is 'val' but data.val_fraction is 0: there is no validation split")
+        return self
 
     @model_validator(mode="after")
     def _tasks_are_distinct(self) -> ExperimentConfig:
@@ -290,8 +300,8 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 # --------------------------------------------------------------------------------------------- identity
 
 
-# Sections that do not change a run's numbers and so are not part of its identity.
-NOT_IN_RUN_ID = ("out", "logging")
+# Settings that change neither a run's numbers nor which rows it records, so are not part of its identity.
+NOT_IN_RUN_ID = ("out", "logging.wandb", "logging.project", "logging.progress")
 
 
 def resolved(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -304,7 +314,14 @@ def stable_hash(data: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def run_id(cfg: ExperimentConfig) -> str:
-    """Content address of a run: hash of everything that determines its numbers, seed included."""
-    data = {k: v for k, v in resolved(cfg).items() if k not in NOT_IN_RUN_ID}
-    return stable_hash(data)
+def run_id(cfg: ExperimentConfig, extra: dict[str, str] | None = None) -> str:
+    """Content address of a run: hash of everything that determines its numbers, seed included. ``extra`` holds
+    fingerprints of the contents of user files the config names by path (data, checkpoint)."""
+    data = resolved(cfg)
+    for dotted in NOT_IN_RUN_ID:
+        *parents, leaf = dotted.split(".")
+        section = data
+        for part in parents:
+            section = section[part]
+        section.pop(leaf)
+    return stable_hash({**data, **({"content": extra} if extra else {})})

@@ -11,11 +11,15 @@ very end, so a crash at any point leaves a run that does not look completed.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,18 @@ PACKAGES = (
     "pandas",
     "forgetting-lab",
 )
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) held for the duration; other processes asking for it wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -89,6 +105,7 @@ def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+@functools.cache
 def package_versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0]}
     for name in PACKAGES:

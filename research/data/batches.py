@@ -26,7 +26,15 @@ class TensorBatches:
         self.epoch = 0  # advanced on every full pass
 
     def __len__(self) -> int:
-        return -(-len(self.tensors[0]) // self.batch_size)
+        return len(self._starts())
+
+    def _starts(self) -> list[int]:
+        # A last batch of a single example is folded into the one before: BatchNorm cannot train on one example.
+        n = len(self.tensors[0])
+        starts = list(range(0, n, self.batch_size))
+        if len(starts) > 1 and n - starts[-1] == 1:
+            starts.pop()
+        return starts
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         tensors = self.tensors
@@ -35,5 +43,7 @@ class TensorBatches:
             order = torch.randperm(len(tensors[0]), generator=generator)
             tensors = tuple(t[order] for t in tensors)
         self.epoch += 1
-        for start in range(0, len(tensors[0]), self.batch_size):
-            yield tuple(t[start : start + self.batch_size] for t in tensors)
+        starts = self._starts()
+        ends = [*starts[1:], len(tensors[0])]
+        for start, end in zip(starts, ends, strict=True):
+            yield tuple(t[start:end] for t in tensors)

@@ -7,6 +7,7 @@ tasks' classes (keyed by source and class name, so "3" of the digits and of rota
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,19 +46,23 @@ class Task:
 class TaskSet:
     pretrain: list[Task]
     finetune: list[Task]
-    head_sizes: dict[str, int]  # every head the model needs, pretraining heads first
+    head_sizes: dict[str, int]  # every head the model needs at fine-tuning, pretraining heads first
+    shared_pretrain_sizes: dict[str, int] | None = None  # a shared head's size during pretraining
 
     @property
     def all(self) -> list[Task]:
         return self.pretrain + self.finetune
 
     def pretrain_head_sizes(self) -> dict[str, int]:
+        """Heads of the pretrained model. A shared head covers only the pretraining classes then; fine-tuning
+        appends outputs for new classes."""
         heads = {t.head for t in self.pretrain}
-        return {h: n for h, n in self.head_sizes.items() if h in heads}
+        sizes = {h: n for h, n in self.head_sizes.items() if h in heads}
+        return {**sizes, **(self.shared_pretrain_sizes or {})}
 
 
 def build_tasks(cfg: ExperimentConfig) -> TaskSet:
-    """Load every source once, select classes, transform, split. Raises ConfigError on bad task specs."""
+    """Load every source once, split it once, select each task's classes, transform. Raises ConfigError."""
     entries: list[tuple[str, Role, TaskConfig]] = [
         *((f"pretrain.tasks[{i}]", "pretrain", t) for i, t in enumerate(cfg.pretrain.tasks)),
         *((f"finetune.tasks[{i}]", "finetune", t) for i, t in enumerate(cfg.finetune.tasks)),
@@ -72,14 +77,20 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
     if len(shapes) > 1:
         raise ConfigError(f"tasks: all tasks must share one input shape for one model; found {sorted(shapes)}")
 
-    shared = cfg.model.heads == "shared"
-    union: list[tuple[str, str, str]] = []  # (source, path, class name) in order of first appearance
-    for _, _, tcfg, source, class_ids in selected:
+    # With a shared head, outputs are the union of classes in order of first appearance. Pretraining tasks come
+    # first, so the pretrained head covers exactly their classes and fine-tuning appends outputs for new ones:
+    # the pretrained weights never depend on what is fine-tuned later.
+    union: list[tuple[str, str, str]] = []  # (source, path, class name)
+    pretrain_outputs = 0
+    for _, role, tcfg, source, class_ids in selected:
         for c in class_ids:
             key = (tcfg.source, tcfg.path or "", source.class_names[c])
             if key not in union:
                 union.append(key)
+        if role == "pretrain":
+            pretrain_outputs = len(union)
 
+    shared = cfg.model.heads == "shared"
     tasks: dict[Role, list[Task]] = {"pretrain": [], "finetune": []}
     head_sizes: dict[str, int] = {}
     for where, role, tcfg, source, class_ids in selected:
@@ -92,24 +103,37 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
             head = tcfg.name
             outputs = list(range(len(class_ids)))
             head_sizes[head] = len(class_ids)
-        splits = _split(source, tcfg, class_ids, outputs, cfg.data, where)
+        splits = _task_splits(source, tcfg, class_ids, outputs, cfg.data, where)
         tasks[role].append(Task(tcfg.name, role, head, names, splits))
-    return TaskSet(tasks["pretrain"], tasks["finetune"], head_sizes)
+    pretrain_heads = {SHARED_HEAD: pretrain_outputs} if shared else None
+    return TaskSet(tasks["pretrain"], tasks["finetune"], head_sizes, pretrain_heads)
 
 
 def _resolve_classes(source: SourceData, tcfg: TaskConfig, where: str) -> list[int]:
-    """Class indices into the source; ints are indices, strings are class names."""
+    """Class indices into the source. Classes are named by their label (``3`` and ``"3"`` are the same class;
+    a folder source's labels are its sub-folder names), never by position."""
     if tcfg.classes is None:
-        return list(range(len(source.class_names)))
-    ids = []
-    for c in tcfg.classes:
-        if isinstance(c, int) and 0 <= c < len(source.class_names):
-            ids.append(c)
-        elif isinstance(c, str) and c in source.class_names:
-            ids.append(source.class_names.index(c))
-        else:
-            valid = _describe_classes(source.class_names)
-            raise ConfigError(f"{where}.classes: class {c!r} is not in source '{tcfg.source}'; valid classes: {valid}")
+        ids = list(range(len(source.class_names)))
+    else:
+        ids = []
+        for c in tcfg.classes:
+            if str(c) not in source.class_names:
+                valid = _describe_classes(source.class_names)
+                raise ConfigError(
+                    f"{where}.classes: class {c!r} is not in source '{tcfg.source}'; valid classes: {valid}"
+                )
+            index = source.class_names.index(str(c))
+            if index in ids:
+                raise ConfigError(f"{where}.classes: class {c!r} is listed twice")
+            ids.append(index)
+    present = set(np.unique(source.y).tolist())
+    empty = [source.class_names[i] for i in ids if i not in present]
+    if empty:
+        raise ConfigError(f"{where}.classes: source '{tcfg.source}' has no examples of classes {empty}")
+    if len(ids) < 2:
+        raise ConfigError(
+            f"{where}.classes: a task needs at least 2 classes (got {[source.class_names[i] for i in ids]})"
+        )
     return ids
 
 
@@ -120,7 +144,7 @@ def _describe_classes(names: tuple[str, ...]) -> str:
     return shown + (", ..." if len(names) > 20 else "")
 
 
-def _split(
+def _task_splits(
     source: SourceData,
     tcfg: TaskConfig,
     class_ids: list[int],
@@ -128,30 +152,36 @@ def _split(
     data: DataConfig,
     where: str,
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """Stratified train/val/test split, seeded by ``data.split_seed`` (the same for every run seed)."""
-    keep = np.isin(source.y, class_ids)
-    x = apply_transform(source.x[keep], tcfg.transform, where)
+    """The task's examples of each split. The split belongs to the source example, not to the task, so two
+    tasks drawing from one source never see each other's test examples in training."""
     to_output = dict(zip(class_ids, outputs, strict=True))
-    y = np.array([to_output[c] for c in source.y[keep]], dtype=np.int64)
-    counts = np.bincount(y)
-    counts = counts[counts > 0]
-    if counts.min() < 3:
-        raise ConfigError(f"{where}: every class needs at least 3 examples to split; smallest has {counts.min()}")
-    idx = np.arange(len(y))
-    rest, test = _stratified(idx, y, data.test_fraction, data.split_seed)
+    splits = {}
+    for name, idx in source_splits(source, data).items():
+        keep = idx[np.isin(source.y[idx], class_ids)]
+        x = apply_transform(source.x[keep], tcfg.transform, where)
+        y = np.array([to_output[c] for c in source.y[keep]], dtype=np.int64)
+        splits[name] = (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
+    return splits
+
+
+def source_splits(source: SourceData, data: DataConfig) -> dict[str, np.ndarray]:
+    """Train/val/test example indices of a whole source pool, stratified by label and fixed by split_seed."""
+    idx = np.arange(len(source.y))
+    rest, test = _stratified(idx, source.y, data.test_fraction, data.split_seed)
     if data.val_fraction > 0:
-        train, val = _stratified(rest, y[rest], data.val_fraction / (1 - data.test_fraction), data.split_seed)
+        train, val = _stratified(rest, source.y[rest], data.val_fraction / (1 - data.test_fraction), data.split_seed)
     else:
         train, val = rest, rest[:0]
-    return {
-        name: (torch.from_numpy(x[i]), torch.from_numpy(y[i]))
-        for name, i in (("train", train), ("val", val), ("test", test))
-    }
+    return {"train": train, "val": val, "test": test}
 
 
 def _stratified(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         first, second = train_test_split(idx, test_size=fraction, stratify=y, random_state=seed)
-    except ValueError:  # too few examples per class for stratification: fall back to a plain seeded split
+    except ValueError:
+        # Some class has too few examples to appear on both sides: a plain seeded split, said out loud.
+        warnings.warn(
+            "a class has too few examples for a stratified split; splitting without stratification", stacklevel=3
+        )
         first, second = train_test_split(idx, test_size=fraction, random_state=seed)
     return np.sort(first), np.sort(second)

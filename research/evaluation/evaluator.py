@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
@@ -30,6 +30,13 @@ class EvalSet:
     x: Tensor
     y: Tensor
     num_classes: int
+    accuracy: MulticlassAccuracy | None = field(default=None, repr=False)  # built once, reset per evaluation
+
+    def accuracy_metric(self, device: torch.device) -> MulticlassAccuracy:
+        if self.accuracy is None or self.accuracy.device != device:
+            self.accuracy = MulticlassAccuracy(num_classes=self.num_classes, average="micro").to(device)
+        self.accuracy.reset()
+        return self.accuracy
 
 
 def eval_sets(
@@ -56,7 +63,7 @@ def score(model: MultiHeadNet, sets: list[EvalSet], batch_size: int) -> dict[str
     results = {}
     try:
         for s in sets:
-            accuracy = MulticlassAccuracy(num_classes=s.num_classes, average="micro").to(device)
+            accuracy = s.accuracy_metric(device)
             # A plain sum: torchmetrics' MeanMetric drops NaN batches by default, which would hide divergence.
             loss_sum = torch.zeros((), device=device)
             for start in range(0, len(s.y), batch_size):
@@ -69,6 +76,12 @@ def score(model: MultiHeadNet, sets: list[EvalSet], batch_size: int) -> dict[str
     finally:
         _restore(modes)
     return results
+
+
+def epoch_of_step(step: int, steps_per_epoch: int) -> int:
+    """The epoch column of a row at ``step``: the 0-based epoch in which the step-th update happened (step 0,
+    before any update, belongs to epoch 0). Evaluation rows and training-scalar rows share it."""
+    return max(step - 1, 0) // steps_per_epoch
 
 
 def _restore(modes: dict[nn.Module, bool]) -> None:
@@ -121,8 +134,7 @@ class Evaluator(L.Callback):
         self._last_step = step
         started = time.perf_counter()
         results = score(pl_module.model, self.sets, self.batch_size)  # type: ignore[arg-type]
-        # The epoch in which this step's update happened (0-based); step 0 belongs to epoch 0.
-        epoch = max(step - 1, 0) // self.steps_per_epoch
+        epoch = epoch_of_step(step, self.steps_per_epoch)
         flat: dict[str, float] = {}
         for s in self.sets:
             for metric, value in results[s.task.name].items():

@@ -26,7 +26,7 @@ from research.models.multihead import MultiHeadNet
 class MethodConfig(BaseModel):
     """Base of every method's hyperparameters: typed, with defaults, unknown keys rejected."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     name: str
 
 

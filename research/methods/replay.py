@@ -25,9 +25,10 @@ class ReplayConfig(MethodConfig):
 class Replay(Method):
     """Replay: every step trains on the new task's batch plus buffer examples, so that replayed examples make up
     ``ratio`` of the mixed batch (a new batch of B gets round(B·ratio/(1−ratio)) replayed examples, drawn
-    uniformly without replacement). The task loss is the mean over the mixed batch, each replayed example scored
-    by its own task's head. The buffer is filled once from the pretraining tasks' training data, by reservoir
-    sampling (Vitter 1985) over a seeded random stream or class-balanced (equal counts per class).
+    uniformly without replacement, or with replacement when the buffer holds fewer). The task loss is the mean
+    over the mixed batch, each replayed example scored by its own task's head. The buffer is filled once from the
+    pretraining tasks' training data, by reservoir sampling (Vitter 1985) over a seeded random stream or
+    class-balanced (equal counts per class).
     """
 
     name = "replay"
@@ -53,13 +54,17 @@ class Replay(Method):
 
     def replay_count(self, batch_size: int) -> int:
         ratio = self.config.ratio
-        return min(round(batch_size * ratio / (1 - ratio)), len(self.buffer_y))
+        return round(batch_size * ratio / (1 - ratio))
 
     def extra_batches(self, batch_size: int) -> list[HeadBatch]:
         count = self.replay_count(batch_size)
         if count == 0:
             return []
-        idx = torch.randperm(len(self.buffer_y), generator=self.generator)[:count].to(self.buffer_y.device)
+        if count <= len(self.buffer_y):
+            idx = torch.randperm(len(self.buffer_y), generator=self.generator)[:count]
+        else:  # a buffer smaller than the replay share: draw with replacement so the ratio still holds
+            idx = torch.randint(0, len(self.buffer_y), (count,), generator=self.generator)
+        idx = idx.to(self.buffer_y.device)
         x, y, head_ids = self.buffer_x[idx], self.buffer_y[idx], self.buffer_head[idx]
         if len(self.heads) == 1:
             return [HeadBatch(self.heads[0], x, y, "replay")]

@@ -39,6 +39,20 @@ class MultiHeadNet(nn.Module):
         self.heads[name] = head
         return head
 
+    def grow_head(self, name: str, num_outputs: int, generator: torch.Generator) -> None:
+        """Append seeded outputs to an existing head (a shared head meeting new classes); the existing rows,
+        and so the scores of the classes it already knew, are unchanged."""
+        old = self.heads[name]
+        if num_outputs < old.out_features:
+            raise ValueError(f"head '{name}' has {old.out_features} outputs; cannot shrink to {num_outputs}")
+        if num_outputs == old.out_features:
+            return
+        del self.heads[name]
+        new = self.add_head(name, num_outputs, generator)
+        with torch.no_grad():
+            new.weight[: old.out_features] = old.weight
+            new.bias[: old.out_features] = old.bias
+
     def features(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from research.config import ExperimentConfig
 from research.data.batches import TensorBatches
 from research.data.tasks import TaskSet
-from research.evaluation.evaluator import Evaluator, eval_sets
+from research.evaluation.evaluator import Evaluator, epoch_of_step, eval_sets
 from research.methods.base import FinetuneContext, Method
 from research.models.multihead import MultiHeadNet
 from research.tracking import Tracker
@@ -40,6 +40,8 @@ def finetune_model(
     for task in tasks.finetune:
         if task.head not in model.heads:
             model.add_head(task.head, tasks.head_sizes[task.head], generator=generator)
+        else:  # a shared head: outputs for the new task's new classes, if any
+            model.grow_head(task.head, tasks.head_sizes[task.head], generator=generator)
     new_names = [name for name, _ in model.named_parameters() if name not in pretrained_names]
     finetune_heads = {t.head for t in tasks.finetune}
     for name, head in model.heads.items():
@@ -95,7 +97,8 @@ def run_finetune(
     )
     evaluator.records = outcome.records  # measurements land in the outcome as they are taken
 
-    def on_train_scalars(step: int, epoch: int, scalars: dict[str, Tensor]) -> None:
+    def on_train_scalars(step: int, scalars: dict[str, Tensor]) -> None:
+        epoch = epoch_of_step(step, len(batches))
         values = {name: float(value) for name, value in scalars.items()}
         diverged = {name: v for name, v in values.items() if not math.isfinite(v)}
         if diverged:  # stop now: every further step would only spread NaNs through the weights
@@ -124,7 +127,5 @@ def run_finetune(
         outcome.seconds = time.perf_counter() - started
         outcome.eval_seconds = evaluator.seconds
         outcome.evaluations = evaluator.evaluations
-    if trainer.interrupted:
-        raise KeyboardInterrupt("training was interrupted")
     outcome.method_info = method.info()
     return outcome

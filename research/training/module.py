@@ -43,7 +43,7 @@ class ClassifierModule(L.LightningModule):
         self.method = method
         self.context = context
         self.log_every_n_steps = log_every_n_steps
-        self.scalar_sink = scalar_sink  # callable(step, epoch, {name: tensor}) or None
+        self.scalar_sink = scalar_sink  # callable(step, {name: tensor}) or None
         # Blocks with nothing to train run in eval mode, so their BatchNorm statistics stay pretrained.
         self.frozen_blocks = [b for b in model.blocks() if not any(p.requires_grad for p in b.parameters())]
 
@@ -126,7 +126,7 @@ class ClassifierModule(L.LightningModule):
         for source in sorted({b.source for b in batches}) if losses else []:  # mixed batches: each part's loss
             parts = [(lo, len(b.y)) for lo, b in zip(losses, batches, strict=True) if b.source == source]
             scalars[f"loss_task_{source}"] = sum(lo for lo, _ in parts).detach() / sum(n for _, n in parts)
-        self.scalar_sink(step, self.current_epoch, scalars)
+        self.scalar_sink(step, scalars)
 
     def _split_by_head(self, x: Tensor, y: Tensor, head_ids: Tensor) -> list[HeadBatch]:
         if len(self.heads) == 1:

@@ -8,12 +8,10 @@ run starts from bit-identical weights, pretraining happens once, and no reader e
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +22,13 @@ from torch import Tensor
 
 from research.config import ExperimentConfig, stable_hash
 from research.data.batches import TensorBatches
+from research.data.fingerprint import task_fingerprints
 from research.data.tasks import TaskSet
 from research.errors import RunFailed
 from research.evaluation.evaluator import eval_sets, score
 from research.models.build import build_model
 from research.models.multihead import MultiHeadNet
-from research.store import package_versions
+from research.store import exclusive_lock, package_versions
 from research.training.checkpoints import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
@@ -50,9 +49,16 @@ class Pretrained:
     path: Path
 
 
+# Library versions that change the data or the training numerics; a new version means a new cache entry.
+KEY_PACKAGES = ("torch", "lightning", "numpy", "scikit-learn", "scipy", "mnist1d", "forgetting-lab")
+
+
 def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
+    versions = package_versions()
     return stable_hash(
         {
+            "versions": {name: versions.get(name) for name in KEY_PACKAGES},
+            "content": task_fingerprints(cfg.pretrain.tasks),
             "data": cfg.data.model_dump(mode="json"),
             "model": cfg.model.model_dump(mode="json"),
             "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],
@@ -88,23 +94,13 @@ def pretrained_weights(cfg: ExperimentConfig, tasks: TaskSet) -> Pretrained:
     root = Path(cfg.out) / "pretrained"
     entry = root / key
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(root / f".{key}.lock"):
+    with exclusive_lock(root / f".{key}.lock"):
         cached = (entry / MANIFEST_FILE).is_file()
         if not cached:
             _train_and_store(cfg, tasks, key, entry)
     state = read_state_dict(entry / WEIGHTS_FILE)
     manifest = json.loads((entry / MANIFEST_FILE).read_text())
     return Pretrained(state, manifest, cached, time.perf_counter() - started, entry)
-
-
-@contextmanager
-def _exclusive_lock(path: Path):
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Path) -> None:
@@ -127,7 +123,7 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
     broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
     if broken:  # never cache a diverged model as if it were a valid starting point
         raise RunFailed(f"pretraining diverged: non-finite weights in {broken[:3]}; nothing was cached")
-    sets = {split: eval_sets(tasks.pretrain, tasks.head_sizes, split, None, 0) for split in ("val", "test")}
+    sets = {split: eval_sets(tasks.pretrain, tasks.pretrain_head_sizes(), split, None, 0) for split in ("val", "test")}
     metrics = {split: score(model, s, cfg.eval.batch_size) for split, s in sets.items() if all(len(e.y) for e in s)}
 
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")

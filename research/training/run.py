@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from research.config import ExperimentConfig, resolved, run_id
+from research.data.fingerprint import content_fingerprints
 from research.data.tasks import TaskSet, build_tasks
-from research.errors import RunFailed
+from research.errors import ConfigError, RunFailed
 from research.methods import build_method
 from research.store import (
+    exclusive_lock,
     git_commit,
     is_completed,
     package_versions,
@@ -49,6 +52,11 @@ class RunResult:
 
 def check(cfg: ExperimentConfig) -> TaskSet:
     """Everything that can fail because of the input, checked before anything is written."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {cfg.out} exists and is not a directory")
+    if cfg.device == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("device: 'gpu' was asked for but no GPU is available; valid choices here: auto, cpu")
     tasks = build_tasks(cfg)
     finetune_model(cfg, tasks, build_method(cfg.method), state=None)
     check_checkpoint(cfg, tasks)
@@ -60,12 +68,18 @@ def pretrain_only(cfg: ExperimentConfig) -> Pretrained:
 
 
 def run(cfg: ExperimentConfig, force: bool = False) -> RunResult:
-    rid = run_id(cfg)
-    run_dir = Path(cfg.out) / rid
     started = time.perf_counter()
     tasks = check(cfg)
-    if is_completed(run_dir) and not force:
-        return RunResult(rid, run_dir, read_summary(run_dir) or {}, skipped=True)
+    rid = run_id(cfg, content_fingerprints(cfg))
+    run_dir = Path(cfg.out) / rid
+    # One process at a time per run id: a second one waits, then finds the run completed and skips it.
+    with exclusive_lock(Path(cfg.out) / ".locks" / f"{rid}.lock"):
+        if is_completed(run_dir) and not force:
+            return RunResult(rid, run_dir, read_summary(run_dir) or {}, skipped=True)
+        return _run_locked(cfg, tasks, rid, run_dir, started)
+
+
+def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, started: float) -> RunResult:
     data_seconds = time.perf_counter() - started  # building and checking the tasks
     method = build_method(cfg.method)
     config = resolved(cfg)
@@ -124,7 +138,6 @@ def run(cfg: ExperimentConfig, force: bool = False) -> RunResult:
         **timings,
         "finetune_seconds": outcome.seconds,
         "eval_seconds": outcome.eval_seconds,
-        "total_seconds": time.perf_counter() - started,
     }
     summary["steps"] = outcome.steps
     summary["evaluations"] = outcome.evaluations
@@ -134,10 +147,13 @@ def run(cfg: ExperimentConfig, force: bool = False) -> RunResult:
             tracker.summary(
                 {f"final/{task}/{m}": v for task, ms in final.items() for m, v in ms.items() if m != "role"}
             )
+        finish_started = time.perf_counter()
         tracker.finish(exit_code=0 if error is None else 1)
+        summary["timings"]["wandb_finish_seconds"] = time.perf_counter() - finish_started
         summary["wandb"] = {"mode": cfg.logging.wandb, "run_id": tracker.run_id, "problem": tracker.problem}
 
     write_metrics(run_dir, outcome.records)
+    summary["timings"]["total_seconds"] = time.perf_counter() - started
     if error is not None:
         summary["status"] = "failed"
         summary["error"] = f"{type(error).__name__}: {error}"

@@ -1,0 +1,34 @@
+"""Fingerprints of the user files a config names by path, so that run ids and the pretraining cache change
+when the data or checkpoint behind a path changes, not only when the path does."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from research.config import ExperimentConfig, TaskConfig
+
+
+def path_fingerprint(path: str | Path) -> str:
+    """SHA-256 over a file's bytes, or over a folder's relative file names and bytes (sorted)."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(root) if file != root else file.name).encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def task_fingerprints(tasks: list[TaskConfig]) -> dict[str, str]:
+    return {f"data:{t.path}": path_fingerprint(t.path) for t in tasks if t.path}
+
+
+def content_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
+    """Everything outside the config that changes a run's numbers: user data and a user checkpoint."""
+    prints = task_fingerprints(cfg.pretrain.tasks + cfg.finetune.tasks)
+    if cfg.pretrain.checkpoint:
+        prints["checkpoint"] = path_fingerprint(cfg.pretrain.checkpoint)
+    return prints

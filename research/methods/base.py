@@ -7,6 +7,8 @@ the new task's batch and does the update; a method contributes only through thes
 - ``prepare``: once, before the first update (snapshot θ₀, estimate a Fisher, fill a replay buffer);
 - ``extra_batches``: more examples mixed into every training step (replay);
 - ``loss_terms``: extra loss terms, returned by name so each is logged under its own name;
+- ``after_backward`` / ``after_step``: only where a method needs them, around the update the module performs
+  (gradient projection such as A-GEM; importance accumulation such as SI);
 - ``info``: what the run's summary should record about the method (estimator used, timings).
 """
 
@@ -110,6 +112,12 @@ class Method:
     def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:
         """Extra terms added to the task loss, by name (each is logged as ``loss/<name>``)."""
         return {}
+
+    def after_backward(self, model: MultiHeadNet, step: int) -> None:
+        """Gradients of this step's loss are in ``p.grad``; a method may modify them (never step itself)."""
+
+    def after_step(self, model: MultiHeadNet, step: int) -> None:
+        """The optimizer has applied update number ``step + 1``."""
 
     def info(self) -> dict[str, Any]:
         """Facts for summary.json, e.g. which Fisher estimator ran and how long it took."""

@@ -109,7 +109,11 @@ class ClassifierModule(L.LightningModule):
         optimizer = self.optimizers()
         optimizer.zero_grad()
         self.manual_backward(loss)
+        if self.method is not None:
+            self.method.after_backward(self.model, step)  # e.g. A-GEM projects the gradients here
         optimizer.step()
+        if self.method is not None:
+            self.method.after_step(self.model, step)  # e.g. SI accumulates its path integral here
         return loss
 
     def _record_scalars(

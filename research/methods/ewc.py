@@ -35,7 +35,11 @@ class EWC(Method):
     Anchored: the parameters that came from the pretrained model, at their pretrained values θ*, weighted by
     the diagonal Fisher F estimated on the pretraining tasks' training data (each example through its own
     task's head), in eval mode, before the first update. The estimator is chosen by ``fisher`` and recorded
-    in the run's summary with its trace and the time it took. Logged as ``loss/ewc``.
+    in the run's summary with its trace and the time it took. Logged as ``train_loss_ewc``.
+
+    Versus avalanche-lib's EWCPlugin: its importance is our ``batched`` estimator (tested equal on identical
+    weights and data), and its penalty is λ·Σ F (θ−θ*)² without the paper's 1/2, so our λ is twice Avalanche's
+    for the same penalty.
     """
 
     name = "ewc"

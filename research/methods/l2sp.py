@@ -24,7 +24,7 @@ class L2SP(Method):
 
     Anchored: every parameter that came from the pretrained model (backbone, and the shared head when heads
     are shared) to its pretrained value w⁰. The new head is pulled toward zero with β. Logged as
-    ``loss/l2sp`` (the α part) and ``loss/l2_new_head`` (the β part).
+    ``train_loss_l2sp`` (the α part) and ``train_loss_l2_new_head`` (the β part).
     """
 
     name = "l2sp"

@@ -110,7 +110,8 @@ class Method:
         return []
 
     def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:
-        """Extra terms added to the task loss, by name (each is recorded as ``train_loss_<name>`` in metrics.parquet and ``train/loss_<name>`` in W&B)."""
+        """Extra terms added to the task loss, by name; each is recorded as ``train_loss_<name>`` in
+        metrics.parquet and ``train/loss_<name>`` in W&B."""
         return {}
 
     def after_backward(self, model: MultiHeadNet, step: int) -> None:

@@ -88,6 +88,8 @@ def test_known_loss_terms() -> None:
         "replay": set(),
         "ewc": {"ewc"},
         "l2sp": {"l2sp", "l2_new_head"},
+        "mas": {"mas"},
+        "lwf": {"lwf"},
     }
     for name, terms in expected.items():
         cfg = load_config(

@@ -1,0 +1,161 @@
+"""MAS (Aljundi et al. 2018, "Memory Aware Synapses: Learning what (not) to forget"): a quadratic pull toward
+the pretrained weights, each weight weighted by how sensitive the squared L2 norm of the network's output is to
+it on the pretraining data. The importance needs no labels.
+
+With f(x) the logits of the example's own task head and N pretraining examples, two estimators are offered:
+
+- ``per_sample``: Ω = 1/N Σ_n |∇_θ ‖f(x_n)‖²|                  (the paper's definition: per-example gradients,
+  absolute value, averaged over examples; computed with ``torch.func.vmap``)
+- ``batched``:    Ω = 1/B Σ_b |∇_θ mean_{n∈b} ‖f(x_n)‖²|         (Avalanche's MASPlugin, after FACIL: the absolute
+  value of each minibatch-mean gradient, averaged over the B minibatches)
+
+``batched`` takes the absolute value after averaging over a minibatch, so gradients of opposite sign cancel
+inside a batch: with batches of equal size it is at most the per-sample value (equal when, within every batch,
+each weight's per-example gradients share one sign), and it depends on the batch size. Our batches hold one head
+each (``FinetuneContext.pretrain_train_batches``), in order, unshuffled, the last one of each task possibly
+smaller; every batch counts once, whatever its size, as in Avalanche.
+
+Both estimators run in eval mode (no dropout noise, BatchNorm uses and keeps its running statistics) and restore
+every module's previous mode. Avalanche's MASPlugin instead puts the model in train mode (and leaves it there), so
+with dropout or BatchNorm its values differ from ours and its estimation moves the BatchNorm running statistics.
+Avalanche's penalty is λ Σ Ω (θ − θ*)², without the 1/2: its ``lambda_reg`` is our ``lam`` / 2.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from pydantic import Field
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from research.methods.base import FinetuneContext, HeadBatch, Method, MethodConfig, TrainStep
+from research.methods.fisher import eval_mode
+from research.methods.penalty import quadratic_penalty, snapshot
+from research.methods.registry import register
+from research.models.multihead import MultiHeadNet
+
+MASEstimator = Literal["per_sample", "batched"]
+MAS_ESTIMATORS: tuple[str, ...] = ("per_sample", "batched")
+
+# Upper bound on floats held by one vmap chunk of per-sample gradients: 2**26 floats = 256 MiB.
+_CHUNK_FLOATS = 2**26
+
+
+class MASConfig(MethodConfig):
+    name: Literal["mas"] = "mas"
+    lam: float = Field(1.0, ge=0, description="penalty strength λ in λ/2 Σ Ω_i (θ_i − θ*_i)²")
+    importance_samples: int | None = Field(
+        1000, gt=0, description="pretraining examples used for the importance (None: all training examples)"
+    )
+    importance_batch_size: int = Field(64, gt=0, description="minibatch size; changes the result only for 'batched'")
+    estimator: MASEstimator = Field(
+        "per_sample", description="per_sample (the paper's) or batched (Avalanche's MASPlugin); see methods/mas.py"
+    )
+
+
+def mas_importance(
+    model: nn.Module, batches: Iterable[HeadBatch], param_names: list[str], estimator: MASEstimator = "per_sample"
+) -> dict[str, Tensor]:
+    """MAS importance Ω for the named parameters over ``batches`` (each scored by its own head), in eval mode."""
+    if estimator not in MAS_ESTIMATORS:
+        raise ValueError(f"unknown MAS estimator '{estimator}'; valid choices: {', '.join(MAS_ESTIMATORS)}")
+    named = dict(model.named_parameters())
+    params = {n: named[n].detach() for n in param_names}
+    buffers = dict(model.named_buffers())
+    total = {n: p.new_zeros(p.shape) for n, p in params.items()}
+    count = 0
+    with eval_mode(model):
+        for batch in batches:
+            if len(batch.x) == 0:
+                continue
+            if estimator == "batched":
+                for n, g in _batch_mean_gradient(model, params, buffers, batch).items():
+                    total[n] += g.abs()
+                count += 1
+                continue
+            num_params = max(1, sum(p.numel() for p in params.values()))
+            size = max(1, _CHUNK_FLOATS // num_params)
+            for start in range(0, len(batch.x), size):
+                x = batch.x[start : start + size]
+                for n, g in _per_sample_gradients(model, params, buffers, batch.head, x).items():
+                    total[n] += g.abs().sum(0)
+                count += len(x)
+    if count == 0:
+        raise ValueError("cannot estimate a MAS importance from no data")
+    return {n: t / count for n, t in total.items()}
+
+
+def _per_sample_gradients(
+    model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], head: str, x: Tensor
+) -> dict[str, Tensor]:
+    def squared_norm(p: dict[str, Tensor], xi: Tensor) -> Tensor:
+        logits = functional_call(model, (p, buffers), (xi.unsqueeze(0),), {"head": head})
+        return logits.pow(2).sum()
+
+    return vmap(grad(squared_norm), in_dims=(None, 0))(params, x)
+
+
+def _batch_mean_gradient(
+    model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: HeadBatch
+) -> dict[str, Tensor]:
+    def mean_squared_norm(p: dict[str, Tensor]) -> Tensor:
+        logits = functional_call(model, (p, buffers), (batch.x,), {"head": batch.head})
+        return logits.pow(2).sum(dim=1).mean()
+
+    return grad(mean_squared_norm)(params)
+
+
+def importance_trace(importance: dict[str, Tensor]) -> float:
+    return float(sum(t.sum() for t in importance.values()))
+
+
+@register
+class MAS(Method):
+    """MAS: λ/2 Σ_i Ω_i (θ_i − θ*_i)², Ω from output-norm sensitivity (Aljundi et al. 2018).
+
+    Anchored: the parameters that came from the pretrained model and train, at their pretrained values θ*,
+    weighted by Ω_i = mean over pretraining examples of |∂‖f(x)‖²/∂θ_i| (f: logits of the example's own task
+    head), estimated on the pretraining tasks' training data in eval mode before the first update. ``estimator``
+    picks the paper's per-example definition (``per_sample``) or Avalanche's minibatch one (``batched``: the
+    absolute value of minibatch-mean gradients, which partly cancel within a batch, so it is smaller and depends
+    on the batch size); see the module docstring. Logged as ``train_loss_mas``.
+    """
+
+    name = "mas"
+    Config = MASConfig
+    config: MASConfig
+
+    def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        names = [n for n in ctx.pretrained_names if n in trainable]
+        self.anchor = snapshot(model, names)
+        started = time.perf_counter()
+        batches = ctx.pretrain_train_batches(self.config.importance_batch_size, self.config.importance_samples)
+        self.importance = mas_importance(model, batches, names, self.config.estimator)
+        self._importance_seconds = time.perf_counter() - started
+        self._importance_examples = sum(len(b.y) for b in batches)
+
+    def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:
+        params = dict(model.named_parameters())
+        return {"mas": 0.5 * self.config.lam * quadratic_penalty(params, self.anchor, self.importance)}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "importance_estimator": self.config.estimator,
+            "importance_trace": importance_trace(self.importance),
+            "importance_seconds": self._importance_seconds,
+            "importance_examples": self._importance_examples,
+        }
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {
+            **{f"anchor.{n}": t for n, t in self.anchor.items()},
+            **{f"importance.{n}": t for n, t in self.importance.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.anchor = {n.removeprefix("anchor."): t for n, t in state.items() if n.startswith("anchor.")}
+        self.importance = {n.removeprefix("importance."): t for n, t in state.items() if n.startswith("importance.")}

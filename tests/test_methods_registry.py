@@ -90,6 +90,9 @@ def test_known_loss_terms() -> None:
         "l2sp": {"l2sp", "l2_new_head"},
         "mas": {"mas"},
         "lwf": {"lwf"},
+        "agem": set(),
+        "der": {"der"},
+        "derpp": {"der", "der_ce"},
     }
     for name, terms in expected.items():
         cfg = load_config(

@@ -8,6 +8,7 @@ from pydantic import Field
 from torch import Tensor
 
 from research.methods.base import FinetuneContext, HeadBatch, Method, MethodConfig
+from research.methods.memory import PretrainMemory
 from research.methods.registry import register
 from research.models.multihead import MultiHeadNet
 
@@ -36,20 +37,9 @@ class Replay(Method):
     config: ReplayConfig
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
-        pools = [(t.head, *t.splits["train"]) for t in ctx.tasks.pretrain]
-        heads = [h for h, _, _ in pools]
-        x = torch.cat([x for _, x, _ in pools])
-        y = torch.cat([y for _, _, y in pools])
-        head_ids = torch.cat([torch.full((len(yy),), i) for i, (_, _, yy) in enumerate(pools)])
-        generator = torch.Generator().manual_seed(ctx.seed)
-        if self.config.selection == "reservoir":
-            chosen = reservoir_indices(len(y), self.config.buffer_size, generator)
-        else:
-            chosen = class_balanced_indices(head_ids * (int(y.max()) + 1) + y, self.config.buffer_size, generator)
-        self.heads = heads
-        self.buffer_x = x[chosen].to(ctx.device)
-        self.buffer_y = y[chosen].to(ctx.device)
-        self.buffer_head = head_ids[chosen].to(ctx.device)
+        memory = PretrainMemory.fill(ctx, self.config.buffer_size, self.config.selection)
+        self.heads = memory.heads
+        self.buffer_x, self.buffer_y, self.buffer_head = memory.x, memory.y, memory.head
         self.generator = torch.Generator().manual_seed(ctx.seed + 1)
 
     def replay_count(self, batch_size: int) -> int:
@@ -92,31 +82,3 @@ class Replay(Method):
             state["buffer_y"],
             state["buffer_head"],
         )
-
-
-def reservoir_indices(stream_length: int, capacity: int, generator: torch.Generator) -> Tensor:
-    """Algorithm R over the stream in a seeded random order: every example ends up kept with equal probability."""
-    order = torch.randperm(stream_length, generator=generator).tolist()
-    reservoir = order[:capacity]
-    for seen, item in enumerate(order[capacity:], start=capacity):
-        j = int(torch.randint(0, seen + 1, (1,), generator=generator))
-        if j < capacity:
-            reservoir[j] = item
-    return torch.tensor(sorted(reservoir), dtype=torch.long)
-
-
-def class_balanced_indices(labels: Tensor, capacity: int, generator: torch.Generator) -> Tensor:
-    """Take examples class by class in turn (each class's order seeded), so counts differ by at most one
-    unless a class runs out of examples."""
-    per_class = [
-        members[torch.randperm(len(members), generator=generator)].tolist()
-        for members in (torch.nonzero(labels == c).flatten() for c in torch.unique(labels))
-    ]
-    chosen: list[int] = []
-    depth = 0
-    while len(chosen) < capacity and any(depth < len(m) for m in per_class):
-        for members in per_class:
-            if depth < len(members) and len(chosen) < capacity:
-                chosen.append(members[depth])
-        depth += 1
-    return torch.tensor(sorted(chosen), dtype=torch.long)

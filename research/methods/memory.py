@@ -1,0 +1,105 @@
+"""Pretraining examples kept by a method: the replay buffer, A-GEM's episodic memory, DER's buffer.
+
+All of them are filled the same way, from the pretraining tasks' training data with the run's seed, so a
+memory and a replay buffer of the same size and selection rule hold the same examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from research.methods.base import FinetuneContext
+from research.models.multihead import MultiHeadNet
+
+
+@dataclass
+class PretrainMemory:
+    """Pretraining examples kept for a method (A-GEM's episodic memory, DER's buffer): inputs, labels in head
+    coordinates, and the index of each example's head in ``heads``."""
+
+    heads: list[str]
+    x: Tensor
+    y: Tensor
+    head: Tensor
+
+    @classmethod
+    def fill(cls, ctx: FinetuneContext, size: int, selection: Literal["reservoir", "class_balanced"]) -> PretrainMemory:
+        """Chosen from the pretraining tasks' training data exactly as ``replay`` fills its buffer (same seed,
+        same selection rule), so a memory and a replay buffer of the same size hold the same examples."""
+        pools = [(t.head, *t.splits["train"]) for t in ctx.tasks.pretrain]
+        x = torch.cat([x for _, x, _ in pools])
+        y = torch.cat([y for _, _, y in pools])
+        head_ids = torch.cat([torch.full((len(yy),), i) for i, (_, _, yy) in enumerate(pools)])
+        generator = torch.Generator().manual_seed(ctx.seed)
+        if selection == "reservoir":
+            chosen = reservoir_indices(len(y), size, generator)
+        else:
+            chosen = class_balanced_indices(head_ids * (int(y.max()) + 1) + y, size, generator)
+        return cls(
+            [h for h, _, _ in pools],
+            x[chosen].to(ctx.device),
+            y[chosen].to(ctx.device),
+            head_ids[chosen].to(ctx.device),
+        )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def draw(self, count: int, generator: torch.Generator) -> Tensor:
+        """``count`` indices uniformly without replacement; the whole memory (and no draw) when it holds fewer."""
+        if count >= len(self):
+            return torch.arange(len(self), device=self.y.device)
+        return torch.randperm(len(self), generator=generator)[:count].to(self.y.device)
+
+    def logits(self, model: MultiHeadNet, idx: Tensor) -> list[tuple[int, Tensor, Tensor]]:
+        """``(head index, positions in idx, logits)`` per head present, each example through its own task's
+        head. One backbone pass over all examples, so BatchNorm sees them as one batch (as the module does)."""
+        features = model.features(self.x[idx])
+        head = self.head[idx]
+        if len(self.heads) == 1:
+            return [(0, torch.arange(len(idx), device=idx.device), model.heads[self.heads[0]](features))]
+        groups = []
+        for i, name in enumerate(self.heads):
+            positions = torch.nonzero(head == i).flatten()
+            if len(positions):
+                groups.append((i, positions, model.heads[name](features[positions])))
+        return groups
+
+    def state_dict(self, prefix: str) -> dict[str, Tensor]:
+        return {f"{prefix}_x": self.x, f"{prefix}_y": self.y, f"{prefix}_head": self.head}
+
+    @classmethod
+    def from_state(cls, heads: list[str], state: dict[str, Tensor], prefix: str) -> PretrainMemory:
+        return cls(heads, state[f"{prefix}_x"], state[f"{prefix}_y"], state[f"{prefix}_head"])
+
+
+def reservoir_indices(stream_length: int, capacity: int, generator: torch.Generator) -> Tensor:
+    """Algorithm R over the stream in a seeded random order: every example ends up kept with equal probability."""
+    order = torch.randperm(stream_length, generator=generator).tolist()
+    reservoir = order[:capacity]
+    for seen, item in enumerate(order[capacity:], start=capacity):
+        j = int(torch.randint(0, seen + 1, (1,), generator=generator))
+        if j < capacity:
+            reservoir[j] = item
+    return torch.tensor(sorted(reservoir), dtype=torch.long)
+
+
+def class_balanced_indices(labels: Tensor, capacity: int, generator: torch.Generator) -> Tensor:
+    """Take examples class by class in turn (each class's order seeded), so counts differ by at most one
+    unless a class runs out of examples."""
+    per_class = [
+        members[torch.randperm(len(members), generator=generator)].tolist()
+        for members in (torch.nonzero(labels == c).flatten() for c in torch.unique(labels))
+    ]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < capacity and any(depth < len(m) for m in per_class):
+        for members in per_class:
+            if depth < len(members) and len(chosen) < capacity:
+                chosen.append(members[depth])
+        depth += 1
+    return torch.tensor(sorted(chosen), dtype=torch.long)

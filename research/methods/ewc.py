@@ -2,16 +2,15 @@
 toward the pretrained weights, each weight weighted by its diagonal Fisher information on the pretraining data.
 """
 
-import time
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from research.methods.base import FinetuneContext, Method, MethodConfig, TrainStep
-from research.methods.fisher import fisher_diagonal, fisher_trace
-from research.methods.penalty import quadratic_penalty, snapshot
+from research.methods.base import FinetuneContext, MethodConfig
+from research.methods.fisher import fisher_diagonal
+from research.methods.penalty import ImportanceAnchor
 from research.methods.registry import register
 from research.models.multihead import MultiHeadNet
 
@@ -29,7 +28,7 @@ class EWCConfig(MethodConfig):
 
 
 @register
-class EWC(Method):
+class EWC(ImportanceAnchor):
     """EWC: λ/2 Σ_i F_i (θ_i − θ*_i)².
 
     Anchored: the parameters that came from the pretrained model, at their pretrained values θ*, weighted by
@@ -46,35 +45,20 @@ class EWC(Method):
     Config = EWCConfig
     config: EWCConfig
 
-    def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        names = [n for n in ctx.pretrained_names if n in trainable]
-        self.anchor = snapshot(model, names)
-        started = time.perf_counter()
+    term = "ewc"
+    importance_name = "fisher"
+
+    def estimator(self) -> str:
+        return self.config.fisher
+
+    def estimate_importance(
+        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str]
+    ) -> tuple[dict[str, Tensor], int]:
         batches = ctx.pretrain_train_batches(self.config.fisher_batch_size, self.config.fisher_samples)
         generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
-        self.fisher = fisher_diagonal(model, batches, names, self.config.fisher, generator)
-        self._fisher_seconds = time.perf_counter() - started
-        self._fisher_examples = sum(len(b.y) for b in batches)
+        fisher = fisher_diagonal(model, batches, names, self.config.fisher, generator)
+        return fisher, sum(len(b.y) for b in batches)
 
-    def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:
-        params = dict(model.named_parameters())
-        return {"ewc": 0.5 * self.config.lam * quadratic_penalty(params, self.anchor, self.fisher)}
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "fisher_estimator": self.config.fisher,
-            "fisher_trace": fisher_trace(self.fisher),
-            "fisher_seconds": self._fisher_seconds,
-            "fisher_examples": self._fisher_examples,
-        }
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {
-            **{f"anchor.{n}": t for n, t in self.anchor.items()},
-            **{f"fisher.{n}": t for n, t in self.fisher.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.anchor = {n.removeprefix("anchor."): t for n, t in state.items() if n.startswith("anchor.")}
-        self.fisher = {n.removeprefix("fisher."): t for n, t in state.items() if n.startswith("fisher.")}
+    @property
+    def fisher(self) -> dict[str, Tensor]:
+        return self.importance

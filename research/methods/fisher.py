@@ -137,7 +137,3 @@ def _batch_mean_gradient(
         return F.cross_entropy(logits, batch.y)
 
     return grad(mean_nll)(params)
-
-
-def fisher_trace(fisher: dict[str, Tensor]) -> float:
-    return float(sum(f.sum() for f in fisher.values()))

@@ -23,17 +23,16 @@ Avalanche's penalty is λ Σ Ω (θ − θ*)², without the 1/2: its ``lambda_re
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from research.methods.base import FinetuneContext, HeadBatch, Method, MethodConfig, TrainStep
+from research.methods.base import FinetuneContext, HeadBatch, MethodConfig
 from research.methods.fisher import eval_mode
-from research.methods.penalty import quadratic_penalty, snapshot
+from research.methods.penalty import ImportanceAnchor
 from research.methods.registry import register
 from research.models.multihead import MultiHeadNet
 
@@ -108,12 +107,8 @@ def _batch_mean_gradient(
     return grad(mean_squared_norm)(params)
 
 
-def importance_trace(importance: dict[str, Tensor]) -> float:
-    return float(sum(t.sum() for t in importance.values()))
-
-
 @register
-class MAS(Method):
+class MAS(ImportanceAnchor):
     """MAS: λ/2 Σ_i Ω_i (θ_i − θ*_i)², Ω from output-norm sensitivity (Aljundi et al. 2018).
 
     Anchored: the parameters that came from the pretrained model and train, at their pretrained values θ*,
@@ -128,34 +123,14 @@ class MAS(Method):
     Config = MASConfig
     config: MASConfig
 
-    def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        names = [n for n in ctx.pretrained_names if n in trainable]
-        self.anchor = snapshot(model, names)
-        started = time.perf_counter()
+    term = "mas"
+    importance_name = "importance"
+
+    def estimator(self) -> str:
+        return self.config.estimator
+
+    def estimate_importance(
+        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str]
+    ) -> tuple[dict[str, Tensor], int]:
         batches = ctx.pretrain_train_batches(self.config.importance_batch_size, self.config.importance_samples)
-        self.importance = mas_importance(model, batches, names, self.config.estimator)
-        self._importance_seconds = time.perf_counter() - started
-        self._importance_examples = sum(len(b.y) for b in batches)
-
-    def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:
-        params = dict(model.named_parameters())
-        return {"mas": 0.5 * self.config.lam * quadratic_penalty(params, self.anchor, self.importance)}
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "importance_estimator": self.config.estimator,
-            "importance_trace": importance_trace(self.importance),
-            "importance_seconds": self._importance_seconds,
-            "importance_examples": self._importance_examples,
-        }
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {
-            **{f"anchor.{n}": t for n, t in self.anchor.items()},
-            **{f"importance.{n}": t for n, t in self.importance.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.anchor = {n.removeprefix("anchor."): t for n, t in state.items() if n.startswith("anchor.")}
-        self.importance = {n.removeprefix("importance."): t for n, t in state.items() if n.startswith("importance.")}
+        return mas_importance(model, batches, names, self.config.estimator), sum(len(b.y) for b in batches)

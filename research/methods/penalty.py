@@ -9,10 +9,15 @@ gradient of the term ``strength · Ω · (θ − θ*)``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from research.methods.base import FinetuneContext, Method, TrainStep
+from research.models.multihead import MultiHeadNet
 
 
 def quadratic_penalty(
@@ -38,3 +43,60 @@ def quadratic_penalty(
 def snapshot(module: nn.Module, names: list[str] | None = None) -> dict[str, Tensor]:
     """Detached copies of a module's parameters (all, or those named), e.g. the pretrained anchor θ₀."""
     return {name: p.detach().clone() for name, p in module.named_parameters() if names is None or name in names}
+
+
+class ImportanceAnchor(Method):
+    """Base of the methods that add λ/2 Σ_i Ω_i (θ_i − θ*_i)² (EWC, MAS; later SI, online EWC).
+
+    Anchored: every parameter that came from the pretrained model and trains, at its value before the first
+    update. Ω comes from ``estimate_importance``, run once in ``prepare``; a subclass names the term, what its
+    importance is called in state dicts and summaries (``importance_name``), and where its λ and estimator live.
+    """
+
+    term: ClassVar[str]
+    importance_name: ClassVar[str]
+
+    def strength(self) -> float:
+        return self.config.lam  # type: ignore[attr-defined]
+
+    def estimator(self) -> str:
+        raise NotImplementedError
+
+    def estimate_importance(
+        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str]
+    ) -> tuple[dict[str, Tensor], int]:
+        """The importance of each named parameter, and how many examples it was estimated from."""
+        raise NotImplementedError
+
+    def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        names = [n for n in ctx.pretrained_names if n in trainable]
+        self.anchor = snapshot(model, names)
+        started = time.perf_counter()
+        self.importance, self._examples = self.estimate_importance(model, ctx, names)
+        self._seconds = time.perf_counter() - started
+
+    def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:
+        params = dict(model.named_parameters())
+        return {self.term: 0.5 * self.strength() * quadratic_penalty(params, self.anchor, self.importance)}
+
+    def info(self) -> dict[str, Any]:
+        label = self.importance_name
+        return {
+            f"{label}_estimator": self.estimator(),
+            f"{label}_trace": float(sum(t.sum() for t in self.importance.values())),
+            f"{label}_seconds": self._seconds,
+            f"{label}_examples": self._examples,
+        }
+
+    def state_dict(self) -> dict[str, Tensor]:
+        label = self.importance_name
+        return {
+            **{f"anchor.{n}": t for n, t in self.anchor.items()},
+            **{f"{label}.{n}": t for n, t in self.importance.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        prefix = f"{self.importance_name}."
+        self.anchor = {n.removeprefix("anchor."): t for n, t in state.items() if n.startswith("anchor.")}
+        self.importance = {n.removeprefix(prefix): t for n, t in state.items() if n.startswith(prefix)}

@@ -12,16 +12,19 @@ from research.errors import ConfigError, RunFailed
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
-# The demo: every method of the core slice on the split-digits experiment, plus the two other shipped
-# experiments under plain fine-tuning. (A grid with seeds and a report replace this list when they exist.)
-DEMO_RUNS: list[tuple[str, list[str]]] = [
-    *[
-        ("split_digits.yaml", [f"method.name={m}"])
-        for m in ("finetune", "feature_extraction", "partial", "l2sp", "ewc", "replay")
-    ],
-    ("rotated_digits.yaml", ["method.name=finetune"]),
-    ("mnist1d.yaml", ["method.name=finetune"]),
-]
+
+def demo_runs() -> list[tuple[str, list[str]]]:
+    """The demo: every registered method on the split-digits experiment (so a new method joins it the moment it
+    exists), then the two other shipped experiments under plain fine-tuning. A grid with seeds and a report
+    replace this list when they exist."""
+    from research.methods import method_names
+
+    methods = ["finetune", *[m for m in method_names() if m != "finetune"]]
+    return [
+        *[("split_digits.yaml", [f"method.name={m}"]) for m in methods],
+        ("rotated_digits.yaml", ["method.name=finetune"]),
+        ("mnist1d.yaml", ["method.name=finetune"]),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,9 +136,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     rows = []
-    for file, overrides in DEMO_RUNS:
+    runs = demo_runs()
+    for file, overrides in runs:
         cfg = load_config(EXPERIMENTS / file, [f"out={args.out}", "logging.progress=false", *overrides])
-        print(f"[{len(rows) + 1}/{len(DEMO_RUNS)}] {cfg.name} / {cfg.method['name']} ...", flush=True)
+        print(f"[{len(rows) + 1}/{len(runs)}] {cfg.name} / {cfg.method['name']} ...", flush=True)
         result = run(cfg)
         rows.append((cfg.name, cfg.method["name"], result.summary))
     print(f"\nForgetting in {len(rows)} runs ({time.perf_counter() - started:.0f} s), accuracy at step 0 -> final:")

@@ -208,3 +208,35 @@ def test_unknown_method_name_is_an_error() -> None:
         method_class("no_such_method")
     with pytest.raises(ConfigError, match="needs a 'name'"):
         method_config({"lam": 3})
+
+
+# Methods with no setting that turns them into plain fine-tuning, and why.
+WITHOUT_NEUTRAL = {
+    "feature_extraction": "freezing the backbone is the method itself",
+    "partial": "the number of blocks that makes it full fine-tuning depends on the model",
+    "agem": "the projection has no strength; it fires whenever the gradients conflict",
+    "joint": "training on the old data is the method itself",
+}
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_declares_its_neutral_setting_or_why_not(name: str) -> None:
+    neutral = method_class(name).neutral
+    if neutral is None:
+        assert name in WITHOUT_NEUTRAL, f"{name}: set `neutral` (the values that make it plain fine-tuning)"
+    else:
+        method_config({"name": name, **neutral})  # the neutral values are valid hyperparameters
+
+
+@pytest.mark.parametrize("name", [n for n in method_names() if method_class(n).neutral is not None and n != "finetune"])
+def test_neutral_setting_behaves_exactly_like_finetune(name: str, make_cfg) -> None:
+    """A method whose strength is zero must leave every measurement of plain fine-tuning unchanged."""
+    neutral = [f"method.{key}={value}" for key, value in method_class(name).neutral.items()]
+    settings = ["model.dropout=0.1", "train.epochs=1", "eval.every_n_steps=4"]  # dropout: RNG use must match too
+    ours = run(make_cfg(f"method.name={name}", *neutral, *settings)).metrics
+    reference = run(make_cfg("method.name=finetune", *settings)).metrics
+    evals = ["acc", "loss"]
+    ours = ours[ours.metric.isin(evals)].reset_index(drop=True)
+    reference = reference[reference.metric.isin(evals)].reset_index(drop=True)
+    assert len(ours) == len(reference) > 0
+    assert ours.equals(reference), name

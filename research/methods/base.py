@@ -94,6 +94,9 @@ class Method:
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
+    # Hyperparameter values that switch the method's effect off, so that it must behave exactly like plain
+    # fine-tuning (the registry-generated tests check this); None where a method has no such setting.
+    neutral: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

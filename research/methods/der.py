@@ -52,6 +52,7 @@ class DER(Method):
 
     name = "der"
     Config = DERConfig
+    neutral = {"alpha": 0.0}
     config: DERConfig
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
@@ -124,6 +125,7 @@ class DERPP(DER):
 
     name = "derpp"
     Config = DERPPConfig
+    neutral = {"alpha": 0.0, "beta": 0.0}
     config: DERPPConfig
 
     def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:

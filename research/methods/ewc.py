@@ -43,6 +43,7 @@ class EWC(ImportanceAnchor):
 
     name = "ewc"
     Config = EWCConfig
+    neutral = {"lam": 0.0}
     config: EWCConfig
 
     term = "ewc"

@@ -21,3 +21,4 @@ class Finetune(Method):
 
     name = "finetune"
     Config = FinetuneConfig
+    neutral = {}  # it is the reference itself

@@ -29,6 +29,7 @@ class L2SP(Method):
 
     name = "l2sp"
     Config = L2SPConfig
+    neutral = {"alpha": 0.0, "beta": 0.0}
     config: L2SPConfig
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:

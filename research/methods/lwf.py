@@ -49,6 +49,7 @@ class LwF(Method):
 
     name = "lwf"
     Config = LwFConfig
+    neutral = {"alpha": 0.0, "train_old_heads": False}
     config: LwFConfig
 
     teacher: MultiHeadNet | None = None

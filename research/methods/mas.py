@@ -121,6 +121,7 @@ class MAS(ImportanceAnchor):
 
     name = "mas"
     Config = MASConfig
+    neutral = {"lam": 0.0}
     config: MASConfig
 
     term = "mas"

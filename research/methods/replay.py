@@ -34,6 +34,7 @@ class Replay(Method):
 
     name = "replay"
     Config = ReplayConfig
+    neutral = {"ratio": 0.0}
     config: ReplayConfig
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:

@@ -105,6 +105,13 @@ def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Any other tidy table of a run (e.g. a method's own measurements), written atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pd.DataFrame.from_records(rows).to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
 @functools.cache
 def package_versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0]}

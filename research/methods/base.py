@@ -9,11 +9,14 @@ the new task's batch and does the update; a method contributes only through thes
 - ``loss_terms``: extra loss terms, returned by name so each is logged under its own name;
 - ``after_backward`` / ``after_step``: only where a method needs them, around the update the module performs
   (gradient projection such as A-GEM; importance accumulation such as SI);
+- ``finish``: after the last update, extra measurements of the fine-tuned model (WiSE-FT's interpolation
+  sweep), returned as tidy rows that the run stores as ``<run dir>/method.parquet``;
 - ``info``: what the run's summary should record about the method (estimator used, timings).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -122,6 +125,13 @@ class Method:
 
     def after_step(self, model: MultiHeadNet, step: int) -> None:
         """The optimizer has applied update number ``step + 1``."""
+
+    def finish(
+        self, model: MultiHeadNet, ctx: FinetuneContext, score: Callable[[MultiHeadNet], dict[str, dict[str, float]]]
+    ) -> list[dict[str, Any]]:
+        """After the last update and the final evaluation. ``score(m)`` gives every task's {"acc", "loss"} for a
+        model ``m``. Must leave ``model`` unchanged (work on a copy). Returns rows for method.parquet."""
+        return []
 
     def info(self) -> dict[str, Any]:
         """Facts for summary.json, e.g. which Fisher estimator ran and how long it took."""

@@ -15,7 +15,7 @@ from torch import Tensor
 from research.config import ExperimentConfig
 from research.data.batches import TensorBatches
 from research.data.tasks import TaskSet
-from research.evaluation.evaluator import Evaluator, epoch_of_step, eval_sets
+from research.evaluation.evaluator import Evaluator, epoch_of_step, eval_sets, score
 from research.methods.base import FinetuneContext, Method
 from research.models.multihead import MultiHeadNet
 from research.tracking import Tracker
@@ -67,6 +67,7 @@ class FinetuneOutcome:
     eval_seconds: float = 0.0
     evaluations: int = 0
     method_info: dict[str, Any] = field(default_factory=dict)
+    method_rows: list[dict[str, Any]] = field(default_factory=list)  # from Method.finish, for method.parquet
 
 
 def run_finetune(
@@ -127,5 +128,6 @@ def run_finetune(
         outcome.seconds = time.perf_counter() - started
         outcome.eval_seconds = evaluator.seconds
         outcome.evaluations = evaluator.evaluations
+    outcome.method_rows = method.finish(module.model, context, lambda m: score(m, evaluator.sets, cfg.eval.batch_size))
     outcome.method_info = method.info()
     return outcome

@@ -32,6 +32,7 @@ from research.store import (
     start_run_dir,
     write_json,
     write_metrics,
+    write_table,
 )
 from research.tracking import Tracker
 from research.training.finetune import FinetuneOutcome, finetune_model, run_finetune
@@ -153,6 +154,9 @@ def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, 
         summary["wandb"] = {"mode": cfg.logging.wandb, "run_id": tracker.run_id, "problem": tracker.problem}
 
     write_metrics(run_dir, outcome.records)
+    if outcome.method_rows:
+        write_table(run_dir / "method.parquet", outcome.method_rows)
+        summary["method_table"] = "method.parquet"
     summary["timings"]["total_seconds"] = time.perf_counter() - started
     if error is not None:
         summary["status"] = "failed"

@@ -1,0 +1,98 @@
+"""WiSE-FT (Wortsman et al. 2022, "Robust fine-tuning of zero-shot models"): after fine-tuning, ensemble the
+pretrained and fine-tuned weights in weight space, θ_α = (1 − α)·θ₀ + α·θ_ft, and score every task at each α."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from research.methods.base import FinetuneContext, Method, MethodConfig
+from research.methods.penalty import snapshot
+from research.methods.registry import register
+from research.models.multihead import MultiHeadNet
+
+
+class WiSEFTConfig(MethodConfig):
+    name: Literal["wise_ft"] = "wise_ft"
+    alphas: list[float] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+        min_length=1,
+        description="mixing coefficients α (0 = pretrained, 1 = fine-tuned) at which every task is scored",
+    )
+
+    @field_validator("alphas")
+    @classmethod
+    def _in_unit_interval(cls, alphas: list[float]) -> list[float]:
+        if any(not 0.0 <= a <= 1.0 for a in alphas):
+            raise ValueError(f"every alpha must lie in [0, 1]; got {alphas}")
+        return sorted(set(alphas))
+
+
+@register
+class WiSEFT(Method):
+    """WiSE-FT: fine-tune exactly as ``finetune``, then score θ_α = (1 − α)·θ₀ + α·θ_ft at every α in ``alphas``.
+
+    Interpolated: every parameter that came from the pretrained model (backbone, old heads; a shared head's
+    pretrained rows), between its pretrained value θ₀ and its fine-tuned value. The new task's head has no
+    pretrained value (it starts from a random initialisation), so it keeps its fine-tuned weights at every α, as
+    when the paper's fine-tuned linear head sits on interpolated features. BatchNorm running statistics are
+    interpolated the same way. The sweep goes to ``method.parquet`` (alpha, task, role, metric, value) so the
+    trade-off curve can be drawn; training itself is plain fine-tuning, so its forgetting curves are finetune's.
+    """
+
+    name = "wise_ft"
+    Config = WiSEFTConfig
+    config: WiSEFTConfig
+    neutral = {}  # training is plain fine-tuning; the sweep only adds measurements after it
+
+    def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        self.start = snapshot(model, ctx.pretrained_names)
+        # BatchNorm running statistics belong to the pretrained model too.
+        self.start_buffers = {n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()}
+
+    def finish(
+        self, model: MultiHeadNet, ctx: FinetuneContext, score: Callable[[MultiHeadNet], dict[str, dict[str, float]]]
+    ) -> list[dict[str, Any]]:
+        roles = {t.name: t.role for t in ctx.tasks.all}
+        rows = []
+        for alpha in self.config.alphas:
+            results = score(interpolate(model, self.start, self.start_buffers, alpha))
+            for task, metrics in results.items():
+                for metric, value in metrics.items():
+                    rows.append({"alpha": alpha, "task": task, "role": roles[task], "metric": metric, "value": value})
+        return rows
+
+    def info(self) -> dict[str, Any]:
+        return {"alphas": self.config.alphas}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            **{f"start.{n}": t for n, t in self.start.items()},
+            **{f"start_buffer.{n}": t for n, t in self.start_buffers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.start = {n.removeprefix("start."): t for n, t in state.items() if n.startswith("start.")}
+        self.start_buffers = {
+            n.removeprefix("start_buffer."): t for n, t in state.items() if n.startswith("start_buffer.")
+        }
+
+
+def interpolate(
+    model: MultiHeadNet, start: dict[str, torch.Tensor], start_buffers: dict[str, torch.Tensor], alpha: float
+) -> MultiHeadNet:
+    """A copy of ``model`` with (1 − α)·start + α·current for every parameter and floating buffer in ``start``.
+    A parameter that grew since (a shared head with new rows) interpolates its first rows and keeps the rest."""
+    mixed = copy.deepcopy(model)
+    with torch.no_grad():
+        tensors = {**dict(mixed.named_parameters()), **dict(mixed.named_buffers())}
+        for name, initial in {**start, **start_buffers}.items():
+            current = tensors[name]
+            rows = initial.shape[0] if initial.dim() > 0 else None
+            target = current[:rows] if rows is not None else current
+            target.copy_((1.0 - alpha) * initial + alpha * target)
+    return mixed

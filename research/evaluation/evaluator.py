@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from research.data.tasks import Task
+from research.evaluation.drift import parameter_snapshot, weight_drift
 from research.models.multihead import MultiHeadNet
 
 
@@ -96,7 +97,9 @@ class Evaluator(L.Callback):
     """Scores every task at step 0, every ``every_n_steps`` optimizer steps, and at the end of training.
 
     Each measurement becomes tidy records (step, epoch, task, role, metric, value) in ``self.records`` and,
-    through ``on_scores``, goes to whatever else wants it (the W&B logger).
+    through ``on_scores``, goes to whatever else wants it (the W&B logger). With each evaluation it also records
+    how far every top-level block has drifted from its step-0 weights (``self.drift``: step, epoch, block,
+    metric, value), the weight-space side of the forgetting curve.
     """
 
     def __init__(
@@ -113,11 +116,14 @@ class Evaluator(L.Callback):
         self.batch_size = batch_size
         self.on_scores = on_scores
         self.records: list[Record] = []
+        self.drift: list[Record] = []
+        self._start: dict[str, Tensor] | None = None
         self.seconds = 0.0
         self.evaluations = 0
         self._last_step: int | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = parameter_snapshot(pl_module.model)
         self.evaluate(trainer, pl_module)  # step 0: the pretrained model, before any update
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
@@ -149,6 +155,11 @@ class Evaluator(L.Callback):
                     }
                 )
                 flat[f"{s.task.role}/{s.task.name}/{metric}"] = value
+        if self._start is not None:
+            for block, values in weight_drift(pl_module.model, self._start).items():
+                for metric, value in values.items():
+                    self.drift.append({"step": step, "epoch": epoch, "block": block, "metric": metric, "value": value})
+                    flat[f"drift/{block}/{metric}"] = value
         self.seconds += time.perf_counter() - started
         self.evaluations += 1
         if self.on_scores is not None:

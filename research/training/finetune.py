@@ -68,6 +68,7 @@ class FinetuneOutcome:
     evaluations: int = 0
     method_info: dict[str, Any] = field(default_factory=dict)
     method_rows: list[dict[str, Any]] = field(default_factory=list)  # from Method.finish, for method.parquet
+    drift: list[dict[str, Any]] = field(default_factory=list)  # weight drift per block, for diagnostics.parquet
 
 
 def run_finetune(
@@ -97,6 +98,7 @@ def run_finetune(
         on_scores,
     )
     evaluator.records = outcome.records  # measurements land in the outcome as they are taken
+    evaluator.drift = outcome.drift
 
     def on_train_scalars(step: int, scalars: dict[str, Tensor]) -> None:
         epoch = epoch_of_step(step, len(batches))

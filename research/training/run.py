@@ -154,6 +154,8 @@ def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, 
         summary["wandb"] = {"mode": cfg.logging.wandb, "run_id": tracker.run_id, "problem": tracker.problem}
 
     write_metrics(run_dir, outcome.records)
+    if outcome.drift:
+        write_table(run_dir / "diagnostics.parquet", outcome.drift)
     if outcome.method_rows:
         write_table(run_dir / "method.parquet", outcome.method_rows)
         summary["method_table"] = "method.parquet"

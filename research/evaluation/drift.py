@@ -1,0 +1,32 @@
+"""Weight drift: how far each top-level block of the model has moved from where fine-tuning started."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def block_of(name: str) -> str:
+    """``backbone.1.0.weight`` -> ``backbone.1``; ``heads.digits.bias`` -> ``heads.digits``."""
+    return ".".join(name.split(".")[:2])
+
+
+def parameter_snapshot(model: nn.Module) -> dict[str, Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@torch.no_grad()
+def weight_drift(model: nn.Module, start: dict[str, Tensor]) -> dict[str, dict[str, float]]:
+    """Per block: ``drift_l2`` = ‖θ − θ₀‖₂ over the block's parameters, and ``drift_relative`` = that divided by
+    ‖θ₀‖₂ (0 when ‖θ₀‖ is 0)."""
+    moved: dict[str, Tensor] = {}
+    size: dict[str, Tensor] = {}
+    for name, p in model.named_parameters():
+        block = block_of(name)
+        moved[block] = moved.get(block, 0) + (p - start[name]).pow(2).sum()
+        size[block] = size.get(block, 0) + start[name].pow(2).sum()
+    out = {}
+    for block in moved:
+        l2, norm = float(moved[block].sqrt()), float(size[block].sqrt())
+        out[block] = {"drift_l2": l2, "drift_relative": l2 / norm if norm > 0 else 0.0}
+    return out

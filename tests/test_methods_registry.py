@@ -95,6 +95,7 @@ def test_known_loss_terms() -> None:
         "derpp": {"der", "der_ce"},
         "joint": set(),
         "wise_ft": set(),
+        "lp_ft": set(),
     }
     for name, terms in expected.items():
         cfg = load_config(

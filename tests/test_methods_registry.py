@@ -37,11 +37,26 @@ def test_the_core_methods_are_registered() -> None:
     assert method_names() == sorted(method_names())
 
 
+def _trajectory(cfg, tasks) -> dict:
+    """A stand-in pretraining path integral (seeded, positive) for methods that need one (SI), so that the
+    generic tests can prepare every method on an untrained model."""
+    import torch
+
+    from research.methods.path_integral import PathIntegral
+    from research.training.pretrain import pretrained_skeleton
+
+    torch.manual_seed(0)
+    trajectory = PathIntegral(pretrained_skeleton(cfg, tasks))
+    for omega in trajectory.omega.values():
+        omega.uniform_(0.0, 1.0)
+    return trajectory.state_dict()
+
+
 def _loss_term_names(cfg) -> set[str]:
     """The names a method's ``loss_terms`` returns, asked of the method itself on one real batch."""
     tasks = build_tasks(cfg)
     method = build_method(cfg.method)
-    model, ctx = finetune_model(cfg, tasks, method, state=None)
+    model, ctx = finetune_model(cfg, tasks, method, state=None, path_integral=_trajectory(cfg, tasks))
     method.prepare(model, ctx)
     x, y = ctx.task.splits["train"]
     batches = [HeadBatch(ctx.task.head, x[:8], y[:8]), *method.extra_batches(8)]
@@ -96,6 +111,7 @@ def test_known_loss_terms() -> None:
         "joint": set(),
         "wise_ft": set(),
         "lp_ft": set(),
+        "si": {"si"},
     }
     for name, terms in expected.items():
         cfg = load_config(
@@ -213,19 +229,11 @@ def test_unknown_method_name_is_an_error() -> None:
         method_config({"lam": 3})
 
 
-# Methods with no setting that turns them into plain fine-tuning, and why.
-WITHOUT_NEUTRAL = {
-    "feature_extraction": "freezing the backbone is the method itself",
-    "partial": "the number of blocks that makes it full fine-tuning depends on the model",
-    "agem": "the projection has no strength; it fires whenever the gradients conflict",
-}
-
-
 @pytest.mark.parametrize("name", method_names())
 def test_every_method_declares_its_neutral_setting_or_why_not(name: str) -> None:
     neutral = method_class(name).neutral
     if neutral is None:
-        assert name in WITHOUT_NEUTRAL, f"{name}: set `neutral` (the values that make it plain fine-tuning)"
+        assert method_class(name).why_no_neutral, f"{name}: set `neutral`, or `why_no_neutral` to say why none"
     else:
         method_config({"name": name, **neutral})  # the neutral values are valid hyperparameters
 
@@ -254,14 +262,15 @@ def test_method_state_survives_a_checkpoint_round_trip(name: str, make_cfg, tmp_
     cfg = make_cfg(f"method.name={name}")
     tasks = build_tasks(cfg)
     method = build_method(cfg.method)
-    model, ctx = finetune_model(cfg, tasks, method, state=None)
+    trajectory = _trajectory(cfg, tasks)
+    model, ctx = finetune_model(cfg, tasks, method, state=None, path_integral=trajectory)
     method.prepare(model, ctx)
     state = method.state_dict()
     file = tmp_path / "method.safetensors"
     save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(file))
 
     other = build_method(cfg.method)
-    other_model, other_ctx = finetune_model(cfg, tasks, other, state=None)
+    other_model, other_ctx = finetune_model(cfg, tasks, other, state=None, path_integral=trajectory)
     with torch.no_grad():  # prepare on different weights, so only the loaded state can make them agree
         for p in other_model.parameters():
             p.add_(0.05)

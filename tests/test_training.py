@@ -475,7 +475,11 @@ def test_pretrain_command_trains_then_reuses(tmp_path: Path, capsys: pytest.Capt
     assert capsys.readouterr().out.startswith("pretrained model reused:")
     entries = [p for p in (out / "pretrained").iterdir() if p.is_dir()]
     assert len(entries) == 1
-    assert {p.name for p in entries[0].iterdir()} == {"model.safetensors", "manifest.json"}
+    assert {p.name for p in entries[0].iterdir()} == {
+        "model.safetensors",
+        "manifest.json",
+        "path_integral.safetensors",
+    }
     assert [p.name for p in out.iterdir()] == ["pretrained"]  # no run directory
 
 

@@ -67,6 +67,7 @@ class AGEM(Method):
 
     name = "agem"
     Config = AGEMConfig
+    why_no_neutral = "the projection has no strength; it fires whenever the gradients conflict"
     config: AGEMConfig
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:

@@ -57,6 +57,8 @@ class FinetuneContext:
     pretrained_names: list[str]  # parameters that came from the pretrained model (backbone, old heads)
     new_names: list[str]  # parameters created for fine-tuning (the new task's head)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # SI's path integral recorded during pretraining ({"omega.<param>", "start.<param>"}); None from a checkpoint.
+    pretrain_path_integral: dict[str, Tensor] | None = None
 
     def pretrain_train_batches(self, batch_size: int, max_samples: int | None = None) -> list[HeadBatch]:
         """The pretraining tasks' training data in batches of one head each, optionally a seeded subsample
@@ -100,6 +102,9 @@ class Method:
     # Hyperparameter values that switch the method's effect off, so that it must behave exactly like plain
     # fine-tuning (the registry-generated tests check this); None where a method has no such setting.
     neutral: ClassVar[dict[str, Any] | None] = None
+    why_no_neutral: ClassVar[str] = ""  # where ``neutral`` is None: why no setting can switch the method off
+    # True for methods that need the pretraining trajectory (SI), which a user checkpoint does not carry.
+    needs_pretraining_trajectory: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

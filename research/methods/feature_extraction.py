@@ -22,6 +22,7 @@ class FeatureExtraction(Method):
 
     name = "feature_extraction"
     Config = FeatureExtractionConfig
+    why_no_neutral = "freezing the backbone is the method itself"
 
     def configure_trainable(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
         model.backbone.requires_grad_(False)

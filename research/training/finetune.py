@@ -26,7 +26,11 @@ from research.training.trainer import make_trainer
 
 
 def finetune_model(
-    cfg: ExperimentConfig, tasks: TaskSet, method: Method, state: dict[str, Tensor] | None
+    cfg: ExperimentConfig,
+    tasks: TaskSet,
+    method: Method,
+    state: dict[str, Tensor] | None,
+    path_integral: dict[str, Tensor] | None = None,
 ) -> tuple[MultiHeadNet, FinetuneContext]:
     """The model ready for fine-tuning: pretrained weights (when given), a new seeded head for the new task,
     old heads frozen (they only score their tasks), and the method's own freezing applied.
@@ -54,6 +58,7 @@ def finetune_model(
         batch_size=cfg.train.batch_size,
         pretrained_names=pretrained_names,
         new_names=new_names,
+        pretrain_path_integral=path_integral,
     )
     method.configure_trainable(model, context)
     return model, context
@@ -78,11 +83,12 @@ def run_finetune(
     state: dict[str, Tensor],
     tracker: Tracker,
     outcome: FinetuneOutcome,
+    path_integral: dict[str, Tensor] | None = None,
 ) -> FinetuneOutcome:
     """Train; fills ``outcome`` as it goes, so a failure mid-run still leaves what was measured."""
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model, context = finetune_model(cfg, tasks, method, state)
+    model, context = finetune_model(cfg, tasks, method, state, path_integral)
     task = tasks.finetune[0]
     x, y = task.splits["train"]
     batches = TensorBatches(x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size, seed=cfg.seed)

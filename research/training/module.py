@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from research.config import OptimConfig
 from research.methods.base import FinetuneContext, HeadBatch, Method, TrainStep
+from research.methods.path_integral import PathIntegral
 from research.models.multihead import MultiHeadNet
 
 
@@ -32,6 +33,7 @@ class ClassifierModule(L.LightningModule):
         context: FinetuneContext | None = None,
         log_every_n_steps: int = 25,
         scalar_sink: Any = None,
+        path_integral: PathIntegral | None = None,
     ) -> None:
         super().__init__()
         # The module runs the update itself (zero_grad, backward, step): a short, explicit per-step path,
@@ -44,6 +46,7 @@ class ClassifierModule(L.LightningModule):
         self.context = context
         self.log_every_n_steps = log_every_n_steps
         self.scalar_sink = scalar_sink  # callable(step, {name: tensor}) or None
+        self.path_integral = path_integral  # recorded during pretraining, for SI
         # Blocks with nothing to train run in eval mode, so their BatchNorm statistics stay pretrained.
         self.frozen_blocks = [b for b in model.blocks() if not any(p.requires_grad for p in b.parameters())]
 
@@ -111,7 +114,11 @@ class ClassifierModule(L.LightningModule):
         self.manual_backward(loss)
         if self.method is not None:
             self.method.after_backward(self.model, step)  # e.g. A-GEM projects the gradients here
+        if self.path_integral is not None:
+            self.path_integral.before_step(self.model)
         optimizer.step()
+        if self.path_integral is not None:
+            self.path_integral.after_step(self.model)
         if self.method is not None:
             self.method.after_step(self.model, step)  # e.g. SI accumulates its path integral here
         return loss

@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from research.config import ExperimentConfig, stable_hash
@@ -26,6 +27,7 @@ from research.data.fingerprint import task_fingerprints
 from research.data.tasks import TaskSet
 from research.errors import RunFailed
 from research.evaluation.evaluator import eval_sets, score
+from research.methods.path_integral import PathIntegral
 from research.models.build import build_model
 from research.models.multihead import MultiHeadNet
 from research.store import exclusive_lock, package_versions
@@ -39,6 +41,8 @@ from research.training.checkpoints import (
 from research.training.module import ClassifierModule
 from research.training.trainer import make_trainer
 
+PATH_INTEGRAL_FILE = "path_integral.safetensors"
+
 
 @dataclass
 class Pretrained:
@@ -47,6 +51,7 @@ class Pretrained:
     cached: bool  # True when the weights were reused (cache hit or user checkpoint)
     seconds: float
     path: Path
+    path_integral: dict[str, Tensor] | None = None  # SI's ω and the trajectory's start; None for user checkpoints
 
 
 # Library versions that change the data or the training numerics; a new version means a new cache entry.
@@ -57,6 +62,7 @@ def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
     versions = package_versions()
     return stable_hash(
         {
+            "format": 2,  # 2: the entry also holds the pretraining path integral
             "versions": {name: versions.get(name) for name in KEY_PACKAGES},
             "content": task_fingerprints(cfg.pretrain.tasks),
             "data": cfg.data.model_dump(mode="json"),
@@ -100,7 +106,8 @@ def pretrained_weights(cfg: ExperimentConfig, tasks: TaskSet) -> Pretrained:
             _train_and_store(cfg, tasks, key, entry)
     state = read_state_dict(entry / WEIGHTS_FILE)
     manifest = json.loads((entry / MANIFEST_FILE).read_text())
-    return Pretrained(state, manifest, cached, time.perf_counter() - started, entry)
+    path_integral = load_file(str(entry / PATH_INTEGRAL_FILE))
+    return Pretrained(state, manifest, cached, time.perf_counter() - started, entry, path_integral)
 
 
 def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Path) -> None:
@@ -113,7 +120,8 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
     y = torch.cat([t.splits["train"][1] for t in tasks.pretrain])
     head_ids = torch.cat([torch.full((len(t.splits["train"][1]),), heads.index(t.head)) for t in tasks.pretrain])
     batches = TensorBatches(x, y, head_ids, batch_size=cfg.pretrain.train.batch_size, seed=cfg.pretrain.seed)
-    module = ClassifierModule(model, heads, cfg.pretrain.train)
+    path_integral = PathIntegral(model)
+    module = ClassifierModule(model, heads, cfg.pretrain.train, path_integral=path_integral)
     trainer = make_trainer(cfg.pretrain.train, cfg.device, cfg.logging.progress, [])
     try:
         trainer.fit(module, train_dataloaders=batches)
@@ -130,6 +138,9 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(model, tmp / WEIGHTS_FILE)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in path_integral.state_dict().items()}, str(tmp / PATH_INTEGRAL_FILE)
+    )
     manifest = {
         "key": key,
         "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],

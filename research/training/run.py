@@ -58,8 +58,14 @@ def check(cfg: ExperimentConfig) -> TaskSet:
         raise ConfigError(f"out: {cfg.out} exists and is not a directory")
     if cfg.device == "gpu" and not torch.cuda.is_available():
         raise ConfigError("device: 'gpu' was asked for but no GPU is available; valid choices here: auto, cpu")
+    method = build_method(cfg.method)
+    if method.needs_pretraining_trajectory and cfg.pretrain.checkpoint:
+        raise ConfigError(
+            f"method.name: {method.name} needs the pretraining trajectory, which a checkpoint does not carry; "
+            "leave pretrain.checkpoint empty so pretraining runs here (it is cached), or choose another method"
+        )
     tasks = build_tasks(cfg)
-    finetune_model(cfg, tasks, build_method(cfg.method), state=None)
+    finetune_model(cfg, tasks, method, state=None)
     check_checkpoint(cfg, tasks)
     return tasks
 
@@ -129,7 +135,7 @@ def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, 
             tags=[cfg.method["name"], cfg.name],
         )
         timings["wandb_init_seconds"] = time.perf_counter() - tracker_started
-        run_finetune(cfg, tasks, method, pretrained.state, tracker, outcome)
+        run_finetune(cfg, tasks, method, pretrained.state, tracker, outcome, pretrained.path_integral)
     except BaseException as err:  # noqa: BLE001 - recorded in summary.json, then re-raised below
         error = err
 

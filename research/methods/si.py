@@ -1,0 +1,85 @@
+"""SI (Zenke, Poole & Ganguli 2017, "Continual Learning Through Synaptic Intelligence"): a quadratic pull toward
+the pretrained weights, each weight weighted by how much it contributed to lowering the pretraining loss along
+the pretraining trajectory."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from research.methods.base import FinetuneContext, MethodConfig
+from research.methods.path_integral import PathIntegral
+from research.methods.penalty import ImportanceAnchor
+from research.methods.registry import register
+from research.models.multihead import MultiHeadNet
+
+
+class SIConfig(MethodConfig):
+    name: Literal["si"] = "si"
+    lam: float = Field(1.0, ge=0, description="penalty strength c in c/2 Σ Ω_i (θ_i − θ*_i)²")
+    xi: float = Field(0.1, gt=0, description="damping ξ in Ω = ω / (Δ² + ξ)")
+    clip: float | None = Field(None, gt=0, description="upper bound on Ω (Avalanche clips at 0.001); None: none")
+
+
+@register
+class SI(ImportanceAnchor):
+    """SI: c/2 Σ_i Ω_i (θ_i − θ*_i)² with Ω_i = max(ω_i, 0) / (Δ_i² + ξ).
+
+    Anchored: the parameters that came from the pretrained model and train, at their pretrained values θ*. ω is
+    the path integral −Σ_t g_i(t)·Δθ_i(t) over every pretraining update (recorded by the pretraining stage,
+    research.methods.path_integral), Δ_i = θ*_i − θ_i(start of pretraining). Negative ω (noise along the
+    trajectory) counts as 0 so the penalty is always a pull. Rows a shared head grew at fine-tuning get Ω = 0.
+
+    The paper writes the penalty as c·Σ Ω (θ − θ*)²; ours carries the usual 1/2 (so c here is twice the paper's).
+    Avalanche's SynapticIntelligencePlugin computes the same ω and Ω (its ``eps`` is our ξ, default 1e-7) and then
+    clips Ω at 0.001, which ``clip=0.001`` reproduces (tests compare both on one trajectory). Note that on CPU
+    avalanche-lib 0.6 records no trajectory at all (its saved "old" weights are views of the live parameters), so
+    its SI penalty is 0 there; ξ = 0.1 follows van de Ven et al.'s continual-learning code.
+    Needs the pretraining trajectory, so it cannot start from a user checkpoint (a config error says so).
+    """
+
+    name = "si"
+    Config = SIConfig
+    config: SIConfig
+    neutral = {"lam": 0.0}
+    needs_pretraining_trajectory = True
+    term = "si"
+    importance_name = "importance"
+
+    def estimator(self) -> str:
+        return "path_integral"
+
+    def estimate_importance(
+        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str]
+    ) -> tuple[dict[str, Tensor], int]:
+        if ctx.pretrain_path_integral is None:
+            raise ValueError("si: no pretraining path integral (a model loaded from a checkpoint has none)")
+        omega, start = PathIntegral.split(ctx.pretrain_path_integral)
+        current = dict(model.named_parameters())
+        importance = {}
+        for name in names:
+            anchor = current[name].detach()
+            rows = omega[name].shape[0] if omega[name].dim() else None
+            pretrained = anchor[:rows] if rows is not None else anchor
+            weights = si_importance(
+                omega[name].to(anchor.device),
+                pretrained - start[name].to(anchor.device),
+                self.config.xi,
+                self.config.clip,
+            )
+            full = torch.zeros_like(anchor)  # rows a shared head grew at fine-tuning have no history
+            if rows is not None:
+                full[:rows] = weights
+            else:
+                full = weights
+            importance[name] = full
+        return importance, 0
+
+
+def si_importance(omega: Tensor, displacement: Tensor, xi: float, clip: float | None = None) -> Tensor:
+    """Ω = max(ω, 0) / (Δ² + ξ), optionally clipped from above."""
+    importance = omega.clamp(min=0) / (displacement.pow(2) + xi)
+    return importance.clamp(max=clip) if clip is not None else importance

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -121,9 +122,10 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from research.methods import describe_methods
 
     for method in describe_methods():
-        print(f"{method['name']}\n    {method['summary']}")
+        print(method["name"])
+        print(textwrap.fill(method["summary"], width=110, initial_indent="    ", subsequent_indent="    "))
         for p in method["params"]:
-            print(f"    {p['name']:<18} {p['type']:<28} default {p['default']!r:<12} {p['help']}")
+            print(f"    {p['name']:<22} {p['type']:<28} default {p['default']!r:<12} {p['help']}")
         if not method["params"]:
             print("    (no hyperparameters)")
     print("\nEvery method also takes the learning-rate settings under train.: lr, backbone_lr_scale, lr_decay.")

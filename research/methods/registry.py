@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
@@ -78,8 +79,9 @@ def describe_methods() -> list[dict[str, Any]]:
                     "help": field.description or "",
                 }
             )
-        doc = (cls.__doc__ or "").strip().splitlines()
-        rows.append({"name": name, "summary": doc[0] if doc else "", "params": params})
+        # The docstring's first paragraph, on one line (a first line alone often stops mid-sentence).
+        first_paragraph = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
+        rows.append({"name": name, "summary": " ".join(first_paragraph.split()), "params": params})
     return rows
 
 

@@ -124,6 +124,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     for method in describe_methods():
         print(method["name"])
         print(textwrap.fill(method["summary"], width=110, initial_indent="    ", subsequent_indent="    "))
+        if method["sequences"]:
+            print("    (supports fine-tuning sequences)")
         for p in method["params"]:
             print(f"    {p['name']:<22} {p['type']:<28} default {p['default']!r:<12} {p['help']}")
         if not method["params"]:

@@ -134,16 +134,15 @@ class PretrainConfig(Strict):
 
 
 class FinetuneConfig(Strict):
+    """The new tasks, fine-tuned one after another on one step axis (methods that support sequences only)."""
+
     tasks: list[TaskConfig]
 
     @field_validator("tasks")
     @classmethod
-    def _exactly_one(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
-        if len(tasks) != 1:
-            raise ValueError(
-                f"exactly one fine-tuning task is supported for now (got {len(tasks)}); "
-                "task sequences are tracked in the methods-library issue"
-            )
+    def _non_empty(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        if not tasks:
+            raise ValueError("at least one fine-tuning task is needed")
         return tasks
 
 

@@ -79,10 +79,14 @@ def score(model: MultiHeadNet, sets: list[EvalSet], batch_size: int) -> dict[str
     return results
 
 
-def epoch_of_step(step: int, steps_per_epoch: int) -> int:
+def epoch_of_step(step: int, steps_per_epoch: int, epoch_offset: int = 0) -> int:
     """The epoch column of a row at ``step``: the 0-based epoch in which the step-th update happened (step 0,
-    before any update, belongs to epoch 0). Evaluation rows and training-scalar rows share it."""
-    return max(step - 1, 0) // steps_per_epoch
+    before any update, belongs to epoch 0). Evaluation rows and training-scalar rows share it. In a sequence of
+    fine-tuning tasks, ``step`` counts within the current task and ``epoch_offset`` is the epochs of the tasks
+    before; the task's step 0 is the previous task's last update, so it belongs to the previous epoch."""
+    if step == 0 and epoch_offset > 0:
+        return epoch_offset - 1
+    return epoch_offset + max(step - 1, 0) // steps_per_epoch
 
 
 def _restore(modes: dict[nn.Module, bool]) -> None:
@@ -112,6 +116,8 @@ class Evaluator(L.Callback):
     ) -> None:
         self.sets = sets
         self.steps_per_epoch = steps_per_epoch
+        self.step_offset = 0
+        self.epoch_offset = 0
         self.every_n_steps = every_n_steps
         self.batch_size = batch_size
         self.on_scores = on_scores
@@ -122,25 +128,31 @@ class Evaluator(L.Callback):
         self.evaluations = 0
         self._last_step: int | None = None
 
+    def start_segment(self, step_offset: int, epoch_offset: int, steps_per_epoch: int) -> None:
+        """Fine-tuning tasks train one after another (one Lightning fit each) on one step axis: a fit's steps
+        and epochs count on from where the previous task's ended."""
+        self.step_offset, self.epoch_offset, self.steps_per_epoch = step_offset, epoch_offset, steps_per_epoch
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = parameter_snapshot(pl_module.model)
-        self.evaluate(trainer, pl_module)  # step 0: the pretrained model, before any update
+        if self._start is None:  # drift is measured from the weights before the very first update
+            self._start = parameter_snapshot(pl_module.model)
+        self.evaluate(trainer, pl_module)  # the model before this task's first update (step 0: pretrained)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
+        if (self.step_offset + trainer.global_step) % self.every_n_steps == 0:
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.evaluate(trainer, pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        step = trainer.global_step
+        step = self.step_offset + trainer.global_step
         if step == self._last_step:
             return
         self._last_step = step
         started = time.perf_counter()
         results = score(pl_module.model, self.sets, self.batch_size)  # type: ignore[arg-type]
-        epoch = epoch_of_step(step, self.steps_per_epoch)
+        epoch = epoch_of_step(trainer.global_step, self.steps_per_epoch, self.epoch_offset)
         flat: dict[str, float] = {}
         for s in self.sets:
             for metric, value in results[s.task.name].items():

@@ -51,7 +51,7 @@ class FinetuneContext:
 
     model: MultiHeadNet
     tasks: TaskSet
-    task: Task  # the task being fine-tuned on
+    task: Task  # the fine-tuning task being trained on now
     seed: int
     batch_size: int
     pretrained_names: list[str]  # parameters that came from the pretrained model (backbone, old heads)
@@ -59,15 +59,20 @@ class FinetuneContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # SI's path integral recorded during pretraining ({"omega.<param>", "start.<param>"}); None from a checkpoint.
     pretrain_path_integral: dict[str, Tensor] | None = None
+    task_index: int = 0  # position of ``task`` in the sequence of fine-tuning tasks
 
     def pretrain_train_batches(self, batch_size: int, max_samples: int | None = None) -> list[HeadBatch]:
         """The pretraining tasks' training data in batches of one head each, optionally a seeded subsample
         of ``max_samples`` examples spread over the tasks in proportion to their sizes."""
-        sizes = [len(t.splits["train"][1]) for t in self.tasks.pretrain]
+        return self.train_batches(self.tasks.pretrain, batch_size, max_samples)
+
+    def train_batches(self, tasks: list[Task], batch_size: int, max_samples: int | None = None) -> list[HeadBatch]:
+        """These tasks' training data in batches of one head each (optionally a seeded, proportional subsample)."""
+        sizes = [len(t.splits["train"][1]) for t in tasks]
         total = sum(sizes)
         generator = torch.Generator().manual_seed(self.seed)
         batches = []
-        for task, size in zip(self.tasks.pretrain, sizes, strict=True):
+        for task, size in zip(tasks, sizes, strict=True):
             x, y = task.splits["train"]
             if max_samples is not None and max_samples < total:
                 keep = max(1, round(max_samples * size / total))
@@ -105,6 +110,9 @@ class Method:
     why_no_neutral: ClassVar[str] = ""  # where ``neutral`` is None: why no setting can switch the method off
     # True for methods that need the pretraining trajectory (SI), which a user checkpoint does not carry.
     needs_pretraining_trajectory: ClassVar[bool] = False
+    # True for methods whose hooks are defined for a sequence of fine-tuning tasks: ``prepare`` then runs at the
+    # start of every task, with ``ctx.task`` and ``ctx.task_index`` set to the task about to be trained.
+    supports_sequences: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

@@ -22,6 +22,7 @@ class FeatureExtraction(Method):
 
     name = "feature_extraction"
     Config = FeatureExtractionConfig
+    supports_sequences = True
     why_no_neutral = "freezing the backbone is the method itself"
 
     def configure_trainable(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:

@@ -21,4 +21,5 @@ class Finetune(Method):
 
     name = "finetune"
     Config = FinetuneConfig
+    supports_sequences = True
     neutral = {}  # it is the reference itself

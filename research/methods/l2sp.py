@@ -32,7 +32,13 @@ class L2SP(Method):
     neutral = {"alpha": 0.0, "beta": 0.0}
     config: L2SPConfig
 
+    supports_sequences = True
+
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        if ctx.task_index > 0:  # in a sequence the starting point stays the pretrained model
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            self.new_names = [n for n in ctx.new_names if n in trainable]
+            return
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         self.anchor = snapshot(model, [n for n in ctx.pretrained_names if n in trainable])
         self.new_names = [n for n in ctx.new_names if n in trainable]

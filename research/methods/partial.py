@@ -25,6 +25,7 @@ class Partial(Method):
 
     name = "partial"
     Config = PartialConfig
+    supports_sequences = True
     why_no_neutral = "the number of blocks that makes it full fine-tuning depends on the model"
     config: PartialConfig
 

@@ -81,7 +81,14 @@ def describe_methods() -> list[dict[str, Any]]:
             )
         # The docstring's first paragraph, on one line (a first line alone often stops mid-sentence).
         first_paragraph = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
-        rows.append({"name": name, "summary": " ".join(first_paragraph.split()), "params": params})
+        rows.append(
+            {
+                "name": name,
+                "summary": " ".join(first_paragraph.split()),
+                "params": params,
+                "sequences": cls.supports_sequences,
+            }
+        )
     return rows
 
 

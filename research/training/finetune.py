@@ -14,7 +14,7 @@ from torch import Tensor
 
 from research.config import ExperimentConfig
 from research.data.batches import TensorBatches
-from research.data.tasks import TaskSet
+from research.data.tasks import Task, TaskSet
 from research.evaluation.evaluator import Evaluator, epoch_of_step, eval_sets, score
 from research.methods.base import FinetuneContext, Method
 from research.models.multihead import MultiHeadNet
@@ -47,9 +47,6 @@ def finetune_model(
         else:  # a shared head: outputs for the new task's new classes, if any
             model.grow_head(task.head, tasks.head_sizes[task.head], generator=generator)
     new_names = [name for name, _ in model.named_parameters() if name not in pretrained_names]
-    finetune_heads = {t.head for t in tasks.finetune}
-    for name, head in model.heads.items():
-        head.requires_grad_(name in finetune_heads)
     context = FinetuneContext(
         model=model,
         tasks=tasks,
@@ -60,14 +57,27 @@ def finetune_model(
         new_names=new_names,
         pretrain_path_integral=path_integral,
     )
-    method.configure_trainable(model, context)
+    start_task(model, context, method, 0)
     return model, context
+
+
+def start_task(model: MultiHeadNet, context: FinetuneContext, method: Method, index: int) -> None:
+    """Make fine-tuning task ``index`` the current one: its head trains, every other head is frozen (old heads
+    only score their tasks), the backbone trains, and the method applies its own freezing."""
+    task = context.tasks.finetune[index]
+    context.task = task
+    context.task_index = index
+    model.backbone.requires_grad_(True)
+    for name, head in model.heads.items():
+        head.requires_grad_(name == task.head)
+    method.configure_trainable(model, context)
 
 
 @dataclass
 class FinetuneOutcome:
     records: list[dict[str, Any]] = field(default_factory=list)  # evaluations + training scalars, tidy
     steps: int = 0
+    epochs: int = 0  # epochs completed over all tasks so far
     seconds: float = 0.0
     eval_seconds: float = 0.0
     evaluations: int = 0
@@ -85,13 +95,11 @@ def run_finetune(
     outcome: FinetuneOutcome,
     path_integral: dict[str, Tensor] | None = None,
 ) -> FinetuneOutcome:
-    """Train; fills ``outcome`` as it goes, so a failure mid-run still leaves what was measured."""
+    """Train on each fine-tuning task in turn (one Lightning fit each) on one continuous step axis; fills
+    ``outcome`` as it goes, so a failure mid-run still leaves what was measured."""
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model, context = finetune_model(cfg, tasks, method, state, path_integral)
-    task = tasks.finetune[0]
-    x, y = task.splits["train"]
-    batches = TensorBatches(x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size, seed=cfg.seed)
 
     def on_scores(step: int, scores: dict[str, float]) -> None:
         tracker.log(scores, step)
@@ -100,14 +108,44 @@ def run_finetune(
         eval_sets(tasks.all, tasks.head_sizes, cfg.eval.split, cfg.eval.max_samples, cfg.data.split_seed),
         cfg.eval.every_n_steps,
         cfg.eval.batch_size,
-        len(batches),
+        1,
         on_scores,
     )
     evaluator.records = outcome.records  # measurements land in the outcome as they are taken
     evaluator.drift = outcome.drift
+    try:
+        for index, task in enumerate(tasks.finetune):
+            if index > 0:
+                start_task(model, context, method, index)
+            _fit_task(cfg, task, model, method, context, evaluator, tracker, outcome)
+    finally:
+        outcome.seconds = time.perf_counter() - started
+        outcome.eval_seconds = evaluator.seconds
+        outcome.evaluations = evaluator.evaluations
+    outcome.method_rows = method.finish(model, context, lambda m: score(m, evaluator.sets, cfg.eval.batch_size))
+    outcome.method_info = method.info()
+    return outcome
+
+
+def _fit_task(
+    cfg: ExperimentConfig,
+    task: Task,
+    model: MultiHeadNet,
+    method: Method,
+    context: FinetuneContext,
+    evaluator: Evaluator,
+    tracker: Tracker,
+    outcome: FinetuneOutcome,
+) -> None:
+    """One task's training. Steps and epochs continue from the previous task's (``outcome.steps``)."""
+    x, y = task.splits["train"]
+    batches = TensorBatches(x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size, seed=cfg.seed)
+    step_offset, epoch_offset = outcome.steps, outcome.epochs
+    evaluator.start_segment(step_offset, epoch_offset, len(batches))
 
     def on_train_scalars(step: int, scalars: dict[str, Tensor]) -> None:
-        epoch = epoch_of_step(step, len(batches))
+        epoch = epoch_of_step(step, len(batches), epoch_offset)
+        step += step_offset
         values = {name: float(value) for name, value in scalars.items()}
         diverged = {name: v for name, v in values.items() if not math.isfinite(v)}
         if diverged:  # stop now: every further step would only spread NaNs through the weights
@@ -132,10 +170,5 @@ def run_finetune(
     try:
         trainer.fit(module, train_dataloaders=batches)
     finally:
-        outcome.steps = trainer.global_step
-        outcome.seconds = time.perf_counter() - started
-        outcome.eval_seconds = evaluator.seconds
-        outcome.evaluations = evaluator.evaluations
-    outcome.method_rows = method.finish(module.model, context, lambda m: score(m, evaluator.sets, cfg.eval.batch_size))
-    outcome.method_info = method.info()
-    return outcome
+        outcome.steps = step_offset + trainer.global_step
+        outcome.epochs = epoch_offset + -(-trainer.global_step // len(batches))

@@ -64,6 +64,14 @@ def check(cfg: ExperimentConfig) -> TaskSet:
             f"method.name: {method.name} needs the pretraining trajectory, which a checkpoint does not carry; "
             "leave pretrain.checkpoint empty so pretraining runs here (it is cached), or choose another method"
         )
+    if len(cfg.finetune.tasks) > 1 and not method.supports_sequences:
+        from research.methods import method_class, method_names
+
+        supported = [n for n in method_names() if method_class(n).supports_sequences]
+        raise ConfigError(
+            f"finetune.tasks: {len(cfg.finetune.tasks)} tasks in sequence, but method {method.name} is defined for "
+            f"one fine-tuning task only; methods that support sequences: {', '.join(supported)}"
+        )
     tasks = build_tasks(cfg)
     finetune_model(cfg, tasks, method, state=None)
     check_checkpoint(cfg, tasks)

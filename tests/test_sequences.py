@@ -1,0 +1,77 @@
+"""Fine-tuning sequences: several new tasks one after another on one step axis, and online EWC across them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from research.cli import main
+from research.training import run
+
+SEQUENCE = Path(__file__).resolve().parents[1] / "experiments" / "sequence_digits.yaml"
+TASKS = {"digits_0_3", "digits_4_6", "digits_7_9"}
+
+
+def _cfg(make_cfg, *overrides: str):
+    return make_cfg("train.epochs=2", "logging.log_every_n_steps=1", *overrides, experiment="sequence_digits.yaml")
+
+
+def test_sequence_runs_on_one_step_axis(make_cfg) -> None:
+    result = run(_cfg(make_cfg, "method.name=finetune"))
+    metrics = result.metrics
+    evals = metrics[metrics.metric == "acc"]
+    # Every task, earlier and later ones included, is scored at every evaluation, step 0 first.
+    assert evals.groupby("step").task.apply(set).eq(TASKS).all()
+    assert evals.step.min() == 0
+    train = metrics[metrics.metric == "train_loss"]
+    first, second = (train[train.task == t].step for t in ("digits_4_6", "digits_7_9"))
+    assert first.min() == 0 and second.min() == first.max() + 1  # the second task's steps continue the first's
+    steps_per_task = first.max() + 1
+    assert result.summary["steps"] == second.max() + 1
+    assert metrics.groupby("step").epoch.nunique().eq(1).all()
+    assert metrics[metrics.step == metrics.step.max()].epoch.iloc[0] == 3  # 2 epochs per task, 0-based
+    # While the second task trains, the first task's head is frozen: its drift stops changing.
+    drift = pd.read_parquet(result.run_dir / "diagnostics.parquet")
+    head = drift[(drift.block == "heads.digits_4_6") & (drift.metric == "drift_l2")].set_index("step").value
+    assert head[head.index >= steps_per_task].nunique() == 1 and head.iloc[-1] > 0
+
+
+def test_online_ewc_restarts_its_anchor_and_accumulates_its_fisher(make_cfg) -> None:
+    result = run(_cfg(make_cfg, "method.name=online_ewc", "method.gamma=0.5", "method.lam=50"))
+    metrics = result.metrics
+    penalty = metrics[metrics.metric == "train_loss_online_ewc"]
+    for task in ("digits_4_6", "digits_7_9"):  # the anchor is the weights at each task's start
+        rows = penalty[penalty.task == task]
+        assert rows[rows.step == rows.step.min()].value.iloc[0] == 0.0
+        assert rows.value.max() > 0
+    history = result.summary["method_info"]["tasks"]
+    assert [h["fisher_from"] for h in history] == [["digits_0_3"], ["digits_4_6"]]
+    first, second = history
+    assert second["running_fisher_trace"] == pytest.approx(
+        0.5 * first["running_fisher_trace"] + second["new_fisher_trace"], rel=1e-5
+    )
+
+
+def test_online_ewc_with_one_task_is_ewc(make_cfg) -> None:
+    settings = ["method.lam=300", "method.fisher_samples=200", "logging.log_every_n_steps=1"]
+    online = run(make_cfg("method.name=online_ewc", *settings)).metrics
+    ewc = run(make_cfg("method.name=ewc", *settings)).metrics
+    online["metric"] = online.metric.str.replace("online_ewc", "ewc")
+    pd.testing.assert_frame_equal(online, ewc)
+
+
+def test_online_ewc_forgets_less_than_finetune_over_the_sequence(make_cfg) -> None:
+    settings = ["train.lr=0.02", "train.epochs=3"]
+    finetune = run(_cfg(make_cfg, "method.name=finetune", *settings)).summary["final"]
+    online = run(_cfg(make_cfg, "method.name=online_ewc", "method.lam=5000", *settings)).summary["final"]
+    assert online["digits_0_3"]["acc"] > finetune["digits_0_3"]["acc"] + 0.03
+
+
+def test_method_without_sequence_support_is_a_config_error(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["run", str(SEQUENCE), f"out={out}", "method.name=ewc"]) == 2
+    err = capsys.readouterr().err
+    assert "finetune.tasks" in err and "online_ewc" in err
+    assert not out.exists()

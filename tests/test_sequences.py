@@ -75,3 +75,48 @@ def test_method_without_sequence_support_is_a_config_error(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert "finetune.tasks" in err and "online_ewc" in err
     assert not out.exists()
+
+
+def test_si_accumulates_its_importance_over_a_sequence(make_cfg) -> None:
+    result = run(_cfg(make_cfg, "method.name=si", "method.lam=10"))
+    penalty = result.metrics[result.metrics.metric == "train_loss_si"]
+    for task in ("digits_4_6", "digits_7_9"):  # anchored at the weights each task starts from
+        rows = penalty[penalty.task == task]
+        assert rows[rows.step == rows.step.min()].value.iloc[0] == 0.0
+        assert rows.value.max() > 0
+    assert result.summary["status"] == "completed"
+
+
+def test_si_importance_grows_by_the_first_tasks_path_integral(make_cfg) -> None:
+    import torch
+
+    from research.data import build_tasks
+    from research.methods import build_method
+    from research.methods.si import si_importance
+    from research.training.finetune import finetune_model, start_task
+    from research.training.pretrain import pretrained_weights
+
+    cfg = _cfg(make_cfg, "method.name=si")
+    tasks = build_tasks(cfg)
+    pretrained = pretrained_weights(cfg, tasks)
+    method = build_method(cfg.method)
+    model, ctx = finetune_model(cfg, tasks, method, pretrained.state, pretrained.path_integral)
+    method.prepare(model, ctx)
+    before = {n: t.clone() for n, t in method.importance.items()}
+    trajectory = method._trajectory
+    # Two plain SGD updates on the first fine-tuning task, recorded through the method's own hooks.
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    x, y = ctx.task.splits["train"]
+    for step in range(2):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[:32], ctx.task.head), y[:32]).backward()
+        method.after_backward(model, step)
+        optimizer.step()
+        method.after_step(model, step)
+    start_task(model, ctx, method, 1)
+    method.prepare(model, ctx)
+    current = dict(model.named_parameters())
+    for name, importance in method.importance.items():
+        added = si_importance(trajectory.omega[name], current[name].detach() - trajectory.start[name], 0.1)
+        torch.testing.assert_close(importance, before[name] + added)
+        assert torch.equal(method.anchor[name], current[name].detach())

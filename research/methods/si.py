@@ -39,6 +39,10 @@ class SI(ImportanceAnchor):
     avalanche-lib 0.6 records no trajectory at all (its saved "old" weights are views of the live parameters), so
     its SI penalty is 0 there; ξ = 0.1 follows van de Ven et al.'s continual-learning code.
     Needs the pretraining trajectory, so it cannot start from a user checkpoint (a config error says so).
+
+    In a sequence of fine-tuning tasks the path integral goes on accumulating: during each task it is recorded
+    over that task's updates (the gradient of the total loss, as in Zenke et al.'s and Avalanche's code), and at
+    the start of the next task Ω += max(ω_task, 0) / (Δ_task² + ξ) and the anchor moves to the current weights.
     """
 
     name = "si"
@@ -46,8 +50,35 @@ class SI(ImportanceAnchor):
     config: SIConfig
     neutral = {"lam": 0.0}
     needs_pretraining_trajectory = True
+    supports_sequences = True
     term = "si"
     importance_name = "importance"
+    _trajectory: PathIntegral | None = None
+
+    def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        if ctx.task_index == 0:
+            super().prepare(model, ctx)
+        else:  # consolidate the task just learned, then anchor at the weights it ended with
+            assert self._trajectory is not None
+            current = dict(model.named_parameters())
+            for name, omega in self._trajectory.omega.items():
+                if name in self.importance:
+                    displacement = current[name].detach() - self._trajectory.start[name]
+                    self.importance[name] = self.importance[name] + si_importance(
+                        omega, displacement, self.config.xi, self.config.clip
+                    )
+            self.anchor = {n: current[n].detach().clone() for n in self.importance}
+        # Record this task's trajectory only if another task follows.
+        last = ctx.task_index == len(ctx.tasks.finetune) - 1
+        self._trajectory = None if last else PathIntegral(model)
+
+    def after_backward(self, model: MultiHeadNet, step: int) -> None:
+        if self._trajectory is not None:
+            self._trajectory.before_step(model)
+
+    def after_step(self, model: MultiHeadNet, step: int) -> None:
+        if self._trajectory is not None:
+            self._trajectory.after_step(model)
 
     def estimator(self) -> str:
         return "path_integral"

@@ -120,3 +120,42 @@ def test_si_importance_grows_by_the_first_tasks_path_integral(make_cfg) -> None:
         added = si_importance(trajectory.omega[name], current[name].detach() - trajectory.start[name], 0.1)
         torch.testing.assert_close(importance, before[name] + added)
         assert torch.equal(method.anchor[name], current[name].detach())
+
+
+@pytest.mark.parametrize("selection", ["reservoir", "class_balanced"])
+def test_replay_buffer_takes_in_each_learned_task(selection: str, make_cfg) -> None:
+    import torch
+
+    from research.data import build_tasks
+    from research.methods import build_method
+    from research.training.finetune import finetune_model, start_task
+
+    cfg = _cfg(make_cfg, "method.name=replay", f"method.selection={selection}", "method.buffer_size=120")
+    tasks = build_tasks(cfg)
+    method = build_method(cfg.method)
+    model, ctx = finetune_model(cfg, tasks, method, state=None)
+    method.prepare(model, ctx)
+    assert method.heads == ["digits_0_3"] and len(method.buffer_y) == 120
+    start_task(model, ctx, method, 1)
+    method.prepare(model, ctx)
+    assert method.heads == ["digits_0_3", "digits_4_6"] and len(method.buffer_y) == 120
+    learned = len(tasks.finetune[0].splits["train"][1])
+    pretrain = len(tasks.pretrain[0].splits["train"][1])
+    share = float((method.buffer_head == 1).float().mean())
+    if selection == "class_balanced":  # 4 + 3 classes seen: counts differ by at most one
+        counts = torch.unique(method.buffer_head * 10 + method.buffer_y, return_counts=True)[1]
+        assert len(counts) == 7 and int(counts.max() - counts.min()) <= 1
+    else:  # every streamed example equally likely to be kept: the new task's share is about its share of the stream
+        expected = learned / (learned + pretrain)
+        assert abs(share - expected) < 0.15
+    # The new task's examples are its own, scored by its head.
+    new = method.buffer_x[method.buffer_head == 1]
+    own = {row.numpy().tobytes() for row in tasks.finetune[0].splits["train"][0].flatten(1)}
+    assert all(row.numpy().tobytes() in own for row in new.flatten(1))
+
+
+def test_replay_over_a_sequence_runs(make_cfg) -> None:
+    result = run(_cfg(make_cfg, "method.name=replay"))
+    assert result.summary["status"] == "completed"
+    train = result.metrics[result.metrics.metric == "train_loss_task_replay"]
+    assert set(train.task) == {"digits_4_6", "digits_7_9"}

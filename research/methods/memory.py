@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from research.data.tasks import Task
 from research.methods.base import FinetuneContext
 from research.models.multihead import MultiHeadNet
 
@@ -45,6 +46,38 @@ class PretrainMemory:
             y[chosen].to(ctx.device),
             head_ids[chosen].to(ctx.device),
         )
+
+    def absorb(
+        self,
+        task: Task,
+        size: int,
+        selection: Literal["reservoir", "class_balanced"],
+        seen: int,
+        generator: torch.Generator,
+    ) -> PretrainMemory:
+        """The memory after a task was learned, built from the memory and that task's training data only (the
+        continual-learning rule: earlier data survives only through the memory). ``reservoir`` continues
+        Algorithm R over the stream (``seen`` examples streamed so far), so every example ever streamed is kept
+        with equal probability; ``class_balanced`` rebalances over every class seen, shrinking old classes."""
+        x_new, y_new = (t.to(self.y.device) for t in task.splits["train"])
+        heads = [*self.heads, task.head]
+        head_new = torch.full((len(y_new),), len(self.heads), device=self.y.device)
+        if selection == "class_balanced":
+            x, y, head = torch.cat([self.x, x_new]), torch.cat([self.y, y_new]), torch.cat([self.head, head_new])
+            chosen = class_balanced_indices((head * (int(y.max()) + 1) + y).cpu(), size, generator)
+            return PretrainMemory(heads, x[chosen], y[chosen], head[chosen])
+        x, y, head = list(self.x), list(self.y), list(self.head)
+        for i in torch.randperm(len(y_new), generator=generator).tolist():
+            seen += 1
+            if len(y) < size:
+                x.append(x_new[i])
+                y.append(y_new[i])
+                head.append(head_new[i])
+                continue
+            j = int(torch.randint(0, seen, (1,), generator=generator))
+            if j < size:
+                x[j], y[j], head[j] = x_new[i], y_new[i], head_new[i]
+        return PretrainMemory(heads, torch.stack(x), torch.stack(y), torch.stack(head))
 
     def __len__(self) -> int:
         return len(self.y)

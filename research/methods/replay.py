@@ -29,7 +29,8 @@ class Replay(Method):
     uniformly without replacement, or with replacement when the buffer holds fewer). The task loss is the mean
     over the mixed batch, each replayed example scored by its own task's head. The buffer is filled once from the
     pretraining tasks' training data, by reservoir sampling (Vitter 1985) over a seeded random stream or
-    class-balanced (equal counts per class).
+    class-balanced (equal counts per class). In a sequence of fine-tuning tasks, each task joins the buffer when
+    it has been learned (from the buffer and that task's data only; see ``PretrainMemory.absorb``).
     """
 
     name = "replay"
@@ -37,11 +38,22 @@ class Replay(Method):
     neutral = {"ratio": 0.0}
     config: ReplayConfig
 
+    supports_sequences = True
+
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
-        memory = PretrainMemory.fill(ctx, self.config.buffer_size, self.config.selection)
+        if ctx.task_index == 0:
+            memory = PretrainMemory.fill(ctx, self.config.buffer_size, self.config.selection)
+            self.seen = sum(len(t.splits["train"][1]) for t in ctx.tasks.pretrain)
+        else:  # in a sequence: the task just learned joins the buffer
+            learned = ctx.tasks.finetune[ctx.task_index - 1]
+            current = PretrainMemory(self.heads, self.buffer_x, self.buffer_y, self.buffer_head)
+            generator = torch.Generator().manual_seed(ctx.seed + 1000 + ctx.task_index)
+            memory = current.absorb(learned, self.config.buffer_size, self.config.selection, self.seen, generator)
+            self.seen += len(learned.splits["train"][1])
         self.heads = memory.heads
         self.buffer_x, self.buffer_y, self.buffer_head = memory.x, memory.y, memory.head
-        self.generator = torch.Generator().manual_seed(ctx.seed + 1)
+        if ctx.task_index == 0:  # one draw stream for the whole run
+            self.generator = torch.Generator().manual_seed(ctx.seed + 1)
 
     def replay_count(self, batch_size: int) -> int:
         ratio = self.config.ratio

@@ -22,7 +22,7 @@ class EWCConfig(MethodConfig):
         "exact", description="Fisher estimator (see research.methods.fisher)"
     )
     fisher_samples: int | None = Field(
-        1000, gt=0, description="pretraining examples used for the Fisher (None: all training examples)"
+        1000, gt=0, description="examples used for the Fisher: of the pretraining tasks (of the task just learned, in online_ewc); None: all"
     )
     fisher_batch_size: int = Field(64, gt=0, description="minibatch size; changes the result only for 'batched'")
 

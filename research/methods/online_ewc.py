@@ -10,24 +10,19 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from research.methods.base import FinetuneContext, MethodConfig
+from research.methods.base import FinetuneContext
+from research.methods.ewc import EWCConfig
 from research.methods.fisher import fisher_diagonal
 from research.methods.penalty import ImportanceAnchor, snapshot
 from research.methods.registry import register
 from research.models.multihead import MultiHeadNet
 
 
-class OnlineEWCConfig(MethodConfig):
-    name: Literal["online_ewc"] = "online_ewc"
-    lam: float = Field(100.0, ge=0, description="penalty strength λ in λ/2 Σ F̃_i (θ_i − θ*_i)²")
+class OnlineEWCConfig(EWCConfig):
+    """EWC's settings (λ, the Fisher estimator and its sample), plus the decay of the running Fisher."""
+
+    name: Literal["online_ewc"] = "online_ewc"  # type: ignore[assignment]
     gamma: float = Field(1.0, ge=0, le=1, description="decay γ of the running Fisher: F̃ ← γ·F̃ + F_new")
-    fisher: Literal["exact", "sample", "empirical", "batched"] = Field(
-        "exact", description="Fisher estimator (see research.methods.fisher)"
-    )
-    fisher_samples: int | None = Field(
-        1000, gt=0, description="examples of the task just learned used for its Fisher (None: all)"
-    )
-    fisher_batch_size: int = Field(64, gt=0, description="minibatch size; changes the result only for 'batched'")
 
 
 @register

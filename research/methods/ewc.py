@@ -22,7 +22,9 @@ class EWCConfig(MethodConfig):
         "exact", description="Fisher estimator (see research.methods.fisher)"
     )
     fisher_samples: int | None = Field(
-        1000, gt=0, description="examples used for the Fisher: of the pretraining tasks (of the task just learned, in online_ewc); None: all"
+        1000,
+        gt=0,
+        description="examples for the Fisher (pretraining data; online_ewc: the task just learned); None: all",
     )
     fisher_batch_size: int = Field(64, gt=0, description="minibatch size; changes the result only for 'batched'")
 

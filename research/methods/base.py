@@ -45,6 +45,17 @@ class HeadBatch:
     source: str = "new"
 
 
+def split_by_head(heads: list[str], x: Tensor, y: Tensor, head_ids: Tensor, source: str = "new") -> list[HeadBatch]:
+    """Examples tagged with indices into ``heads`` as one HeadBatch per head present, in ``heads`` order."""
+    if len(heads) == 1:
+        return [HeadBatch(heads[0], x, y, source)]
+    return [
+        HeadBatch(head, x[head_ids == i], y[head_ids == i], source)
+        for i, head in enumerate(heads)
+        if bool((head_ids == i).any())
+    ]
+
+
 @dataclass
 class FinetuneContext:
     """What a method may look at when it prepares: the model, every task, and the run's settings."""

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from research.methods.base import FinetuneContext, HeadBatch, Method, MethodConfig
+from research.methods.base import FinetuneContext, HeadBatch, Method, MethodConfig, split_by_head
 from research.methods.registry import register
 from research.models.multihead import MultiHeadNet
 
@@ -94,14 +94,7 @@ class Joint(Method):
         if count == 0:
             return []
         idx = self.draw(count).to(self.y.device)
-        x, y, head_ids = self.x[idx], self.y[idx], self.head[idx]
-        if len(self.heads) == 1:
-            return [HeadBatch(self.heads[0], x, y, "joint")]
-        return [
-            HeadBatch(head, x[head_ids == i], y[head_ids == i], "joint")
-            for i, head in enumerate(self.heads)
-            if bool((head_ids == i).any())
-        ]
+        return split_by_head(self.heads, self.x[idx], self.y[idx], self.head[idx], "joint")
 
     def info(self) -> dict[str, Any]:
         full, rest = divmod(self.n_new, self.batch_size)

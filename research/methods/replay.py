@@ -7,7 +7,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from research.methods.base import FinetuneContext, HeadBatch, Method, MethodConfig
+from research.methods.base import FinetuneContext, HeadBatch, Method, MethodConfig, split_by_head
 from research.methods.memory import PretrainMemory
 from research.methods.registry import register
 from research.models.multihead import MultiHeadNet
@@ -42,18 +42,33 @@ class Replay(Method):
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
         if ctx.task_index == 0:
-            memory = PretrainMemory.fill(ctx, self.config.buffer_size, self.config.selection)
+            self.memory = PretrainMemory.fill(ctx, self.config.buffer_size, self.config.selection)
             self.seen = sum(len(t.splits["train"][1]) for t in ctx.tasks.pretrain)
+            self.generator = torch.Generator().manual_seed(ctx.seed + 1)  # one draw stream for the whole run
         else:  # in a sequence: the task just learned joins the buffer
             learned = ctx.tasks.finetune[ctx.task_index - 1]
-            current = PretrainMemory(self.heads, self.buffer_x, self.buffer_y, self.buffer_head)
             generator = torch.Generator().manual_seed(ctx.seed + 1000 + ctx.task_index)
-            memory = current.absorb(learned, self.config.buffer_size, self.config.selection, self.seen, generator)
+            self.memory = self.memory.absorb(
+                learned, self.config.buffer_size, self.config.selection, self.seen, generator
+            )
             self.seen += len(learned.splits["train"][1])
-        self.heads = memory.heads
-        self.buffer_x, self.buffer_y, self.buffer_head = memory.x, memory.y, memory.head
-        if ctx.task_index == 0:  # one draw stream for the whole run
-            self.generator = torch.Generator().manual_seed(ctx.seed + 1)
+
+    # The buffer, by the names the tests and summaries use.
+    @property
+    def heads(self) -> list[str]:
+        return self.memory.heads
+
+    @property
+    def buffer_x(self) -> Tensor:
+        return self.memory.x
+
+    @property
+    def buffer_y(self) -> Tensor:
+        return self.memory.y
+
+    @property
+    def buffer_head(self) -> Tensor:
+        return self.memory.head
 
     def replay_count(self, batch_size: int) -> int:
         ratio = self.config.ratio
@@ -68,14 +83,7 @@ class Replay(Method):
         else:  # a buffer smaller than the replay share: draw with replacement so the ratio still holds
             idx = torch.randint(0, len(self.buffer_y), (count,), generator=self.generator)
         idx = idx.to(self.buffer_y.device)
-        x, y, head_ids = self.buffer_x[idx], self.buffer_y[idx], self.buffer_head[idx]
-        if len(self.heads) == 1:
-            return [HeadBatch(self.heads[0], x, y, "replay")]
-        return [
-            HeadBatch(head, x[head_ids == i], y[head_ids == i], "replay")
-            for i, head in enumerate(self.heads)
-            if bool((head_ids == i).any())
-        ]
+        return split_by_head(self.heads, self.buffer_x[idx], self.buffer_y[idx], self.buffer_head[idx], "replay")
 
     def info(self) -> dict[str, Any]:
         classes = torch.unique(self.buffer_head * 10_000 + self.buffer_y, return_counts=True)[1]
@@ -87,11 +95,7 @@ class Replay(Method):
         }
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"buffer_x": self.buffer_x, "buffer_y": self.buffer_y, "buffer_head": self.buffer_head}
+        return self.memory.state_dict("buffer")
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.buffer_x, self.buffer_y, self.buffer_head = (
-            state["buffer_x"],
-            state["buffer_y"],
-            state["buffer_head"],
-        )
+        self.memory = PretrainMemory.from_state(self.memory.heads, state, "buffer")  # heads come from prepare

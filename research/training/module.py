@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from research.config import OptimConfig
-from research.methods.base import FinetuneContext, HeadBatch, Method, TrainStep
+from research.methods.base import FinetuneContext, HeadBatch, Method, TrainStep, split_by_head
 from research.methods.path_integral import PathIntegral
 from research.models.multihead import MultiHeadNet
 
@@ -87,7 +87,7 @@ class ClassifierModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         step = self.global_step  # optimizer steps so far: this step's update will be number step + 1
         x, y, head_ids = batch
-        batches = self._split_by_head(x, y, head_ids)
+        batches = split_by_head(self.heads, x, y, head_ids)
         if self.method is not None:
             batches += self.method.extra_batches(len(y))
         logits = self._forward(batches)
@@ -138,15 +138,6 @@ class ClassifierModule(L.LightningModule):
             parts = [(lo, len(b.y)) for lo, b in zip(losses, batches, strict=True) if b.source == source]
             scalars[f"loss_task_{source}"] = sum(lo for lo, _ in parts).detach() / sum(n for _, n in parts)
         self.scalar_sink(step, scalars)
-
-    def _split_by_head(self, x: Tensor, y: Tensor, head_ids: Tensor) -> list[HeadBatch]:
-        if len(self.heads) == 1:
-            return [HeadBatch(self.heads[0], x, y)]
-        return [
-            HeadBatch(head, x[head_ids == i], y[head_ids == i])
-            for i, head in enumerate(self.heads)
-            if bool((head_ids == i).any())
-        ]
 
     def _forward(self, batches: list[HeadBatch]) -> list[Tensor]:
         """Logits per batch. One backbone pass over all examples when shapes allow, so BatchNorm sees the

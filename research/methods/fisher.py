@@ -59,6 +59,7 @@ def fisher_diagonal(
     params = {n: named[n].detach() for n in param_names}
     buffers = dict(model.named_buffers())
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+    num_params = sum(p.numel() for p in params.values())
     count = 0
     with eval_mode(model):
         for batch in batches:
@@ -66,7 +67,9 @@ def fisher_diagonal(
                 _add(fisher, _batch_mean_gradient(model, params, buffers, batch), square=True)
                 count += 1
                 continue
-            for x, y in _chunks(batch, params, model):
+            # per-class gradients for ``exact``: one Jacobian row per output of this head
+            per_example = num_params * model.heads[batch.head].out_features  # type: ignore[index]
+            for x, y in example_chunks(batch, per_example):
                 if estimator == "exact":
                     _add(fisher, _exact_sum(model, params, buffers, batch.head, x))
                 else:
@@ -87,11 +90,10 @@ def _add(total: dict[str, Tensor], part: dict[str, Tensor], square: bool = False
         total[n] += value.pow(2) if square else value
 
 
-def _chunks(batch: HeadBatch, params: dict[str, Tensor], model: nn.Module) -> Iterable[tuple[Tensor, Tensor]]:
-    """Split a batch so that per-sample, per-class gradients of one chunk stay within the memory bound."""
-    num_params = sum(p.numel() for p in params.values())
-    num_classes = model.heads[batch.head].out_features  # type: ignore[index]
-    size = max(1, _CHUNK_FLOATS // max(1, num_params * num_classes))
+def example_chunks(batch: HeadBatch, floats_per_example: int) -> Iterable[tuple[Tensor, Tensor]]:
+    """Split a batch so that the per-example gradients of one chunk (``floats_per_example`` floats each) stay
+    within the memory bound of 2**26 floats (256 MiB)."""
+    size = max(1, _CHUNK_FLOATS // max(1, floats_per_example))
     for start in range(0, len(batch.y), size):
         yield batch.x[start : start + size], batch.y[start : start + size]
 

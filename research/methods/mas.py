@@ -31,16 +31,13 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from research.methods.base import FinetuneContext, HeadBatch, MethodConfig
-from research.methods.fisher import eval_mode
+from research.methods.fisher import eval_mode, example_chunks
 from research.methods.penalty import ImportanceAnchor
 from research.methods.registry import register
 from research.models.multihead import MultiHeadNet
 
 MASEstimator = Literal["per_sample", "batched"]
 MAS_ESTIMATORS: tuple[str, ...] = ("per_sample", "batched")
-
-# Upper bound on floats held by one vmap chunk of per-sample gradients: 2**26 floats = 256 MiB.
-_CHUNK_FLOATS = 2**26
 
 
 class MASConfig(MethodConfig):
@@ -75,10 +72,7 @@ def mas_importance(
                     total[n] += g.abs()
                 count += 1
                 continue
-            num_params = max(1, sum(p.numel() for p in params.values()))
-            size = max(1, _CHUNK_FLOATS // num_params)
-            for start in range(0, len(batch.x), size):
-                x = batch.x[start : start + size]
+            for x, _ in example_chunks(batch, sum(p.numel() for p in params.values())):
                 for n, g in _per_sample_gradients(model, params, buffers, batch.head, x).items():
                     total[n] += g.abs().sum(0)
                 count += len(x)

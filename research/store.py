@@ -99,16 +99,19 @@ def metrics_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
     frame = metrics_frame(records)
-    tmp = run_dir / f".metrics.parquet.{os.getpid()}.tmp"
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, run_dir / "metrics.parquet")
+    write_frame(run_dir / "metrics.parquet", frame)
     return frame
 
 
 def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Any other tidy table of a run (e.g. a method's own measurements), written atomically."""
+    """Any other tidy table of a run (e.g. a method's own measurements)."""
+    write_frame(path, pd.DataFrame.from_records(rows))
+
+
+def write_frame(path: Path, frame: pd.DataFrame) -> None:
+    """Parquet written to a temporary name and renamed into place: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pd.DataFrame.from_records(rows).to_parquet(tmp, index=False)
+    frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
 
 

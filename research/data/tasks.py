@@ -122,10 +122,7 @@ def _resolve_classes(source: SourceData, tcfg: TaskConfig, where: str) -> list[i
                 raise ConfigError(
                     f"{where}.classes: class {c!r} is not in source '{tcfg.source}'; valid classes: {valid}"
                 )
-            index = source.class_names.index(str(c))
-            if index in ids:
-                raise ConfigError(f"{where}.classes: class {c!r} is listed twice")
-            ids.append(index)
+            ids.append(source.class_names.index(str(c)))  # duplicates were refused by TaskConfig
     present = set(np.unique(source.y).tolist())
     empty = [source.class_names[i] for i in ids if i not in present]
     if empty:

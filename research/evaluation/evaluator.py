@@ -111,13 +111,10 @@ class Evaluator(L.Callback):
         sets: list[EvalSet],
         every_n_steps: int,
         batch_size: int,
-        steps_per_epoch: int,
         on_scores: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         self.sets = sets
-        self.steps_per_epoch = steps_per_epoch
-        self.step_offset = 0
-        self.epoch_offset = 0
+        self.start_segment(step_offset=0, epoch_offset=0, steps_per_epoch=1)  # each task's fit sets its own
         self.every_n_steps = every_n_steps
         self.batch_size = batch_size
         self.on_scores = on_scores

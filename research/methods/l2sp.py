@@ -35,13 +35,10 @@ class L2SP(Method):
     supports_sequences = True
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
-        if ctx.task_index > 0:  # in a sequence the starting point stays the pretrained model
-            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-            self.new_names = [n for n in ctx.new_names if n in trainable]
-            return
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        self.anchor = snapshot(model, [n for n in ctx.pretrained_names if n in trainable])
         self.new_names = [n for n in ctx.new_names if n in trainable]
+        if ctx.task_index == 0:  # in a sequence the starting point stays the pretrained model
+            self.anchor = snapshot(model, [n for n in ctx.pretrained_names if n in trainable])
 
     def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:
         params = dict(model.named_parameters())

@@ -108,7 +108,6 @@ def run_finetune(
         eval_sets(tasks.all, tasks.head_sizes, cfg.eval.split, cfg.eval.max_samples, cfg.data.split_seed),
         cfg.eval.every_n_steps,
         cfg.eval.batch_size,
-        1,
         on_scores,
     )
     evaluator.records = outcome.records  # measurements land in the outcome as they are taken

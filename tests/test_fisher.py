@@ -6,34 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import small_batches, small_model
 from torch.nn import functional as F
 
 from research.config import ModelConfig, load_config
-from research.methods import HeadBatch
 from research.methods import fisher as fisher_module
 from research.methods.fisher import FISHER_ESTIMATORS, fisher_diagonal
 from research.models import build_model
 
 SPLIT = Path(__file__).resolve().parents[1] / "experiments" / "split_digits.yaml"
-
-
-def small_model(batchnorm: bool = False) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="mlp", hidden=[6, 5], batchnorm=batchnorm), (4,), {"a": 3, "b": 2})
-    if batchnorm:  # give BatchNorm non-trivial running statistics
-        with torch.no_grad():
-            for _ in range(3):
-                model(torch.randn(16, 4) * 2 + 1, "a")
-    return model
-
-
-def small_batches() -> list[HeadBatch]:
-    g = torch.Generator().manual_seed(1)
-    return [
-        HeadBatch("a", torch.randn(7, 4, generator=g), torch.randint(0, 3, (7,), generator=g)),
-        HeadBatch("b", torch.randn(5, 4, generator=g), torch.randint(0, 2, (5,), generator=g)),
-        HeadBatch("a", torch.randn(3, 4, generator=g), torch.randint(0, 3, (3,), generator=g)),
-    ]
 
 
 def names(model: torch.nn.Module) -> list[str]:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import prepare_method
 
-from research.data import build_tasks
-from research.methods import build_method
 from research.training import run
-from research.training.finetune import finetune_model
 
 TWO_OLD_TASKS = (
     "pretrain.tasks=[{name: digits_0_2, source: digits, classes: [0, 1, 2]},"
@@ -19,11 +17,7 @@ TWO_OLD_TASKS = (
 
 
 def joint_method(make_cfg, *overrides: str):
-    cfg = make_cfg("method.name=joint", *overrides)
-    tasks = build_tasks(cfg)
-    method = build_method(cfg.method)
-    model, ctx = finetune_model(cfg, tasks, method, state=None)
-    method.prepare(model, ctx)
+    method, model, _, tasks = prepare_method(make_cfg("method.name=joint", *overrides))
     return method, tasks, model
 
 

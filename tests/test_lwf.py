@@ -15,16 +15,15 @@ import pytest
 import torch
 from avalanche.models import MultiTaskModule
 from avalanche.training import LearningWithoutForgetting
+from helpers import prepare_method
 from torch import nn
 
 import research.methods.lwf as lwf_module
 from research.config import ModelConfig, load_config
-from research.data import build_tasks
 from research.data.tasks import Task, TaskSet
 from research.methods import FinetuneContext, HeadBatch, TrainStep, build_method
 from research.models import build_model
 from research.training import run
-from research.training.finetune import finetune_model
 
 SPLIT = Path(__file__).resolve().parents[1] / "experiments" / "split_digits.yaml"
 OLD, NEW = "digits_0_4", "digits_5_9"
@@ -32,10 +31,7 @@ OLD, NEW = "digits_0_4", "digits_5_9"
 
 def prepared(*overrides: str):
     cfg = load_config(SPLIT, ["model.hidden=[16, 8]", "logging.wandb=disabled", "method.name=lwf", *overrides])
-    tasks = build_tasks(cfg)
-    method = build_method(cfg.method)
-    model, ctx = finetune_model(cfg, tasks, method, state=None)
-    method.prepare(model, ctx)
+    method, model, ctx, _ = prepare_method(cfg)
     return method, model, ctx
 
 

@@ -9,37 +9,17 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+from helpers import prepare_method, small_batches, small_model
 from torch.utils.data import TensorDataset
 
 from research.config import ModelConfig, load_config
-from research.data import build_tasks
 from research.methods import HeadBatch, TrainStep, build_method
 from research.methods.mas import MAS_ESTIMATORS, mas_importance
 from research.models import build_model
-from research.training.finetune import finetune_model
 
 SPLIT = Path(__file__).resolve().parents[1] / "experiments" / "split_digits.yaml"
 NO_STEP = TrainStep(batches=[], logits=[], step=0)
 HEAD_SIZES = {"a": 3, "b": 2}
-
-
-def small_model(batchnorm: bool = False) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="mlp", hidden=[6, 5], batchnorm=batchnorm), (4,), HEAD_SIZES)
-    if batchnorm:  # give BatchNorm non-trivial running statistics
-        with torch.no_grad():
-            for _ in range(3):
-                model(torch.randn(16, 4) * 2 + 1, "a")
-    return model
-
-
-def small_batches() -> list[HeadBatch]:
-    g = torch.Generator().manual_seed(1)
-    return [
-        HeadBatch("a", torch.randn(7, 4, generator=g), torch.randint(0, 3, (7,), generator=g)),
-        HeadBatch("b", torch.randn(5, 4, generator=g), torch.randint(0, 2, (5,), generator=g)),
-        HeadBatch("a", torch.randn(3, 4, generator=g), torch.randint(0, 3, (3,), generator=g)),
-    ]
 
 
 def equal_batches() -> list[HeadBatch]:
@@ -243,10 +223,7 @@ def test_unknown_estimator_and_empty_data_are_errors() -> None:
 
 def prepared(*overrides: str):
     cfg = load_config(SPLIT, ["model.hidden=[16, 8]", "logging.wandb=disabled", "method.name=mas", *overrides])
-    tasks = build_tasks(cfg)
-    method = build_method(cfg.method)
-    model, ctx = finetune_model(cfg, tasks, method, state=None)
-    method.prepare(model, ctx)
+    method, model, ctx, _ = prepare_method(cfg)
     return method, model, ctx
 
 

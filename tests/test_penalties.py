@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import prepare_method
 
 from research.config import load_config
-from research.data import build_tasks
-from research.methods import TrainStep, build_method
+from research.methods import TrainStep
 from research.methods.penalty import quadratic_penalty, snapshot
-from research.training.finetune import finetune_model
 
 SPLIT = Path(__file__).resolve().parents[1] / "experiments" / "split_digits.yaml"
 NO_STEP = TrainStep(batches=[], logits=[], step=0)
@@ -19,10 +18,7 @@ NO_STEP = TrainStep(batches=[], logits=[], step=0)
 
 def prepared(*overrides: str):
     cfg = load_config(SPLIT, ["model.hidden=[16, 8]", "logging.wandb=disabled", *overrides])
-    tasks = build_tasks(cfg)
-    method = build_method(cfg.method)
-    model, ctx = finetune_model(cfg, tasks, method, state=None)
-    method.prepare(model, ctx)
+    method, model, ctx, _ = prepare_method(cfg)
     return method, model, ctx
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import prepare_method
 
 from research.cli import main
 from research.config import OptimConfig, resolved, run_id
@@ -247,11 +248,7 @@ def test_completed_run_is_skipped_when_rerun(
 
 
 def replay_method(make_cfg, *overrides: str):
-    cfg = make_cfg("method.name=replay", *overrides)
-    tasks = build_tasks(cfg)
-    method = build_method(cfg.method)
-    model, ctx = finetune_model(cfg, tasks, method, state=None)
-    method.prepare(model, ctx)
+    method, _, _, tasks = prepare_method(make_cfg("method.name=replay", *overrides))
     return method, tasks
 
 

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from research.errors import ConfigError, RunFailed
@@ -14,18 +14,7 @@ from research.errors import ConfigError, RunFailed
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
-def demo_runs() -> list[tuple[str, list[str]]]:
-    """The demo: every registered method on the split-digits experiment (so a new method joins it the moment it
-    exists), then the two other shipped experiments under plain fine-tuning. A grid with seeds and a report
-    replace this list when they exist."""
-    from research.methods import method_names
-
-    methods = ["finetune", *[m for m in method_names() if m != "finetune"]]
-    return [
-        *[("split_digits.yaml", [f"method.name={m}"]) for m in methods],
-        ("rotated_digits.yaml", ["method.name=finetune"]),
-        ("mnist1d.yaml", ["method.name=finetune"]),
-    ]
+DEMO_GRID = EXPERIMENTS / "grids" / "demo.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,15 +71,97 @@ def _parser() -> argparse.ArgumentParser:
     )
     methods.set_defaults(handler=_cmd_methods)
 
+    grid = sub.add_parser(
+        "grid",
+        help="run a comparison grid (methods x hyperparameters x seeds), resumable",
+        description="Expand a grid file into runs and run those not completed yet (completed runs are "
+        "skipped, failed and interrupted ones rerun). See experiments/grids/ for the format.",
+    )
+    grid.add_argument("grid", help="grid YAML, e.g. experiments/grids/demo.yaml")
+    grid.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+    _grid_options(grid)
+    grid.add_argument("--dry-run", action="store_true", help="print the expanded runs and their ids; run nothing")
+    grid.set_defaults(handler=_cmd_grid)
+
     demo = sub.add_parser(
         "demo",
-        help="run the shipped demo experiments on embedded data",
-        description="Run the shipped experiments (split digits under every method, rotated "
-        "digits, MNIST-1D) and print what each run forgot.",
+        help="run the shipped demo grid on embedded data",
+        description=f"Run the demo grid ({DEMO_GRID.relative_to(EXPERIMENTS.parent)}: every method on split "
+        "digits, an EWC strength sweep, 3 seeds) and print what each setting forgot.",
     )
     demo.add_argument("--out", default="runs/demo", help="where the run directories go (default: runs/demo)")
+    demo.add_argument(
+        "--workers", type=_positive, default=min(2, os.cpu_count() or 1), help="worker processes (default: 2)"
+    )
     demo.set_defaults(handler=_cmd_demo)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _grid_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=_positive, default=1, help="runs at once (local processes or SLURM jobs)")
+    parser.add_argument("--executor", choices=["local", "slurm"], default="local", help="where runs execute")
+    slurm = parser.add_argument_group("slurm executor (through submitit)")
+    slurm.add_argument("--partition", help="SLURM partition")
+    slurm.add_argument("--time", type=_positive, default=60, metavar="MINUTES", help="time limit per run")
+    slurm.add_argument("--gpus", type=int, default=0, help="GPUs per run")
+    slurm.add_argument("--cpus", type=_positive, default=2, help="CPU cores per run")
+    slurm.add_argument("--mem-gb", type=float, default=None, help="memory per run")
+    slurm.add_argument(
+        "--submitit-cluster",
+        choices=["slurm", "local"],
+        default="slurm",
+        help="'local' sends the SLURM submissions through submitit's local executor (to try the path here)",
+    )
+
+
+def _cmd_grid(args: argparse.Namespace) -> int:
+    return _run_grid(args.grid, args.overrides, args, dry_run=args.dry_run)
+
+
+def _run_grid(path: Path | str, overrides: list[str], args: argparse.Namespace, dry_run: bool = False) -> int:
+    from research.grid.local import LocalExecutor
+    from research.grid.results import results_table
+    from research.grid.runner import check_grid, describe_plan, describe_result, run_grid
+    from research.grid.slurm import SlurmExecutor, SlurmOptions
+    from research.grid.spec import load_grid
+
+    slurm = None
+    if args.executor == "slurm":
+        slurm = SlurmOptions(args.partition, args.time, args.gpus, args.cpus, args.mem_gb, args.submitit_cluster)
+        slurm.check()
+    with LocalExecutor(args.workers) as local:
+        if slurm is None and not dry_run:
+            local.start()  # the workers import torch & co. while this process reads and checks the grid
+        grid = load_grid(path, overrides)
+        setups = check_grid(grid)
+        if dry_run:
+            print(describe_plan(grid, setups))
+            return 0
+        if slurm is not None:
+            executor = SlurmExecutor(slurm, grid.folder / "submitit", args.workers, f"research-{grid.name}")
+        else:
+            local.log_dir = grid.folder / "logs"
+            executor = local
+        try:
+            result = run_grid(grid, executor, args.workers, args.executor)
+        except KeyboardInterrupt:
+            print("\ngrid interrupted; run the same command again to resume", file=sys.stderr)
+            return 130
+    print(describe_result(result))
+    print()
+    print(results_table(grid))
+    print(f"\nRun directories (config.yaml, metrics.parquet, summary.json, W&B files): {grid.out}")
+    return 1 if result.count("failed") else 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -135,29 +206,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from research.config import load_config
-    from research.training import run
-
-    started = time.perf_counter()
-    rows = []
-    runs = demo_runs()
-    for file, overrides in runs:
-        cfg = load_config(EXPERIMENTS / file, [f"out={args.out}", "logging.progress=false", *overrides])
-        print(f"[{len(rows) + 1}/{len(runs)}] {cfg.name} / {cfg.method['name']} ...", flush=True)
-        result = run(cfg)
-        rows.append((cfg.name, cfg.method["name"], result.summary))
-    print(f"\nForgetting in {len(rows)} runs ({time.perf_counter() - started:.0f} s), accuracy at step 0 -> final:")
-    print(f"{'experiment':16s} {'method':19s} {'pretraining task (old)':>26s} {'new task':>18s}")
-    for name, method, summary in rows:
-        cells = []
-        for role in ("pretrain", "finetune"):
-            tasks = [t for t, v in summary["final"].items() if v["role"] == role]
-            start = sum(summary["initial"][t]["acc"] for t in tasks) / len(tasks)
-            end = sum(summary["final"][t]["acc"] for t in tasks) / len(tasks)
-            cells.append(f"{start:.3f} -> {end:.3f}")
-        print(f"{name:16s} {method:19s} {cells[0]:>26s} {cells[1]:>18s}")
-    print(f"\nRun directories (config.yaml, metrics.parquet, summary.json, W&B files): {args.out}")
-    return 0
+    args.executor = "local"
+    return _run_grid(DEMO_GRID, [f"out={args.out}"], args)
 
 
 def _print_result(summary: dict, run_dir: Path) -> None:

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -160,6 +160,9 @@ class LoggingConfig(Strict):
         default_factory=lambda: "online" if os.environ.get("WANDB_API_KEY") else "offline"
     )
     project: str = "forgetting-lab"
+    group: str | None = None  # W&B group; a grid sets it to the grid's name
+    run_name: str | None = None  # W&B display name; default: experiment, method, changed settings, seed
+    tags: list[str] = Field(default_factory=list)  # extra W&B tags (a grid adds its sub-grid's)
     progress: bool = True
     log_every_n_steps: PositiveInt = 25
 
@@ -214,35 +217,65 @@ class ExperimentConfig(Strict):
 
 def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read an experiment YAML, apply ``key=value`` overrides, and validate. Raises ConfigError."""
-    overrides = overrides or []
-    if path is not None and not Path(path).is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        base = OmegaConf.load(path) if path is not None else OmegaConf.create({})
-        if not isinstance(base, type(OmegaConf.create({}))):
-            raise ConfigError(f"{path}: the top level of an experiment file must be a mapping")
-        merged = base
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"override '{item}' is not of the form key=value")
-            # OmegaConf's grammar parses the value (numbers, lists, null); update() walks list indices too.
-            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
-            try:
-                OmegaConf.update(merged, key, parsed, merge=True)
-            except (OmegaConfBaseException, ValueError, KeyError, IndexError) as err:
-                raise ConfigError(f"override '{item}': cannot apply it ({str(err).splitlines()[0]})") from None
-        raw = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot read config {path}: {str(err).splitlines()[0]}") from err
-    except Exception as err:  # YAML syntax errors come from the yaml package
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"cannot parse {path}: {' '.join(str(err).split())}") from err
+    raw = read_experiment(path)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_key(raw, key, value, where=f"override '{item}'")
     return validate_config(raw)
 
 
+def read_experiment(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """An experiment YAML as plain data (not yet validated). Raises ConfigError."""
+    if path is None:
+        return {}
+    return read_yaml_mapping(path, "an experiment file")
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: the top level of {what} must be a mapping")
+        # Interpolations (``${train.lr}``) stay unresolved until validation, so overrides reach them.
+        return OmegaConf.to_container(loaded, resolve=False)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot read {path}: {str(err).splitlines()[0]}") from err
+    except ConfigError:
+        raise
+    except Exception as err:  # YAML syntax errors come from the yaml package
+        raise ConfigError(f"cannot parse {path}: {' '.join(str(err).split())}") from err
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` with the value parsed by OmegaConf's grammar (numbers, lists, null, strings)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    try:
+        return key, OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"override '{item}': cannot parse the value ({str(err).splitlines()[0]})") from None
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """Set a dotted key (list indices allowed, e.g. ``finetune.tasks.0.name``) in place; dict values merge into
+    an existing section. Whether the key exists in the schema is for validation to say."""
+    merged = OmegaConf.create(raw)
+    try:
+        OmegaConf.update(merged, key, value, merge=True)
+    except (OmegaConfBaseException, ValueError, KeyError, IndexError) as err:
+        raise ConfigError(f"{where}: cannot apply it ({str(err).splitlines()[0]})") from None
+    raw.clear()
+    raw.update(OmegaConf.to_container(merged, resolve=False))  # type: ignore[arg-type]
+
+
 def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
+    try:
+        raw = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot resolve an interpolation: {str(err).splitlines()[0]}") from None
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
@@ -300,7 +333,15 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 # Settings that change neither a run's numbers nor which rows it records, so are not part of its identity.
-NOT_IN_RUN_ID = ("out", "logging.wandb", "logging.project", "logging.progress")
+NOT_IN_RUN_ID = (
+    "out",
+    "logging.wandb",
+    "logging.project",
+    "logging.group",
+    "logging.run_name",
+    "logging.tags",
+    "logging.progress",
+)
 
 
 def resolved(cfg: ExperimentConfig) -> dict[str, Any]:

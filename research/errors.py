@@ -10,3 +10,7 @@ class ConfigError(ValueError):
 
 class RunFailed(RuntimeError):
     """A run that started and then failed; its summary.json records why (exit code 1)."""
+
+
+class RunBusy(RuntimeError):
+    """Another process holds this run's lock right now (raised only when asked not to wait for it)."""

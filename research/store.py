@@ -27,6 +27,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from research.errors import RunBusy
+
 METRIC_COLUMNS = ["step", "epoch", "task", "role", "metric", "value"]
 PACKAGES = (
     "torch",
@@ -41,11 +43,16 @@ PACKAGES = (
 
 
 @contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (flock) held for the duration; other processes asking for it wait."""
+def exclusive_lock(path: Path, wait: bool = True) -> Iterator[None]:
+    """An exclusive advisory lock (flock) held for the duration; other processes asking for it wait, or with
+    ``wait=False`` get :class:`~research.errors.RunBusy` at once. The kernel releases it when the holder dies,
+    so a killed process never leaves a stale lock behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusy(f"{path} is held by another process") from None
         try:
             yield
         finally:

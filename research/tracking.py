@@ -26,6 +26,7 @@ class Tracker:
         config: dict[str, Any],
         job_type: str,
         tags: list[str],
+        group: str | None = None,
     ) -> None:
         self.mode = mode
         self.problem: str | None = None
@@ -44,6 +45,7 @@ class Tracker:
                 mode=mode,
                 config=config,
                 job_type=job_type,
+                group=group,
                 tags=tags,
                 settings=settings,
                 reinit="finish_previous",

@@ -1,4 +1,4 @@
-"""The README's main job: ``research demo`` runs the shipped experiments end to end (slow: full settings)."""
+"""The README's main job: ``research demo`` runs the shipped demo grid end to end (slow: full settings)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,42 @@ from pathlib import Path
 
 import pytest
 
-from research.cli import demo_runs, main
+from research.cli import DEMO_GRID, main
+from research.grid.spec import load_grid
 from research.methods import method_names
 
 
+def test_demo_grid_covers_every_method_over_three_seeds(tmp_path: Path) -> None:
+    grid = load_grid(DEMO_GRID, [f"out={tmp_path}"])
+    assert {run.config.method["name"] for run in grid.runs} == set(method_names())
+    assert {run.seed for run in grid.runs} == {0, 1, 2}
+    assert {run.config.name for run in grid.runs} == {"split_digits"}
+    assert not grid.duplicates
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # loading a grid writes nothing
+
+
 @pytest.mark.slow
-def test_demo_runs_every_shipped_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_runs_the_demo_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    DEMO_RUNS = demo_runs()
+    grid = load_grid(DEMO_GRID, [f"out={out}"])
     assert main(["demo", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert f"Forgetting in {len(DEMO_RUNS)} runs" in text
-    summaries = [json.loads(p.read_text()) for p in out.glob("*/summary.json")]
-    assert len(summaries) == len(DEMO_RUNS)
+    assert f"{len(grid.runs)} completed, 0 failed, 0 skipped" in text
+    summaries = [json.loads((run.run_dir / "summary.json").read_text()) for run in grid.runs]
     assert all(s["status"] == "completed" for s in summaries)
-    by_method = {s["method"]: s for s in summaries if s["name"] == "split_digits"}
-    assert set(by_method) == set(method_names())  # every registered method
+    assert {s["method"] for s in summaries} == set(method_names())  # every registered method
     # The demo's point: plain fine-tuning forgets the old task, feature extraction cannot.
     old = "digits_0_4"
-    finetune, frozen = by_method["finetune"], by_method["feature_extraction"]
-    assert finetune["final"][old]["acc"] < finetune["initial"][old]["acc"] - 0.05
-    assert frozen["final"][old]["acc"] == frozen["initial"][old]["acc"]
+    for s in summaries:
+        if s["method"] == "finetune":
+            assert s["final"][old]["acc"] < s["initial"][old]["acc"] - 0.05
+        if s["method"] == "feature_extraction":
+            assert s["final"][old]["acc"] == s["initial"][old]["acc"]
     for s in summaries:  # W&B offline by default, one local W&B run per run directory
         assert s["wandb"]["mode"] == "offline" and s["wandb"]["problem"] is None
-    assert len(list(out.glob("*/wandb/offline-run-*/run-*.wandb"))) == len(DEMO_RUNS)
+    assert len(list(out.glob("*/wandb/offline-run-*/run-*.wandb"))) == len(grid.runs)
+    # One pretraining for the whole grid.
+    assert sum(not s["pretrained"]["cached"] for s in summaries) == 1
+    # Running the demo again finds every run completed.
+    assert main(["demo", "--out", str(out)]) == 0
+    assert f"0 completed, 0 failed, {len(grid.runs)} skipped" in capsys.readouterr().out

@@ -75,7 +75,7 @@ def describe_methods() -> list[dict[str, Any]]:
                 {
                     "name": field_name,
                     "type": _type_name(field.annotation),
-                    "default": field.default,
+                    "default": field.get_default(call_default_factory=True),
                     "help": field.description or "",
                 }
             )

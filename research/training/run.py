@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import torch
 from research.config import ExperimentConfig, resolved, run_id
 from research.data.fingerprint import content_fingerprints
 from research.data.tasks import TaskSet, build_tasks
-from research.errors import ConfigError, RunFailed
+from research.errors import ConfigError, RunBusy, RunFailed
 from research.methods import build_method
 from research.store import (
     exclusive_lock,
@@ -82,16 +84,41 @@ def pretrain_only(cfg: ExperimentConfig) -> Pretrained:
     return pretrained_weights(cfg, check(cfg))
 
 
-def run(cfg: ExperimentConfig, force: bool = False) -> RunResult:
+def run(cfg: ExperimentConfig, force: bool = False, wait: bool = True) -> RunResult:
+    """Run one experiment, or skip it when a completed run with the same id exists (unless ``force``).
+
+    One process at a time per run id: a second one waits for the lock, then finds the run completed and skips
+    it. With ``wait=False`` it raises :class:`~research.errors.RunBusy` instead of waiting (a grid worker then
+    does other runs first)."""
     started = time.perf_counter()
     tasks = check(cfg)
     rid = run_id(cfg, content_fingerprints(cfg))
     run_dir = Path(cfg.out) / rid
-    # One process at a time per run id: a second one waits, then finds the run completed and skips it.
-    with exclusive_lock(Path(cfg.out) / ".locks" / f"{rid}.lock"):
+    with exclusive_lock(run_lock_path(Path(cfg.out), rid), wait=wait):
         if is_completed(run_dir) and not force:
             return RunResult(rid, run_dir, read_summary(run_dir) or {}, skipped=True)
         return _run_locked(cfg, tasks, rid, run_dir, started)
+
+
+def run_lock_path(out: Path, rid: str) -> Path:
+    return out / ".locks" / f"{rid}.lock"
+
+
+def mark_abandoned(out: Path, rid: str, reason: str) -> bool:
+    """Mark a run whose process died (killed, out of memory) as failed with ``reason``, if its summary still says
+    ``running`` and nobody holds its lock. Returns whether it did. Without this the run would still read
+    ``running``, which is honest (never "completed") but says nothing about why."""
+    run_dir = out / rid
+    try:
+        with exclusive_lock(run_lock_path(out, rid), wait=False):
+            summary = read_summary(run_dir)
+            if summary is None or summary.get("status") != "running":
+                return False
+            summary.update(status="failed", error=reason)
+            write_json(run_dir / "summary.json", summary)
+            return True
+    except RunBusy:
+        return False
 
 
 def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, started: float) -> RunResult:
@@ -117,6 +144,7 @@ def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, 
         },
         "versions": package_versions(),
         "git": git_commit(),
+        "process": {"pid": os.getpid(), "host": socket.gethostname()},
     }
     start_run_dir(run_dir, config, summary)
 
@@ -137,10 +165,11 @@ def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, 
             cfg.logging.wandb,
             run_dir,
             cfg.logging.project,
-            _readable_name(cfg),
+            cfg.logging.run_name or readable_name(cfg),
             config,
             job_type=cfg.method["name"],
-            tags=[cfg.method["name"], cfg.name],
+            group=cfg.logging.group,
+            tags=list(dict.fromkeys([cfg.method["name"], cfg.name, *cfg.logging.tags])),
         )
         timings["wandb_init_seconds"] = time.perf_counter() - tracker_started
         run_finetune(cfg, tasks, method, pretrained.state, tracker, outcome, pretrained.path_integral)
@@ -204,6 +233,11 @@ def _results(outcome: FinetuneOutcome) -> dict[str, Any]:
     return {"initial": at(first), "final": at(last), "final_step": last}
 
 
-def _readable_name(cfg: ExperimentConfig) -> str:
-    params = [f"{k}={v}" for k, v in cfg.method.items() if k != "name" and not isinstance(v, dict | list)]
-    return " ".join([cfg.name, cfg.method["name"], *params[:3], f"seed={cfg.seed}"])
+def readable_name(cfg: ExperimentConfig) -> str:
+    """``split_digits ewc lam=1000 seed=0``: the experiment, the method, its hyperparameters that differ from
+    their defaults, and the seed."""
+    from research.methods import method_config
+
+    defaults = method_config({"name": cfg.method["name"]}).model_dump(mode="json")
+    changed = [f"{k}={v}" for k, v in cfg.method.items() if k != "name" and v != defaults.get(k)]
+    return " ".join([cfg.name, cfg.method["name"], *changed, f"seed={cfg.seed}"])

@@ -1,0 +1,213 @@
+"""Grid files: a base experiment, seeds, and sub-grids, expanded into content-addressed runs.
+
+    name: ewc_sweep                      # optional; default: the file's name. The W&B group of every run.
+    base: ../split_digits.yaml           # experiment file, relative to this grid file
+    overrides: {train.epochs: 5}         # optional; dotted keys applied to every run (values taken as they are)
+    seeds: [0, 1, 2]
+    grid:                                # sub-grids; each is the cartesian product of its lists
+      - {method.name: finetune}
+      - {method.name: ewc, method.lam: [100, 1000]}
+
+In a sub-grid a list is a sweep axis, so ``method.lam: [100, 1000]`` makes two runs per seed. A setting whose
+value is itself a list is written as a list of lists: ``model.hidden: [[64], [128, 128]]`` sweeps two models and
+``model.hidden: [[64, 64]]`` sets one. A sub-grid that names a method different from the base experiment's
+starts from that method's defaults, so hyperparameters only ever apply to the method they belong to.
+
+Every expanded config is validated, and its run id is the hash of the resolved config (seed included), so
+two sub-grids that resolve to the same run are one run, and rerunning a grid finds what already completed.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+
+from research.config import (
+    ExperimentConfig,
+    Seed,
+    Strict,
+    describe_validation_error,
+    parse_override,
+    read_experiment,
+    read_yaml_mapping,
+    run_id,
+    set_key,
+    validate_config,
+)
+from research.data.fingerprint import content_fingerprints
+from research.errors import ConfigError
+
+# Keys a sub-grid may not set: seeds come from ``seeds``, and all runs of a grid share one ``out``.
+NOT_IN_SUBGRIDS = ("seed", "out")
+
+
+class GridFile(Strict):
+    """The schema of a grid file."""
+
+    name: str | None = None
+    base: str
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    seeds: list[Seed] = Field(min_length=1)
+    grid: list[dict[str, Any]] = Field(default_factory=lambda: [{}], min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _usable_as_folder(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"grid name '{name}' may only contain letters, digits, '_', '-' and '.'")
+        return name
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds has duplicates: {seeds}")
+        return seeds
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """One run of a grid: its validated config, content address and a name a person can read."""
+
+    config: ExperimentConfig
+    run_id: str
+    subgrid: int  # index into the grid file's ``grid`` list
+    settings: dict[str, Any]  # the sub-grid's values for this run (method.name included), seed excluded
+    name: str  # e.g. "ewc lam=1000 seed=2"
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def setting(self) -> str:
+        """The name without the seed: runs that differ only by seed share it."""
+        return self.name.rsplit(" seed=", 1)[0]
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.out) / self.run_id
+
+
+@dataclass
+class Grid:
+    name: str
+    path: Path
+    runs: list[GridRun]
+    # Expansion points that resolved to a run already in the grid: (its name, the name of the run it repeats).
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.runs[0].config.out)
+
+    @property
+    def folder(self) -> Path:
+        """Where the grid's own records go (its expansion, event log, summary, worker logs)."""
+        return self.out / "grids" / self.name
+
+
+def load_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
+    """Read and expand a grid file; ``overrides`` (``key=value``) apply to every run, after the sub-grids.
+    Every expanded config is validated here: a bad grid raises ConfigError before anything runs."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "a grid file")
+    try:
+        spec = GridFile.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {describe_validation_error(err, GridFile, raw)}") from None
+    name = spec.name or path.stem
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"{path}: the grid's file name '{name}' cannot name a folder; set 'name:' in the file")
+    base_path = (path.parent / spec.base).resolve()
+    base = read_experiment(base_path)
+    if "seed" in spec.overrides:
+        raise ConfigError(f"{path}: overrides.seed: a grid's seeds come from its 'seeds' list")
+    for key, value in spec.overrides.items():
+        set_key(base, key, value, where=f"{path}: overrides.{key}")
+    cli = [parse_override(item) for item in overrides or []]
+
+    runs: dict[str, GridRun] = {}
+    duplicates: list[tuple[str, str]] = []
+    for index, subgrid in enumerate(spec.grid):
+        where = f"{path}: grid[{index}]"
+        for settings in expand_subgrid(subgrid, where):
+            for seed in spec.seeds:
+                run = _grid_run(base, settings, seed, cli, name, index, where)
+                if run.run_id in runs:
+                    first = runs[run.run_id]
+                    duplicates.append((f"{run.name} (grid[{index}])", f"{first.name} (grid[{first.subgrid}])"))
+                else:
+                    runs[run.run_id] = run
+    return Grid(name=name, path=path, runs=list(runs.values()), duplicates=duplicates)
+
+
+def expand_subgrid(subgrid: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The cartesian product of a sub-grid's lists, in the order its keys are written."""
+    for key, values in subgrid.items():
+        if key in NOT_IN_SUBGRIDS:
+            choice = "the grid's 'seeds' list" if key == "seed" else "the grid's 'overrides' (one out per grid)"
+            raise ConfigError(f"{where}: '{key}' cannot vary within a grid; use {choice}")
+        if isinstance(values, list) and not values:
+            raise ConfigError(f"{where}: '{key}' is an empty list, so the sub-grid has no runs")
+    axes = [values if isinstance(values, list) else [values] for values in subgrid.values()]
+    return [dict(zip(subgrid, point, strict=True)) for point in itertools.product(*axes)]
+
+
+def _grid_run(
+    base: dict[str, Any],
+    settings: dict[str, Any],
+    seed: int,
+    cli: list[tuple[str, Any]],
+    grid_name: str,
+    subgrid: int,
+    where: str,
+) -> GridRun:
+    raw = copy.deepcopy(base)
+    method = settings.get("method.name", (settings.get("method") or {}).get("name"))
+    if method is not None and method != (raw.get("method") or {}).get("name"):
+        raw["method"] = {"name": method}  # the base method's hyperparameters belong to the base method
+    for key, value in settings.items():
+        set_key(raw, key, value, where=f"{where}: {key}")
+    raw["seed"] = seed
+    for key, value in cli:
+        set_key(raw, key, value, where=f"override {key}")
+    name = run_name(settings, raw, seed)
+    swept = [k for k, v in settings.items() if k != "method.name"]
+    logging = raw.setdefault("logging", {})
+    logging.update(
+        group=grid_name,
+        run_name=name,
+        tags=[f"subgrid-{subgrid}", *(f"setting:{k}" for k in swept)][:20],
+        progress=False,  # the grid shows one progress display; per-run bars would interleave
+    )
+    try:
+        config = validate_config(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{where} ({name}): {err}") from None
+    return GridRun(config, run_id(config, content_fingerprints(config)), subgrid, settings, name)
+
+
+def run_name(settings: dict[str, Any], raw: dict[str, Any], seed: int) -> str:
+    """``ewc lam=1000 seed=2``: the method, then each sub-grid setting by its last key part, then the seed."""
+    method = (raw.get("method") or {}).get("name", "?")
+    parts = [str(method)]
+    for key, value in settings.items():
+        if key in ("method.name", "method"):
+            continue
+        parts.append(f"{key.rsplit('.', 1)[-1]}={_short(value)}")
+    return " ".join([*parts, f"seed={seed}"])
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    return str(value)

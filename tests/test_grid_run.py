@@ -40,6 +40,19 @@ def grid_command(path: Path, out: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "research", "grid", str(path), f"out={out}", *args]
 
 
+def start_grid(grid_file: Path, out: Path, **popen: object) -> subprocess.Popen:
+    """``research grid --workers 2`` in the background; output captured unless ``popen`` says otherwise."""
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen(grid_command(grid_file, out, "--workers", "2"), cwd=ROOT, **popen)
+
+
+def resume_grid(grid_file: Path, out: Path) -> subprocess.CompletedProcess:
+    """The same command again, to the end: it must finish the grid."""
+    proc = subprocess.run(grid_command(grid_file, out, "--workers", "2"), capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 def events(out: Path, grid: str) -> list[dict]:
     path = out / "grids" / grid / "events.jsonl"
     if not path.exists():
@@ -136,13 +149,7 @@ def test_grid_runs_share_a_wandb_group_with_readable_names(tmp_path: Path, out: 
 def test_sigkill_of_a_worker_fails_only_its_run_and_the_grid_resumes(tmp_path: Path, out: Path) -> None:
     grid_file = write_grid(tmp_path / "kw.yaml", [{"method.name": "finetune"}, {"method.name": "l2sp"}], [0, 1, 2])
     grid = load_grid(grid_file, [f"out={out}"])
-    proc = subprocess.Popen(
-        grid_command(grid_file, out, "--workers", "2"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = start_grid(grid_file, out)
 
     def a_running_run():
         # A run whose directory says "running" and names a live worker of this grid as its process.
@@ -162,8 +169,7 @@ def test_sigkill_of_a_worker_fails_only_its_run_and_the_grid_resumes(tmp_path: P
     summary = read_summary(victim.run_dir)
     assert summary["status"] == "failed" and "SIGKILL" in summary["error"]
 
-    resumed = subprocess.run(grid_command(grid_file, out, "--workers", "2"), capture_output=True, text=True, cwd=ROOT)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    resumed = resume_grid(grid_file, out)
     assert "1 completed, 0 failed, 5 skipped" in resumed.stdout
     completed_once(out, grid.name, [r.run_id for r in grid.runs])
 
@@ -171,13 +177,8 @@ def test_sigkill_of_a_worker_fails_only_its_run_and_the_grid_resumes(tmp_path: P
 def test_grid_killed_outright_resumes_without_duplicates(tmp_path: Path, out: Path) -> None:
     grid_file = write_grid(tmp_path / "kg.yaml", [{"method.name": "finetune"}, {"method.name": "l2sp"}], [0, 1, 2])
     grid = load_grid(grid_file, [f"out={out}"])
-    proc = subprocess.Popen(
-        grid_command(grid_file, out, "--workers", "2"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the kill takes the grid and its workers at once
-        cwd=ROOT,
-    )
+    # Its own process group: the kill takes the grid and its workers at once.
+    proc = start_grid(grid_file, out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_for(lambda: sum(e["event"] == "completed" for e in events(out, grid.name)) >= 2, 120, "two runs done")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -185,8 +186,7 @@ def test_grid_killed_outright_resumes_without_duplicates(tmp_path: Path, out: Pa
     done_before = {e["run_id"] for e in events(out, grid.name) if e["event"] == "completed"}
     assert 2 <= len(done_before) < len(grid.runs)
 
-    resumed = subprocess.run(grid_command(grid_file, out, "--workers", "2"), capture_output=True, text=True, cwd=ROOT)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    resumed = resume_grid(grid_file, out)
     assert f"{len(done_before)} already completed" in resumed.stdout
     completed_once(out, grid.name, [r.run_id for r in grid.runs])
 
@@ -197,16 +197,7 @@ def test_two_grid_processes_on_one_out_share_the_work(tmp_path: Path) -> None:
     out = tmp_path / "shared"
     grid_file = write_grid(tmp_path / "two.yaml", [{"method.name": "finetune"}, {"method.name": "ewc"}], [0, 1])
     grid = load_grid(grid_file, [f"out={out}"])
-    procs = [
-        subprocess.Popen(
-            grid_command(grid_file, out, "--workers", "2"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for _ in range(2)
-    ]
+    procs = [start_grid(grid_file, out) for _ in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (stdout, stderr) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, stdout + stderr
@@ -279,20 +270,16 @@ def test_slurm_executor_without_slurm_is_a_usage_error(tmp_path: Path) -> None:
 def test_interrupting_a_grid_marks_its_runs_and_resumes(tmp_path: Path, out: Path) -> None:
     grid_file = write_grid(tmp_path / "int.yaml", [{"method.name": "finetune"}, {"method.name": "l2sp"}], [0, 1])
     grid = load_grid(grid_file, [f"out={out}"])
-    proc = subprocess.Popen(
-        grid_command(grid_file, out, "--workers", "2"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = start_grid(grid_file, out)
     wait_for(lambda: any((read_summary(r.run_dir) or {}).get("status") == "running" for r in grid.runs), 120, "a run")
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stdout + stderr
     assert "run the same command again to resume" in stderr
-    statuses = {(read_summary(r.run_dir) or {}).get("status") for r in grid.runs}
-    assert "running" not in statuses  # every started run says how it ended
-    resumed = subprocess.run(grid_command(grid_file, out, "--workers", "2"), capture_output=True, text=True, cwd=ROOT)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    summaries = [read_summary(r.run_dir) or {} for r in grid.runs]
+    assert "running" not in {s.get("status") for s in summaries}  # every started run says how it ended
+    for summary in summaries:
+        if summary.get("status") == "failed":
+            assert "stopped by the grid" in summary["error"] or "interrupted" in summary["error"], summary["error"]
+    resume_grid(grid_file, out)
     completed_once(out, grid.name, [r.run_id for r in grid.runs])

@@ -19,7 +19,13 @@ DEMO_GRID = EXPERIMENTS / "grids" / "demo.yaml"
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after options too (`grid G --dry-run seed=5`); argparse alone would refuse them there.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args)
     except ConfigError as err:

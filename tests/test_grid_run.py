@@ -21,6 +21,7 @@ from conftest import EXPERIMENTS, ROOT, TINY
 
 from research.config import validate_config
 from research.grid.local import LocalExecutor
+from research.grid.results import results_table
 from research.grid.runner import run_grid
 from research.grid.spec import load_grid
 from research.store import read_summary
@@ -102,7 +103,7 @@ def test_local_grid_isolates_failures_reuses_workers_and_resumes(tmp_path: Path,
 
     assert result.count("completed") == 3 and result.count("failed") == 1, result.outcomes
     ((failed, outcome),) = result.runs_with("failed")
-    assert failed.name == "finetune optimizer=sgd lr=1e+20 log_every_n_steps=1 seed=0"
+    assert failed.name == "finetune train.optimizer=sgd train.lr=1e+20 logging.log_every_n_steps=1 seed=0"
     assert "diverged" in outcome.reason
     assert read_summary(failed.run_dir)["status"] == "failed"
 
@@ -124,11 +125,26 @@ def test_local_grid_isolates_failures_reuses_workers_and_resumes(tmp_path: Path,
     here = run(validate_config({**ewc.config.model_dump(mode="json"), "out": str(tmp_path / "here")}))
     pd.testing.assert_frame_equal(here.metrics, pd.read_parquet(ewc.run_dir / "metrics.parquet"))
 
+    # The closing table: one row per setting, mean over its seeds.
+    table = results_table(grid)
+    assert "ewc lam=1000" in table and "optimizer=sgd" not in table  # the failed run has no row
+
     # Rerunning the grid skips what completed and reruns what failed.
     again = run_grid(grid, LocalExecutor(2, grid.folder / "logs"), 2, stream=io.StringIO())
     assert again.count("skipped") == 3 and again.count("failed") == 1
     assert {o.reason for o in again.outcomes.values() if o.status == "skipped"} == {"already completed"}
     assert Counter(e["event"] for e in events(out, grid.name))["completed"] == 3
+
+
+def test_a_worker_that_dies_before_taking_a_run_does_not_fail_it(tmp_path: Path, out: Path) -> None:
+    grid = load_grid(write_grid(tmp_path / "dead.yaml", [{"method.name": "finetune"}], [0, 1]), [f"out={out}"])
+    with LocalExecutor(1, grid.folder / "logs") as executor:
+        executor.start()
+        (worker,) = executor._started
+        worker.process.kill()  # dies before it is handed anything
+        worker.process.join()
+        result = run_grid(grid, executor, 1, stream=io.StringIO())
+    assert result.count("completed") == 2, result.outcomes
 
 
 def test_grid_runs_share_a_wandb_group_with_readable_names(tmp_path: Path, out: Path) -> None:
@@ -213,7 +229,9 @@ def test_two_grid_processes_on_one_out_share_the_work(tmp_path: Path) -> None:
 def test_submitit_local_executor_runs_a_grid(tmp_path: Path, out: Path) -> None:
     grid_file = write_grid(tmp_path / "sub.yaml", [{"method.name": "finetune"}, {"method.name": "l2sp"}], [0])
     proc = subprocess.run(
-        grid_command(grid_file, out, "--executor", "slurm", "--submitit-cluster", "local", "--time", "10"),
+        grid_command(
+            grid_file, out, "--executor", "slurm", "--submitit-cluster", "local", "--time", "10", "--workers", "1"
+        ),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -227,6 +245,10 @@ def test_submitit_local_executor_runs_a_grid(tmp_path: Path, out: Path) -> None:
     pids = {read_summary(r.run_dir)["process"]["pid"] for r in grid.runs}
     assert len(pids) == 2
     assert list((grid.folder / "submitit").glob("*_log.out"))
+    # --workers 1 caps the jobs running at once: the second started after the first ended.
+    log = events(out, grid.name)
+    first_end = min(e["time"] for e in log if e["event"] == "completed")
+    assert sorted(e["time"] for e in log if e["event"] == "started")[1] >= first_end
 
 
 def test_slurm_submission_carries_the_grid_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,5 +303,13 @@ def test_interrupting_a_grid_marks_its_runs_and_resumes(tmp_path: Path, out: Pat
     for summary in summaries:
         if summary.get("status") == "failed":
             assert "stopped by the grid" in summary["error"] or "interrupted" in summary["error"], summary["error"]
+    # The grid's own summary fails only runs that had started; the others were not started.
+    recorded = json.loads((grid.folder / "summary.json").read_text())
+    assert recorded["interrupted"] is True
+    for entry in recorded["runs"]:
+        if entry["status"] == "failed":
+            assert (out / entry["run_id"] / "summary.json").exists(), entry
+        elif entry["status"] == "skipped":
+            assert entry["reason"] == "not started: the grid was stopped before it", entry
     resume_grid(grid_file, out)
     completed_once(out, grid.name, [r.run_id for r in grid.runs])

@@ -83,19 +83,22 @@ def test_list_valued_settings_are_written_as_lists_of_lists(tmp_path: Path) -> N
     )
     assert [run.config.model.hidden for run in grid.runs] == [[16], [32, 32], [8, 8]]
     assert [run.name for run in grid.runs] == [
-        "finetune hidden=[16] seed=3",
-        "finetune hidden=[32,32] seed=3",
-        "finetune hidden=[8,8] lr=0.01 seed=3",
+        "finetune model.hidden=[16] seed=3",
+        "finetune model.hidden=[32,32] seed=3",
+        "finetune model.hidden=[8,8] train.lr=0.01 seed=3",
     ]
     assert grid.runs[2].config.train.lr == 0.01
 
 
 def test_base_method_hyperparameters_stay_with_the_base_method(tmp_path: Path) -> None:
+    base = yaml.safe_load((EXPERIMENTS / "split_digits.yaml").read_text())
+    base["method"] = {"name": "ewc", "lam": 5.0}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     grid = load_grid(
         write_grid(
             tmp_path / "g.yaml",
+            base="base.yaml",  # relative to the grid file
             seeds=[0],
-            overrides={"method": {"name": "ewc", "lam": 5.0}},
             grid=[{"method.name": "ewc"}, {"method.name": "l2sp"}, {}],
         )
     )
@@ -104,6 +107,42 @@ def test_base_method_hyperparameters_stay_with_the_base_method(tmp_path: Path) -
     assert methods[1]["name"] == "l2sp" and "lam" not in methods[1]
     # An empty sub-grid is the base itself, here the same run as the first sub-grid's.
     assert len(methods) == 2 and grid.duplicates == [("ewc seed=0 (grid[2])", "ewc seed=0 (grid[0])")]
+
+
+def test_method_overrides_that_cannot_apply_to_a_subgrid_are_refused(tmp_path: Path) -> None:
+    """``overrides`` apply to every run; a method hyperparameter there cannot, once a sub-grid changes method."""
+    spec = {"overrides": {"method.name": "ewc", "method.fisher_samples": 200}, "seeds": [0]}
+    grid = load_grid(write_grid(tmp_path / "ok.yaml", grid=[{"method.lam": [1.0, 2.0]}], **spec))
+    assert [run.config.method["fisher_samples"] for run in grid.runs] == [200, 200]
+    with pytest.raises(ConfigError, match=r"grid\[1\]: overrides.method.fisher_samples belongs to method ewc"):
+        load_grid(
+            write_grid(tmp_path / "bad.yaml", grid=[{"method.name": "ewc"}, {"method.name": "online_ewc"}], **spec)
+        )
+
+
+def test_names_tell_settings_apart(tmp_path: Path) -> None:
+    grid = load_grid(
+        write_grid(
+            tmp_path / "g.yaml",
+            seeds=[0],
+            grid=[
+                {"method": [{"name": "ewc", "lam": 5.0}, {"name": "ewc", "lam": 50.0}]},
+                {"train.lr": 0.01},
+                {"pretrain.train.lr": 0.01},
+                {"method.name": "ewc", "method.lam": [0.1234567, 0.1234568]},
+            ],
+        )
+    )
+    names = [run.name for run in grid.runs]
+    assert names == [
+        "ewc lam=5 seed=0",
+        "ewc lam=50 seed=0",
+        "finetune train.lr=0.01 seed=0",
+        "finetune pretrain.train.lr=0.01 seed=0",
+        "ewc lam=0.1234567 seed=0",
+        "ewc lam=0.1234568 seed=0",
+    ]
+    assert len({run.setting_id for run in grid.runs}) == len(grid.runs)
 
 
 def test_points_resolving_to_the_same_config_are_one_run(tmp_path: Path) -> None:
@@ -163,6 +202,8 @@ def test_cli_overrides_apply_after_the_subgrids(tmp_path: Path) -> None:
         ({"name": "a b"}, "grid name 'a b' may only contain"),
         ({"overrides": {"train.epochs": 0}}, "train.epochs: Input should be greater than 0"),
         ({"overrides": {"seed": 3}}, "overrides.seed: a grid's seeds come from its 'seeds' list"),
+        ({"grid": [{"method": "ewc"}]}, "grid[0] (? method=ewc seed=0): method: needs a 'name'"),
+        ({"overrides": {"method": "ewc"}}, "method: "),
     ],
 )
 def test_bad_grid_files_name_the_problem(tmp_path: Path, spec: dict, message: str) -> None:
@@ -172,6 +213,11 @@ def test_bad_grid_files_name_the_problem(tmp_path: Path, spec: dict, message: st
     assert message in str(err.value), str(err.value)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_seed_cannot_be_overridden_on_the_command_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="override seed: a grid's seeds come from the 'seeds' list"):
+        load_grid(write_grid(tmp_path / "g.yaml"), ["seed=5"])
 
 
 def test_unreadable_grid_files(tmp_path: Path) -> None:

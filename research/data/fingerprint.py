@@ -8,12 +8,24 @@ from pathlib import Path
 
 from research.config import ExperimentConfig, TaskConfig
 
+# Digests by (path, and every file's name, size and modification time): a grid names the same data in every run,
+# and hashing gigabytes once per run would dominate its start-up. Any change to a file changes the key.
+_DIGESTS: dict[tuple, str] = {}
+
 
 def path_fingerprint(path: str | Path) -> str:
     """SHA-256 over a file's bytes, or over a folder's relative file names and bytes (sorted)."""
     root = Path(path)
-    digest = hashlib.sha256()
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    key = (str(root.resolve()), stats)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _digest(root, files)
+    return _DIGESTS[key]
+
+
+def _digest(root: Path, files: list[Path]) -> str:
+    digest = hashlib.sha256()
     for file in files:
         digest.update(str(file.relative_to(root) if file != root else file.name).encode())
         with open(file, "rb") as handle:

@@ -78,16 +78,24 @@ class LocalExecutor:
             raise ValueError("LocalExecutor.log_dir must be set before execute()")
         queue: deque[tuple[GridRun, bool]] = deque((run, False) for run in runs)
         idle, self._started = self._started, []
-        busy: dict[_Worker, GridRun] = {}
+        busy: dict[_Worker, tuple[GridRun, bool]] = {}
+        failed_starts = 0
         try:
             while queue or busy:
                 handles = [w.conn for w in busy] + [w.process.sentinel for w in busy]
                 ready = set(wait(handles, timeout=1.0)) if handles else set()
                 finished: list[tuple[GridRun, Outcome]] = []
                 for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
-                    run = busy.pop(worker)
-                    result = worker.receive()
-                    if result is None:  # the worker died mid-run
+                    result = worker.drain()
+                    if result is None and worker.process.is_alive():
+                        continue  # only "ready" or "started" so far
+                    run, wait_for_lock = busy.pop(worker)
+                    if result is None and not worker.started_run:
+                        # Died before it took the run (e.g. failed to start): the run goes back to the queue.
+                        failed_starts += 1
+                        worker.close()
+                        queue.appendleft((run, wait_for_lock))
+                    elif result is None:  # died during the run
                         reason = worker.death_reason()
                         worker.close()
                         record_abandoned(run, reason)
@@ -98,18 +106,26 @@ class LocalExecutor:
                     else:
                         idle.append(worker)
                         finished.append((run, Outcome(result["status"], result["reason"], result["seconds"])))
+                if failed_starts > self.workers + 2:
+                    reason = f"worker processes failed to start {failed_starts} times (their error is printed above)"
+                    finished.extend((run, Outcome("failed", reason)) for run, _ in queue)
+                    queue.clear()
                 # Hand out the next runs before reporting, so the display's "running" count is current.
                 while queue and (idle or len(busy) < self.workers):
                     worker = idle.pop() if idle else self._spawn()
+                    if not worker.process.is_alive():  # died while idle; never counts against a run
+                        failed_starts += not worker.ready
+                        worker.close()
+                        continue
                     run, wait_for_lock = queue.popleft()
                     worker.send_run(resolved(run.config), wait_for_lock, self.log_dir)
-                    busy[worker] = run
+                    busy[worker] = (run, wait_for_lock)
                     on_start(run)
                 for run, outcome in finished:
                     on_finish(run, outcome)
                 on_tick()
         finally:
-            self._shutdown(idle, busy)
+            self._shutdown(idle, {w: run for w, (run, _) in busy.items()})
 
     def _spawn(self) -> _Worker:
         self._spawned += 1
@@ -136,12 +152,15 @@ class _Worker:
         context = multiprocessing.get_context("spawn")
         self.number = number
         self.has_log = False
+        self.ready = False  # imports done
+        self.started_run = False  # took the run it was last sent
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker_main, args=(child, threads), daemon=True)
         self.process.start()
         child.close()
 
     def send_run(self, config: dict[str, Any], wait_for_lock: bool, log_dir: Path) -> None:
+        self.started_run = False
         message: dict[str, Any] = {"config": config, "wait": wait_for_lock}
         if not self.has_log:  # the first run tells the worker where its output goes from now on
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -153,11 +172,22 @@ class _Worker:
         with contextlib.suppress(BrokenPipeError, OSError):  # a dead worker; its sentinel reports it
             self.conn.send(message)
 
-    def receive(self) -> dict[str, Any] | None:
+    def drain(self) -> dict[str, Any] | None:
+        """Read every message waiting: ("ready",) after the imports, ("started",) when it takes a run, and
+        ("result", {...}) when the run is over. Returns the result, if one came."""
+        result = None
         try:
-            return self.conn.recv() if self.conn.poll() else None
+            while self.conn.poll():
+                kind, *payload = self.conn.recv()
+                if kind == "ready":
+                    self.ready = True
+                elif kind == "started":
+                    self.started_run = True
+                else:
+                    result = payload[0]
         except (EOFError, OSError):
-            return None
+            pass  # a dead worker; its sentinel tells
+        return result
 
     def death_reason(self) -> str:
         self.process.join(5)
@@ -196,6 +226,7 @@ def _worker_main(conn: Connection, threads: int) -> None:
     import research.training  # noqa: F401
     from research.grid.execute import execute_run  # imports the training stack once, for every run to come
 
+    conn.send(("ready",))
     while True:
         try:
             message = conn.recv()
@@ -209,4 +240,5 @@ def _worker_main(conn: Connection, threads: int) -> None:
             os.dup2(log, 1)
             os.dup2(log, 2)
             os.close(log)
-        conn.send(execute_run(**message))
+        conn.send(("started",))
+        conn.send(("result", execute_run(**message)))

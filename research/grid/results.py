@@ -17,22 +17,25 @@ def results_frame(grid: Grid) -> pd.DataFrame:
         summary = read_summary(run.run_dir)
         if not summary or summary.get("status") != "completed":
             continue
-        row = {"setting": run.setting, "seed": run.seed}
+        row = {"setting_id": run.setting_id, "setting": run.setting, "seed": run.seed}
         for role, label in (("pretrain", "old"), ("finetune", "new")):
             tasks = [t for t, v in summary["final"].items() if v["role"] == role]
             row[f"{label}_start"] = sum(summary["initial"][t]["acc"] for t in tasks) / len(tasks)
             row[f"{label}_final"] = sum(summary["final"][t]["acc"] for t in tasks) / len(tasks)
         rows.append(row)
-    return pd.DataFrame(rows, columns=["setting", "seed", "old_start", "old_final", "new_start", "new_final"])
+    columns = ["setting_id", "setting", "seed", "old_start", "old_final", "new_start", "new_final"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def results_table(grid: Grid) -> str:
     frame = results_frame(grid)
     if frame.empty:
         return "no completed runs"
-    order = list(dict.fromkeys(frame["setting"]))
-    stats = frame.groupby("setting", sort=False).agg(["mean", "std", "count"]).reindex(order)
-    width = max(len(s) for s in order)
+    # Grouped by the resolved config without the seed, so that two settings never share a row by their label.
+    labels = dict(zip(frame["setting_id"], frame["setting"], strict=True))
+    order = list(labels)
+    stats = frame.drop(columns="setting").groupby("setting_id", sort=False).agg(["mean", "std", "count"])
+    width = max(len(s) for s in labels.values())
 
     def cell(setting: str, column: str) -> str:
         mean, std = stats.loc[setting, (column, "mean")], stats.loc[setting, (column, "std")]
@@ -46,7 +49,6 @@ def results_table(grid: Grid) -> str:
     ]
     for setting in order:
         n = int(stats.loc[setting, ("seed", "count")])
-        lines.append(
-            f"  {setting:{width}s}  {n:5d}  {cell(setting, 'old_final'):>15s}  {cell(setting, 'new_final'):>15s}"
-        )
+        old, new = cell(setting, "old_final"), cell(setting, "new_final")
+        lines.append(f"  {labels[setting]:{width}s}  {n:5d}  {old:>15s}  {new:>15s}")
     return "\n".join(lines)

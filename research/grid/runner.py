@@ -122,18 +122,28 @@ def run_grid(
             to_run.append(run)
     progress = GridProgress(len(to_run), workers, stream)
     skipped = len(grid.runs) - len(to_run)
+    logs = getattr(executor, "log_dir", None)
     print(
         f"grid {grid.name}: {len(grid.runs)} runs, {skipped} already completed, {len(to_run)} to run "
-        f"({executor_name}, {workers} worker{'s' * (workers != 1)}); worker logs in {grid.folder / 'logs'}",
+        f"({executor_name}, {workers} worker{'s' * (workers != 1)})" + (f"; worker logs in {logs}" if logs else ""),
         file=progress.stream,
         flush=True,
     )
+    for name, same_as in grid.duplicates:
+        print(f"  note: {name} resolves to the same run as {same_as}", file=progress.stream)
+
+    in_flight: set[str] = set()
+    announced: set[str] = set()
 
     def on_start(run: GridRun) -> None:
-        events.write(run, "started")
+        in_flight.add(run.run_id)
+        if run.run_id not in announced:  # a run deferred because another process held it starts only once
+            announced.add(run.run_id)
+            events.write(run, "started")
         progress.started(run)
 
     def on_finish(run: GridRun, outcome: Outcome) -> None:
+        in_flight.discard(run.run_id)
         outcomes[run.run_id] = outcome
         events.write(run, outcome.status, outcome.reason, outcome.seconds)
         progress.finished_run(run, outcome)
@@ -145,8 +155,15 @@ def run_grid(
     except KeyboardInterrupt:
         interrupted = True
         for run in to_run:
-            if outcomes[run.run_id].reason == "not run":
-                outcomes[run.run_id] = Outcome("failed", "interrupted: the grid was stopped")
+            if outcomes[run.run_id].reason != "not run":
+                continue
+            if disk_status(run) == "completed":  # finished just before the interrupt was handled
+                outcomes[run.run_id] = Outcome("completed", None)
+                events.write(run, "completed", "finished as the grid was stopped")
+            elif run.run_id in in_flight and run.run_dir.exists():
+                outcomes[run.run_id] = Outcome("failed", "interrupted: the grid was stopped during this run")
+            else:
+                outcomes[run.run_id] = Outcome("skipped", "not started: the grid was stopped before it")
         raise
     finally:
         progress.close()

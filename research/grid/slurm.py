@@ -47,14 +47,18 @@ class SlurmOptions:
         for name, value, low in (("time", self.time_min, 1), ("gpus", self.gpus, 0), ("cpus", self.cpus, 1)):
             if value < low:
                 raise ConfigError(f"--{name} must be at least {low} (got {value})")
+        if self.mem_gb is not None and not (0 < self.mem_gb < float("inf")):
+            raise ConfigError(f"--mem-gb must be a positive number of gigabytes (got {self.mem_gb})")
 
 
 class SlurmExecutor:
     def __init__(self, options: SlurmOptions, folder: Path, max_parallel: int, job_name: str) -> None:
         self.options = options
         self.folder = folder
+        self.log_dir = folder  # submitit writes each job's stdout and stderr here
         self.max_parallel = max_parallel
         self.job_name = job_name
+        self._seen_running: set[str] = set()
 
     def execute(
         self,
@@ -63,45 +67,56 @@ class SlurmExecutor:
         on_finish: Callable[[GridRun, Outcome], None],
         on_tick: Callable[[], None],
     ) -> None:
-        from research.grid.execute import execute_run
-
+        """On SLURM every run is submitted at once as one array (SLURM caps how many run at a time); submitit's
+        local executor has no such cap, so there runs are submitted as slots free up."""
         executor = self.submitit_executor()
-        with executor.batch():
-            jobs = [executor.submit(execute_run, resolved(run.config), True) for run in runs]
-        pending = dict(zip(jobs, runs, strict=True))
+        queue = list(runs)
+        pending: dict = {}
         try:
-            self._follow(pending, on_start, on_finish, on_tick)
-        except KeyboardInterrupt:  # Ctrl-C stops the grid here as it does locally: cancel what is still queued
+            while queue or pending:
+                slots = len(queue) if self.options.cluster == "slurm" else self.max_parallel - len(pending)
+                if slots > 0 and queue:
+                    batch, queue = queue[:slots], queue[slots:]
+                    pending.update(self._submit(executor, batch, on_start, on_finish))
+                self._poll(pending, on_start, on_finish)
+                on_tick()
+                if pending:
+                    time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:  # Ctrl-C stops the grid here as it does locally: cancel what was submitted
             for job in pending:
                 job.cancel(check=False)
             raise
 
     @staticmethod
-    def _follow(
-        pending: dict,
-        on_start: Callable[[GridRun], None],
-        on_finish: Callable[[GridRun, Outcome], None],
-        on_tick: Callable[[], None],
-    ) -> None:
-        """Poll the jobs until every one is done, reporting starts and outcomes as they are seen."""
-        started: set[str] = set()
-        while pending:
-            for job, run in list(pending.items()):
-                if run.run_id not in started and job.state in ("RUNNING", "COMPLETED", "FINISHED"):
-                    started.add(run.run_id)
-                    on_start(run)
-                if not job.done():
-                    continue
-                del pending[job]
-                if run.run_id not in started:
-                    on_start(run)
-                outcome = _outcome(job)
-                if outcome.seconds is None and outcome.status == "failed":
-                    record_abandoned(run, outcome.reason or "the job died")
-                on_finish(run, outcome)
-            on_tick()
-            if pending:
-                time.sleep(POLL_SECONDS)
+    def _submit(executor, runs: list[GridRun], on_start, on_finish) -> dict:
+        """Submit runs as one batch; if the scheduler refuses it (a bad partition, a limit), they fail with its
+        message instead of ending the grid with a traceback."""
+        from research.grid.execute import execute_run
+
+        try:
+            with executor.batch():
+                jobs = [executor.submit(execute_run, resolved(run.config), True) for run in runs]
+        except Exception as err:  # noqa: BLE001 - sbatch's refusal, reported per run
+            reason = f"submission refused: {_last_line(err)}"
+            for run in runs:
+                on_start(run)
+                on_finish(run, Outcome("failed", reason))
+            return {}
+        return dict(zip(jobs, runs, strict=True))
+
+    def _poll(self, pending: dict, on_start, on_finish) -> None:
+        """Report every job seen running for the first time, and every job that is done."""
+        for job, run in list(pending.items()):
+            if run.run_id not in self._seen_running and (job.done() or job.state == "RUNNING"):
+                self._seen_running.add(run.run_id)
+                on_start(run)
+            if not job.done():
+                continue
+            del pending[job]
+            outcome = _outcome(job)
+            if outcome.seconds is None and outcome.status == "failed":
+                record_abandoned(run, outcome.reason or "the job died")
+            on_finish(run, outcome)
 
     def submitit_executor(self):
         """submitit's executor with this grid's options: SLURM's sbatch parameters, or the local executor's."""
@@ -129,8 +144,12 @@ def _outcome(job) -> Outcome:
     try:
         result = job.result()
     except Exception as err:  # noqa: BLE001 - submitit raises whatever ended the job
-        last_line = (str(err).strip().splitlines() or [type(err).__name__])[-1]  # tracebacks end with the error
-        return Outcome("failed", f"job {job.job_id} failed: {last_line}")
+        return Outcome("failed", f"job {job.job_id} failed: {_last_line(err)}")
     if result["status"] == "busy":  # cannot happen with wait=True; kept honest rather than silent
         return Outcome("failed", "run was busy in another process")
     return Outcome(result["status"], result["reason"], result["seconds"])
+
+
+def _last_line(err: Exception) -> str:
+    """The informative line of an error that may carry a whole traceback (tracebacks end with the error)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[-1]

@@ -36,8 +36,10 @@ from research.config import (
     parse_override,
     read_experiment,
     read_yaml_mapping,
+    resolved,
     run_id,
     set_key,
+    stable_hash,
     validate_config,
 )
 from research.data.fingerprint import content_fingerprints
@@ -91,6 +93,14 @@ class GridRun:
         return self.name.rsplit(" seed=", 1)[0]
 
     @property
+    def setting_id(self) -> str:
+        """Runs that differ only by seed share it (their resolved configs are equal but for the seed)."""
+        data = resolved(self.config)
+        for key in ("seed", "out", "logging"):
+            data.pop(key)
+        return stable_hash(data)
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.config.out) / self.run_id
 
@@ -131,7 +141,14 @@ def load_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
         raise ConfigError(f"{path}: overrides.seed: a grid's seeds come from its 'seeds' list")
     for key, value in spec.overrides.items():
         set_key(base, key, value, where=f"{path}: overrides.{key}")
+    # Method hyperparameters set in ``overrides`` cannot follow a sub-grid to another method: refuse, not drop.
+    method_overrides = [
+        f"overrides.{key}" for key in _flat_keys(spec.overrides) if key.startswith("method.") and key != "method.name"
+    ]
     cli = [parse_override(item) for item in overrides or []]
+    for key, _ in cli:
+        if key == "seed":
+            raise ConfigError(f"override seed: a grid's seeds come from the 'seeds' list in {path}")
 
     runs: dict[str, GridRun] = {}
     duplicates: list[tuple[str, str]] = []
@@ -139,7 +156,7 @@ def load_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
         where = f"{path}: grid[{index}]"
         for settings in expand_subgrid(subgrid, where):
             for seed in spec.seeds:
-                run = _grid_run(base, settings, seed, cli, name, index, where)
+                run = _grid_run(base, settings, seed, cli, name, index, where, method_overrides)
                 if run.run_id in runs:
                     first = runs[run.run_id]
                     duplicates.append((f"{run.name} (grid[{index}])", f"{first.name} (grid[{first.subgrid}])"))
@@ -168,25 +185,32 @@ def _grid_run(
     grid_name: str,
     subgrid: int,
     where: str,
+    method_overrides: list[str],
 ) -> GridRun:
     raw = copy.deepcopy(base)
-    method = settings.get("method.name", (settings.get("method") or {}).get("name"))
-    if method is not None and method != (raw.get("method") or {}).get("name"):
+    flat = _flatten(settings)
+    method = flat.get("method.name")
+    if method is not None and method != _lookup(raw, "method.name"):
+        if method_overrides:
+            raise ConfigError(
+                f"{where}: {', '.join(method_overrides)} belongs to method {_lookup(raw, 'method.name')}, but this "
+                f"sub-grid runs {method}; set method hyperparameters in the sub-grids they belong to"
+            )
         raw["method"] = {"name": method}  # the base method's hyperparameters belong to the base method
     for key, value in settings.items():
         set_key(raw, key, value, where=f"{where}: {key}")
     raw["seed"] = seed
     for key, value in cli:
         set_key(raw, key, value, where=f"override {key}")
-    name = run_name(settings, raw, seed)
-    swept = [k for k, v in settings.items() if k != "method.name"]
-    logging = raw.setdefault("logging", {})
-    logging.update(
-        group=grid_name,
-        run_name=name,
-        tags=[f"subgrid-{subgrid}", *(f"setting:{k}" for k in swept)][:20],
-        progress=False,  # the grid shows one progress display; per-run bars would interleave
-    )
+    name = run_name(flat, raw)
+    logging = raw.get("logging")
+    raw["logging"] = {
+        **(logging if isinstance(logging, dict) else {}),
+        "group": grid_name,
+        "run_name": name,
+        "tags": [f"subgrid-{subgrid}", *(f"setting:{k}" for k in flat if k != "method.name")][:20],
+        "progress": False,  # the grid shows one progress display; per-run bars would interleave
+    }
     try:
         config = validate_config(raw)
     except ConfigError as err:
@@ -194,20 +218,47 @@ def _grid_run(
     return GridRun(config, run_id(config, content_fingerprints(config)), subgrid, settings, name)
 
 
-def run_name(settings: dict[str, Any], raw: dict[str, Any], seed: int) -> str:
-    """``ewc lam=1000 seed=2``: the method, then each sub-grid setting by its last key part, then the seed."""
-    method = (raw.get("method") or {}).get("name", "?")
-    parts = [str(method)]
+def run_name(settings: dict[str, Any], raw: dict[str, Any]) -> str:
+    """``ewc lam=1000 seed=2``: the method, then each sub-grid setting as it resolved (method hyperparameters by
+    their own name, anything else by its full key, e.g. ``train.lr=0.01``), then the seed."""
+    parts = [str(_lookup(raw, "method.name") or "?")]
+    for key in settings:
+        if key != "method.name":
+            parts.append(f"{key.removeprefix('method.')}={_short(_lookup(raw, key))}")
+    return " ".join([*parts, f"seed={raw.get('seed')}"])
+
+
+def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys all the way down: ``{method: {name: ewc, lam: 5}}`` is ``method.name`` and ``method.lam``."""
+    flat: dict[str, Any] = {}
     for key, value in settings.items():
-        if key in ("method.name", "method"):
-            continue
-        parts.append(f"{key.rsplit('.', 1)[-1]}={_short(value)}")
-    return " ".join([*parts, f"seed={seed}"])
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _flat_keys(settings: dict[str, Any]) -> list[str]:
+    return list(_flatten(settings))
+
+
+def _lookup(raw: Any, dotted: str) -> Any:
+    """The value at a dotted key (list indices allowed) in plain data, or None where there is none."""
+    for part in dotted.split("."):
+        if isinstance(raw, dict):
+            raw = raw.get(part)
+        elif isinstance(raw, list) and part.isdigit() and int(part) < len(raw):
+            raw = raw[int(part)]
+        else:
+            return None
+    return raw
 
 
 def _short(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value:.12g}"  # exact enough to tell settings apart, without float noise
     if isinstance(value, list):
         return "[" + ",".join(_short(v) for v in value) + "]"
     return str(value)

@@ -3,6 +3,10 @@
 An accuracy matrix ``A`` has one row per point in time and one column per task: ``A[t, k]`` is the accuracy on
 task ``k`` measured after training stage ``t``. In the common square case, row ``t`` is measured right after
 learning task ``t``.
+
+Also: metrics of one task's accuracy curve over training steps (final and maximum drop, stability gap,
+retention, forgetting area, plasticity), the Pareto front of runs, reading an accuracy matrix out of a tidy
+table, and mean ± Student-t confidence intervals over seeds. numpy, pandas and scipy only.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
+from scipy import stats
 
 
 def _matrix(accuracy: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
@@ -62,3 +68,194 @@ def backward_transfer(accuracy: Sequence[Sequence[float]] | np.ndarray) -> float
         raise ValueError(f"backward transfer needs a square matrix of at least 2 tasks; got {matrix.shape}")
     last = matrix.shape[0] - 1
     return float(np.mean([matrix[last, k] - matrix[k, k] for k in range(last)]))
+
+
+# --- Per-task accuracy curves -------------------------------------------------------------------------------
+# A curve is the accuracy of ONE task over training: ``acc[i]`` measured at optimiser step ``steps[i]``, with
+# ``steps[0]`` the measurement before any fine-tuning update (normally step 0).
+
+
+def _curve(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    step_array = np.asarray(steps, dtype=float)
+    acc_array = np.asarray(acc, dtype=float)
+    if step_array.ndim != 1 or acc_array.ndim != 1:
+        raise ValueError(f"a curve is 1-D steps and 1-D acc; got shapes {step_array.shape} and {acc_array.shape}")
+    if step_array.size == 0:
+        raise ValueError("a curve needs at least one measurement; got none")
+    if step_array.size != acc_array.size:
+        raise ValueError(f"steps and acc differ in length: {step_array.size} steps, {acc_array.size} accuracies")
+    if not np.all(np.isfinite(step_array)):
+        raise ValueError(f"steps must be finite; got {step_array.tolist()}")
+    if not np.all(np.diff(step_array) > 0):
+        raise ValueError(f"steps must be strictly increasing; got {step_array.tolist()}")
+    if not np.all(np.isfinite(acc_array)):
+        raise ValueError(f"acc must be finite (a missing measurement is not a curve point); got {acc_array.tolist()}")
+    return step_array, acc_array
+
+
+def final_drop(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> float:
+    """Forgetting relative to the score before fine-tuning: ``acc[0] − acc[-1]``. Negative values are an
+    improvement."""
+    _, values = _curve(steps, acc)
+    return float(values[0] - values[-1])
+
+
+def max_drop(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> float:
+    """Best accuracy seen minus the final one: ``max_t acc[t] − acc[-1]`` over every measurement, step 0
+    included, so it is never negative. The per-task term of Chaudhry et al. 2018 ("Riemannian Walk for
+    Incremental Learning", the forgetting measure of :func:`average_forgetting`)."""
+    _, values = _curve(steps, acc)
+    return float(values.max() - values[-1])
+
+
+def stability_gap(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> float:
+    """The worst transient drop during training relative to the start: ``acc[0] − min_t acc[t]`` (De Lange,
+    van de Ven & Tuytelaars 2023, "Continual evaluation for lifelong learning: identifying the stability gap").
+    Never negative (0 when the curve never went below its start) and never less than :func:`final_drop`."""
+    _, values = _curve(steps, acc)
+    return float(values[0] - values.min())
+
+
+def retention(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> float:
+    """The fraction of the starting accuracy kept at the end: ``acc[-1] / acc[0]`` (1 = nothing lost; above 1
+    = improved). Undefined, and a ValueError, when ``acc[0] == 0``."""
+    _, values = _curve(steps, acc)
+    if values[0] == 0:
+        raise ValueError("retention is undefined when the starting accuracy acc[0] is 0")
+    return float(values[-1] / values[0])
+
+
+def forgetting_auc(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> float:
+    """The mean drop below the start over training, in accuracy units:
+    ``1/(s_N − s_0) · ∫_{s_0}^{s_N} (acc[0] − acc(s)) ds``, the integral by the trapezoid rule over the measured
+    steps, ``Σ_i (s_{i+1} − s_i) · (d_i + d_{i+1}) / 2`` with ``d_i = acc[0] − acc[i]`` (uneven spacing weighs
+    each interval by its length). Negative when the task was above its start on average. Needs at least two
+    measurements."""
+    step_array, values = _curve(steps, acc)
+    if step_array.size < 2:
+        raise ValueError("forgetting_auc needs at least two measurements (one interval of training)")
+    drops = values[0] - values
+    area = float(np.sum(np.diff(step_array) * (drops[1:] + drops[:-1]) / 2))
+    return area / float(step_array[-1] - step_array[0])
+
+
+def plasticity(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> float:
+    """Final accuracy on the task being learned: ``acc[-1]`` (the curve of the NEW task)."""
+    _, values = _curve(steps, acc)
+    return float(values[-1])
+
+
+# --- Across runs ----------------------------------------------------------------------------------------------
+
+
+def pareto_front(stability: Sequence[float] | np.ndarray, plasticity: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Boolean mask of the points on the Pareto front when both coordinates are maximised. Point ``i`` is
+    dominated when some ``j`` has ``stability[j] ≥ stability[i]`` and ``plasticity[j] ≥ plasticity[i]`` with at
+    least one strict; the front is the non-dominated points. Exact duplicates do not dominate each other (both
+    stay on the front). A point with NaN in either coordinate is never on the front and dominates nothing."""
+    s = np.asarray(stability, dtype=float)
+    p = np.asarray(plasticity, dtype=float)
+    if s.ndim != 1 or p.ndim != 1:
+        raise ValueError(f"stability and plasticity are 1-D; got shapes {s.shape} and {p.shape}")
+    if s.size != p.size:
+        raise ValueError(f"stability and plasticity differ in length: {s.size} and {p.size}")
+    valid = ~(np.isnan(s) | np.isnan(p))
+    # dominates[j, i]: point j dominates point i (NaN comparisons are False, so NaN points dominate nothing).
+    at_least = (s[:, None] >= s[None, :]) & (p[:, None] >= p[None, :])
+    strictly = (s[:, None] > s[None, :]) | (p[:, None] > p[None, :])
+    dominated = (at_least & strictly).any(axis=0)
+    return valid & ~dominated
+
+
+def accuracy_matrix(frame: pd.DataFrame, boundaries: Sequence[tuple[str, int]]) -> pd.DataFrame:
+    """An accuracy matrix read from a tidy table with columns ``step, task, acc`` (one row per task per
+    evaluation step) at the given points in time. ``boundaries`` is a list of ``(label, step)`` pairs, e.g.
+    ``[("start", 0), ("after digits_5_9", 190)]``. The result has one row per label (in the given order, index
+    named ``boundary``) and one column per task (in order of first appearance in ``frame``, columns named
+    ``task``): ``A[label, task]`` is ``acc`` at exactly that step. A missing row or a NaN ``acc`` for a needed
+    (task, step) raises ValueError naming it; so do duplicate (step, task) rows and duplicate labels."""
+    missing_columns = [column for column in ("step", "task", "acc") if column not in frame.columns]
+    if missing_columns:
+        raise ValueError(f"the frame lacks column(s) {missing_columns}; it has {list(frame.columns)}")
+    if len(boundaries) == 0:
+        raise ValueError("no boundaries given: pass (label, step) pairs to read")
+    labels = [label for label, _ in boundaries]
+    repeated = sorted({str(label) for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"boundary labels must be unique; repeated: {repeated}")
+    duplicated = frame.duplicated(subset=["step", "task"], keep=False)
+    if duplicated.any():
+        pairs = frame.loc[duplicated, ["task", "step"]].drop_duplicates().itertuples(index=False, name=None)
+        raise ValueError(f"more than one row for (task, step): {list(pairs)}")
+    tasks = list(pd.unique(frame["task"]))
+    lookup = {(task, step): value for step, task, value in frame[["step", "task", "acc"]].itertuples(index=False)}
+    rows = []
+    for _, step in boundaries:
+        row = []
+        for task in tasks:
+            value = lookup.get((task, step), np.nan)
+            if pd.isna(value):
+                raise ValueError(f"no accuracy for (task, step) = ({task!r}, {step!r})")
+            row.append(float(value))
+        rows.append(row)
+    return pd.DataFrame(
+        rows, index=pd.Index(labels, name="boundary"), columns=pd.Index(tasks, name="task"), dtype=float
+    )
+
+
+# --- Aggregation over seeds -----------------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = ("mean", "std", "n", "ci_low", "ci_high")
+
+
+def seed_summary(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> dict[str, float | int]:
+    """Mean, spread and a Student-t confidence interval of one metric over seeds. NaN values are dropped first;
+    ``n`` counts the rest. ``std`` is the sample standard deviation (ddof=1) and the interval is
+    ``mean ± t_{(1+confidence)/2, n−1} · std / √n`` with the quantile from ``scipy.stats.t.ppf`` (the usual
+    t-interval for a mean, assuming roughly normal seed-to-seed variation). With n == 1 the std and both interval
+    ends are NaN. Returns ``{"mean", "std", "n", "ci_low", "ci_high"}``. Raises ValueError for no non-NaN values,
+    infinite values or a confidence outside (0, 1)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1; got {confidence}")
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1:
+        raise ValueError(f"values are 1-D; got shape {array.shape}")
+    array = array[~np.isnan(array)]
+    if array.size == 0:
+        raise ValueError("no values to summarise (empty, or all NaN)")
+    if np.isinf(array).any():
+        raise ValueError(f"values must be finite or NaN; got {array.tolist()}")
+    n = int(array.size)
+    mean = float(array.mean())
+    if n == 1:
+        return {"mean": mean, "std": float("nan"), "n": 1, "ci_low": float("nan"), "ci_high": float("nan")}
+    std = float(array.std(ddof=1))
+    half_width = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / np.sqrt(n)
+    return {"mean": mean, "std": std, "n": n, "ci_low": mean - half_width, "ci_high": mean + half_width}
+
+
+def aggregate_seeds(frame: pd.DataFrame, by: str | Sequence[str], value: str, confidence: float = 0.95) -> pd.DataFrame:
+    """:func:`seed_summary` of column ``value`` within each group of the ``by`` columns: one row per group, in
+    order of first appearance (NaN group keys form their own group), with the ``by`` columns followed by
+    ``mean, std, n, ci_low, ci_high``. Raises ValueError for missing columns, an empty frame, or a group with
+    no non-NaN value (naming the group)."""
+    keys = [by] if isinstance(by, str) else list(by)
+    if not keys:
+        raise ValueError("by names no columns")
+    if value in keys:
+        raise ValueError(f"value column {value!r} is also a by column")
+    missing_columns = [column for column in [*keys, value] if column not in frame.columns]
+    if missing_columns:
+        raise ValueError(f"the frame lacks column(s) {missing_columns}; it has {list(frame.columns)}")
+    if len(frame) == 0:
+        raise ValueError("the frame has no rows to aggregate")
+    rows = []
+    for group, part in frame.groupby(keys, sort=False, dropna=False):
+        try:
+            summary = seed_summary(pd.to_numeric(part[value]).to_numpy(dtype=float), confidence)
+        except ValueError as error:
+            raise ValueError(f"group {dict(zip(keys, group, strict=True))}: {error}") from error
+        rows.append({**dict(zip(keys, group, strict=True)), **summary})
+    result = pd.DataFrame(rows, columns=[*keys, *SUMMARY_COLUMNS])
+    result["n"] = result["n"].astype(int)
+    return result

@@ -89,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--dry-run", action="store_true", help="print the expanded runs and their ids; run nothing")
     grid.set_defaults(handler=_cmd_grid)
 
+    report = sub.add_parser(
+        "report",
+        help="tables, figures and an HTML report from a folder of runs",
+        description="Read every run directory under RUNS_DIR and write the results tables (Markdown, LaTeX), the "
+        "figures (PDF, PNG), the tidy data and a self-contained report.html.",
+    )
+    report.add_argument("runs_dir", metavar="RUNS_DIR", help="a folder of run directories, e.g. runs/demo")
+    report.add_argument("--out", help="where the report goes (default: RUNS_DIR/report)")
+    report.set_defaults(handler=_cmd_report)
+
     demo = sub.add_parser(
         "demo",
         help="run the shipped demo grid on embedded data",
@@ -170,6 +180,24 @@ def _run_grid(path: Path | str, overrides: list[str], args: argparse.Namespace, 
     return 1 if result.count("failed") else 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import NoRuns, build_report
+
+    runs_dir = Path(args.runs_dir)
+    if not runs_dir.is_dir():
+        raise ConfigError(f"RUNS_DIR: {runs_dir} is not a folder of runs")
+    try:
+        report = build_report(runs_dir, args.out or runs_dir / "report")
+    except NoRuns as err:
+        raise ConfigError(str(err)) from None
+    print(f"report: {report.html}")
+    print(f"  tables: {', '.join(str(p) for p in report.tables)}")
+    print(f"  figures: {len(report.figures)} files in {report.html.parent / 'figures'}")
+    for reason in report.skipped:
+        print(f"  not drawn: {reason}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from research.config import load_config
     from research.training import run
@@ -212,8 +240,13 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """The demo grid, then its report."""
     args.executor = "local"
-    return _run_grid(DEMO_GRID, [f"out={args.out}"], args)
+    status = _run_grid(DEMO_GRID, [f"out={args.out}"], args)
+    if status != 0:
+        return status
+    print()
+    return _cmd_report(argparse.Namespace(runs_dir=args.out, out=None))
 
 
 def _print_result(summary: dict, run_dir: Path) -> None:

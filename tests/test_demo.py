@@ -43,6 +43,11 @@ def test_demo_runs_the_demo_grid(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(list(out.glob("*/wandb/offline-run-*/run-*.wandb"))) == len(grid.runs)
     # One pretraining for the whole grid.
     assert sum(not s["pretrained"]["cached"] for s in summaries) == 1
+    # The demo ends with the grid's report.
+    assert f"report: {out / 'report' / 'report.html'}" in text
+    html = (out / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5  # curves, stability-plasticity, matrix, EWC sweep, WiSE-FT
+    assert (out / "report" / "figures" / "sweep_ewc_lam.pdf").stat().st_size > 0
     # Running the demo again finds every run completed.
     assert main(["demo", "--out", str(out)]) == 0
     assert f"0 completed, 0 failed, {len(grid.runs)} skipped" in capsys.readouterr().out

@@ -1,12 +1,30 @@
-"""Forgetting metrics: hand-computed cases and avalanche-lib's functional forgetting on random matrices."""
+"""Forgetting metrics: hand-computed cases and avalanche-lib's functional forgetting on random matrices; curve
+metrics, the Pareto front, accuracy matrices from tidy tables and seed aggregation on hand-computed cases."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pandas as pd
 import pytest
 from avalanche.evaluation.functional import forgetting as avalanche_forgetting
 
-from analysis.metrics import average_forgetting, backward_transfer, forgetting_matrix
+from analysis.metrics import (
+    accuracy_matrix,
+    aggregate_seeds,
+    average_forgetting,
+    backward_transfer,
+    final_drop,
+    forgetting_auc,
+    forgetting_matrix,
+    max_drop,
+    pareto_front,
+    plasticity,
+    retention,
+    seed_summary,
+    stability_gap,
+)
 
 # Rows: after learning task 0, 1, 2; columns: tasks 0, 1, 2.
 A = [
@@ -58,3 +76,294 @@ def test_forgetting_and_bwt_match_avalanche_on_random_matrices(seed: int) -> Non
     boundaries = sorted(rng.integers(0, size + 2, size=size).tolist())
     tall = rng.random((size + 2, size))
     np.testing.assert_allclose(forgetting_matrix(tall, boundaries), avalanche_forgetting(tall, boundaries), atol=1e-12)
+
+
+# --- Per-task accuracy curves -------------------------------------------------------------------------------
+
+CURVE_FUNCTIONS = [final_drop, max_drop, stability_gap, retention, forgetting_auc, plasticity]
+
+
+def test_curve_that_dips_and_recovers_by_hand() -> None:
+    steps, acc = [0, 10, 20, 40], [0.9, 0.6, 0.7, 0.8]
+    assert final_drop(steps, acc) == pytest.approx(0.1)  # 0.9 − 0.8
+    assert max_drop(steps, acc) == pytest.approx(0.1)  # max = 0.9 (the start), 0.9 − 0.8
+    assert stability_gap(steps, acc) == pytest.approx(0.3)  # 0.9 − min 0.6
+    assert retention(steps, acc) == pytest.approx(0.8 / 0.9)  # 0.888…
+    # Drops below the start: 0, 0.3, 0.2, 0.1 on intervals of 10, 10, 20 steps:
+    # (1/40)·[10·(0+0.3)/2 + 10·(0.3+0.2)/2 + 20·(0.2+0.1)/2] = (1/40)·(1.5 + 2.5 + 3.0) = 0.175
+    assert forgetting_auc(steps, acc) == pytest.approx(0.175)
+    assert plasticity(steps, acc) == pytest.approx(0.8)
+
+
+def test_curve_that_improves_then_drops_by_hand() -> None:
+    steps, acc = [0, 5, 10], [0.5, 0.9, 0.6]
+    assert final_drop(steps, acc) == pytest.approx(-0.1)  # 0.5 − 0.6: above the start at the end
+    assert max_drop(steps, acc) == pytest.approx(0.3)  # best 0.9 − final 0.6, not the final drop
+    assert stability_gap(steps, acc) == pytest.approx(0.0)  # never below 0.5
+    assert retention(steps, acc) == pytest.approx(1.2)  # 0.6 / 0.5
+    # Drops 0, −0.4, −0.1: (1/10)·[5·(0−0.4)/2 + 5·(−0.4−0.1)/2] = (1/10)·(−1.0 − 1.25) = −0.225
+    assert forgetting_auc(steps, acc) == pytest.approx(-0.225)
+    assert plasticity(steps, acc) == pytest.approx(0.6)
+
+
+def test_forgetting_auc_weighs_intervals_by_length() -> None:
+    # Drops 0, 1, 1 on intervals of 1 and 10 steps: (1/11)·[1·(0+1)/2 + 10·(1+1)/2] = 10.5/11;
+    # a mean over the measurements ignoring spacing would give 2/3.
+    assert forgetting_auc([0, 1, 11], [1.0, 0.0, 0.0]) == pytest.approx(10.5 / 11)
+    # A curve that starts after step 0 (steps[0] is the reference): drops 0, 0.2, 0 on intervals of 10 and 20:
+    # (1/30)·[10·0.1 + 20·0.1] = 0.1
+    assert forgetting_auc(np.array([100, 110, 130]), np.array([0.8, 0.6, 0.8])) == pytest.approx(0.1)
+
+
+def test_single_measurement_curve() -> None:
+    assert final_drop([0], [0.7]) == 0.0
+    assert max_drop([0], [0.7]) == 0.0
+    assert stability_gap([0], [0.7]) == 0.0
+    assert retention([0], [0.7]) == 1.0
+    assert plasticity([0], [0.7]) == 0.7
+    with pytest.raises(ValueError, match="at least two measurements"):
+        forgetting_auc([0], [0.7])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_curve_metric_orderings_on_random_curves(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    steps = np.cumsum(rng.integers(1, 20, size=12)) - 1
+    steps[0] = 0
+    acc = rng.random(12)
+    # min ≤ final ≤ max, so the gap and the max-drop bound the final drop and neither is negative.
+    assert stability_gap(steps, acc) >= final_drop(steps, acc)
+    assert stability_gap(steps, acc) >= 0
+    assert max_drop(steps, acc) >= max(final_drop(steps, acc), 0)
+    # The mean drop lies between the smallest drop (acc[0] − max acc) and the largest (the stability gap).
+    assert acc[0] - acc.max() <= forgetting_auc(steps, acc) <= stability_gap(steps, acc)
+
+
+@pytest.mark.parametrize("metric", CURVE_FUNCTIONS)
+@pytest.mark.parametrize(
+    ("steps", "acc", "message"),
+    [
+        ([], [], "at least one measurement"),
+        ([0, 10], [0.9], "differ in length"),
+        ([[0, 10]], [[0.9, 0.8]], "1-D"),
+        ([0, 10, 10], [0.9, 0.8, 0.7], "strictly increasing"),
+        ([0, 20, 10], [0.9, 0.8, 0.7], "strictly increasing"),
+        ([0, 10], [0.9, float("nan")], "acc must be finite"),
+        ([0, float("nan")], [0.9, 0.8], "steps must be finite"),
+    ],
+)
+def test_curve_functions_reject_bad_curves(metric, steps, acc, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        metric(steps, acc)
+
+
+def test_retention_needs_a_nonzero_start() -> None:
+    with pytest.raises(ValueError, match=r"acc\[0\] is 0"):
+        retention([0, 10], [0.0, 0.5])
+
+
+# --- Pareto front -------------------------------------------------------------------------------------------
+
+
+def test_pareto_front_by_hand() -> None:
+    stability = [0.9, 0.5, 0.5, 0.4, float("nan"), 0.95, 0.3, 0.9]
+    plasticity_ = [0.5, 0.8, 0.8, 0.7, 0.99, 0.2, 0.3, 0.4]
+    # 0 (0.9, 0.5): nothing has both ≥ with one > (only 5 has more stability, with less plasticity) → front
+    # 1, 2 (0.5, 0.8): exact duplicates, neither strictly better; nothing else has plasticity ≥ 0.8 → both front
+    # 3 (0.4, 0.7): dominated by 1 (0.5 > 0.4, 0.8 > 0.7)
+    # 4 (NaN, 0.99): NaN is never on the front, and does not dominate 1 and 2 despite its higher plasticity
+    # 5 (0.95, 0.2): highest stability → front
+    # 6 (0.3, 0.3): dominated by 0, 1, 2, 3
+    # 7 (0.9, 0.4): tied with 0 in stability, lower plasticity → dominated by 0
+    expected = [True, True, True, False, False, True, False, False]
+    mask = pareto_front(stability, plasticity_)
+    assert mask.dtype == bool
+    assert mask.tolist() == expected
+
+
+def test_pareto_front_edge_cases() -> None:
+    assert pareto_front([], []).tolist() == []
+    assert pareto_front([0.3], [0.4]).tolist() == [True]
+    assert pareto_front([0.3, float("nan")], [float("nan"), 0.4]).tolist() == [False, False]
+    with pytest.raises(ValueError, match="differ in length"):
+        pareto_front([0.1, 0.2], [0.3])
+    with pytest.raises(ValueError, match="1-D"):
+        pareto_front([[0.1, 0.2]], [[0.3, 0.4]])
+
+
+# --- Accuracy matrix from a tidy table ----------------------------------------------------------------------
+
+
+def _tidy() -> pd.DataFrame:
+    # "pretrain" appears before "finetune" (the reverse of alphabetical order); step 100 is not a boundary.
+    return pd.DataFrame(
+        {
+            "step": [0, 0, 100, 100, 190, 190],
+            "task": ["pretrain", "finetune", "pretrain", "finetune", "finetune", "pretrain"],
+            "acc": [0.95, 0.10, 0.70, 0.80, 0.90, 0.60],
+        }
+    )
+
+
+def test_accuracy_matrix_by_hand() -> None:
+    matrix = accuracy_matrix(_tidy(), [("start", 0), ("after finetune", 190)])
+    assert list(matrix.index) == ["start", "after finetune"]
+    assert list(matrix.columns) == ["pretrain", "finetune"]
+    np.testing.assert_allclose(matrix.to_numpy(), [[0.95, 0.10], [0.60, 0.90]])
+    # Rows in the order given, not sorted by step; the same step may be read twice under different labels.
+    reordered = accuracy_matrix(_tidy(), [("end", 190), ("middle", 100), ("again", 190)])
+    np.testing.assert_allclose(reordered.to_numpy(), [[0.60, 0.90], [0.70, 0.80], [0.60, 0.90]])
+    # It feeds the matrix metrics: column 0 learned at row 0, so F = 0.95 − 0.60 = 0.35 at the end.
+    assert forgetting_matrix(matrix, boundaries=[0, 1])[1, 0] == pytest.approx(0.35)
+
+
+def test_accuracy_matrix_names_the_missing_value() -> None:
+    frame = _tidy()
+    without = frame[~((frame["task"] == "finetune") & (frame["step"] == 190))]
+    with pytest.raises(ValueError, match=r"\('finetune', 190\)"):
+        accuracy_matrix(without, [("start", 0), ("end", 190)])
+    with pytest.raises(ValueError, match=r"\('pretrain', 50\)"):
+        accuracy_matrix(frame, [("start", 0), ("never measured", 50)])
+    with_nan = frame.copy()
+    with_nan.loc[0, "acc"] = float("nan")
+    with pytest.raises(ValueError, match=r"\('pretrain', 0\)"):
+        accuracy_matrix(with_nan, [("start", 0)])
+
+
+def test_accuracy_matrix_rejects_bad_input() -> None:
+    frame = _tidy()
+    with pytest.raises(ValueError, match="lacks column"):
+        accuracy_matrix(frame.drop(columns="acc"), [("start", 0)])
+    with pytest.raises(ValueError, match="no boundaries"):
+        accuracy_matrix(frame, [])
+    with pytest.raises(ValueError, match="unique"):
+        accuracy_matrix(frame, [("start", 0), ("start", 190)])
+    with pytest.raises(ValueError, match="more than one row"):
+        accuracy_matrix(pd.concat([frame, frame.iloc[:1]]), [("start", 0)])
+
+
+# --- Seed aggregation ---------------------------------------------------------------------------------------
+
+# Student-t quantiles by hand, from closed forms (not scipy): with 2 degrees of freedom
+# t_p = (2p − 1) / √(2p(1 − p)), so t_{0.975,2} = 0.95 / √0.04875 = 4.302652729749464; with 1 degree of freedom
+# the t distribution is Cauchy, t_p = tan(π(p − 1/2)), so t_{0.975,1} = tan(0.475π) ≈ 12.7062.
+T_975_2 = 4.302652729749464
+T_975_1 = math.tan(0.475 * math.pi)
+
+
+def test_seed_summary_by_hand() -> None:
+    summary = seed_summary([0.8, 0.9, 1.0])
+    # mean 0.9; deviations −0.1, 0, 0.1 → sample variance (0.01 + 0 + 0.01)/2 = 0.01 → std 0.1
+    # half-width = 4.3026527·0.1/√3 ≈ 0.248414
+    half = T_975_2 * 0.1 / math.sqrt(3)
+    assert half == pytest.approx(0.248414, abs=1e-6)
+    assert summary["n"] == 3
+    assert summary["mean"] == pytest.approx(0.9)
+    assert summary["std"] == pytest.approx(0.1)
+    assert summary["ci_low"] == pytest.approx(0.9 - half)
+    assert summary["ci_high"] == pytest.approx(0.9 + half)
+    # NaN values are dropped before counting.
+    assert seed_summary([0.8, float("nan"), 0.9, 1.0]) == pytest.approx(summary, nan_ok=True)
+
+
+def test_seed_summary_other_confidence_by_hand() -> None:
+    # [1, 3]: mean 2, std √2, std/√n = 1; at 90 %, t_{0.95,1} = tan(0.45π) ≈ 6.3138 → CI 2 ± 6.3138
+    summary = seed_summary(np.array([1.0, 3.0]), confidence=0.90)
+    assert summary["std"] == pytest.approx(math.sqrt(2))
+    assert summary["ci_low"] == pytest.approx(2 - math.tan(0.45 * math.pi))
+    assert summary["ci_high"] == pytest.approx(2 + math.tan(0.45 * math.pi))
+
+
+def test_seed_summary_single_value() -> None:
+    summary = seed_summary([0.7, float("nan")])
+    assert summary["n"] == 1
+    assert summary["mean"] == pytest.approx(0.7)
+    assert math.isnan(summary["std"]) and math.isnan(summary["ci_low"]) and math.isnan(summary["ci_high"])
+
+
+def test_seed_summary_identical_values_have_a_zero_width_interval() -> None:
+    summary = seed_summary([0.5, 0.5, 0.5])
+    assert (summary["std"], summary["ci_low"], summary["ci_high"]) == pytest.approx((0.0, 0.5, 0.5))
+
+
+@pytest.mark.parametrize(
+    ("values", "confidence", "message"),
+    [
+        ([], 0.95, "no values"),
+        ([float("nan"), float("nan")], 0.95, "no values"),
+        ([0.1, float("inf")], 0.95, "finite"),
+        ([[0.1, 0.2]], 0.95, "1-D"),
+        ([0.1, 0.2], 1.0, "confidence"),
+        ([0.1, 0.2], 0.0, "confidence"),
+        ([0.1, 0.2], 95, "confidence"),
+    ],
+)
+def test_seed_summary_rejects_bad_input(values, confidence: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        seed_summary(values, confidence)
+
+
+def _runs() -> pd.DataFrame:
+    # Groups first appear in the order sgd, ewc, lwf (not alphabetical); one ewc value is NaN.
+    return pd.DataFrame(
+        {
+            "method": ["sgd", "ewc", "ewc", "sgd", "lwf", "ewc", "ewc"],
+            "lr": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1],
+            "seed": [0, 0, 1, 1, 0, 2, 3],
+            "forgetting": [1.0, 0.8, 0.9, 3.0, 0.5, 1.0, float("nan")],
+        }
+    )
+
+
+def test_aggregate_seeds_by_hand() -> None:
+    table = aggregate_seeds(_runs(), "method", "forgetting")
+    assert list(table.columns) == ["method", "mean", "std", "n", "ci_low", "ci_high"]
+    assert table["method"].tolist() == ["sgd", "ewc", "lwf"]
+    assert table["n"].tolist() == [2, 3, 1]
+    # sgd [1, 3]: mean 2, std √2, std/√2 = 1 → 2 ± t_{0.975,1} ≈ 2 ± 12.7062
+    sgd = table.iloc[0]
+    assert (sgd["mean"], sgd["std"]) == pytest.approx((2.0, math.sqrt(2)))
+    assert (sgd["ci_low"], sgd["ci_high"]) == pytest.approx((2 - T_975_1, 2 + T_975_1))
+    # ewc [0.8, 0.9, 1.0] (NaN dropped): as in test_seed_summary_by_hand
+    ewc = table.iloc[1]
+    half = T_975_2 * 0.1 / math.sqrt(3)
+    assert (ewc["mean"], ewc["std"], ewc["ci_low"], ewc["ci_high"]) == pytest.approx((0.9, 0.1, 0.9 - half, 0.9 + half))
+    # lwf: one seed → no spread, no interval
+    lwf = table.iloc[2]
+    assert lwf["mean"] == pytest.approx(0.5)
+    assert math.isnan(lwf["std"]) and math.isnan(lwf["ci_low"]) and math.isnan(lwf["ci_high"])
+
+
+def test_aggregate_seeds_by_several_columns() -> None:
+    runs = _runs()
+    runs.loc[runs["seed"] == 1, "lr"] = 0.01  # splits sgd and ewc into (lr 0.1) and (lr 0.01) groups
+    table = aggregate_seeds(runs, ["method", "lr"], "forgetting", confidence=0.9)
+    assert list(table.columns) == ["method", "lr", "mean", "std", "n", "ci_low", "ci_high"]
+    assert list(zip(table["method"], table["lr"], strict=True)) == [
+        ("sgd", 0.1),
+        ("ewc", 0.1),
+        ("ewc", 0.01),
+        ("sgd", 0.01),
+        ("lwf", 0.1),
+    ]
+    # (ewc, 0.1) holds 0.8 and 1.0 (NaN dropped): mean 0.9, std √0.02, std/√2 = 0.1 → 0.9 ± tan(0.45π)·0.1
+    ewc = table.iloc[1]
+    assert ewc["n"] == 2
+    assert (ewc["ci_low"], ewc["ci_high"]) == pytest.approx(
+        (0.9 - 0.1 * math.tan(0.45 * math.pi), 0.9 + 0.1 * math.tan(0.45 * math.pi))
+    )
+
+
+def test_aggregate_seeds_rejects_bad_input() -> None:
+    runs = _runs()
+    with pytest.raises(ValueError, match="lacks column"):
+        aggregate_seeds(runs, "optimizer", "forgetting")
+    with pytest.raises(ValueError, match="lacks column"):
+        aggregate_seeds(runs, "method", "bwt")
+    with pytest.raises(ValueError, match="also a by column"):
+        aggregate_seeds(runs, ["method", "forgetting"], "forgetting")
+    with pytest.raises(ValueError, match="no rows"):
+        aggregate_seeds(runs.iloc[:0], "method", "forgetting")
+    runs.loc[runs["method"] == "lwf", "forgetting"] = float("nan")
+    with pytest.raises(ValueError, match=r"'lwf'.*no values"):
+        aggregate_seeds(runs, "method", "forgetting")

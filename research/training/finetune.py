@@ -84,6 +84,7 @@ class FinetuneOutcome:
     method_info: dict[str, Any] = field(default_factory=dict)
     method_rows: list[dict[str, Any]] = field(default_factory=list)  # from Method.finish, for method.parquet
     drift: list[dict[str, Any]] = field(default_factory=list)  # weight drift per block, for diagnostics.parquet
+    task_ends: list[dict[str, Any]] = field(default_factory=list)  # each fine-tuning task's last step, in order
 
 
 def run_finetune(
@@ -117,6 +118,7 @@ def run_finetune(
             if index > 0:
                 start_task(model, context, method, index)
             _fit_task(cfg, task, model, method, context, evaluator, tracker, outcome)
+            outcome.task_ends.append({"task": task.name, "step": outcome.steps})
     finally:
         outcome.seconds = time.perf_counter() - started
         outcome.eval_seconds = evaluator.seconds

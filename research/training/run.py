@@ -184,6 +184,8 @@ def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, 
         "eval_seconds": outcome.eval_seconds,
     }
     summary["steps"] = outcome.steps
+    # Where each fine-tuning task ended on the step axis: the rows of a sequence's accuracy matrix.
+    summary["task_ends"] = outcome.task_ends
     summary["evaluations"] = outcome.evaluations
     if tracker is not None:
         if error is None:

@@ -1,0 +1,297 @@
+"""Runs → tidy pandas: from run directories (the source of truth), from W&B offline run files, or from the W&B
+public API. All three give the same :class:`RunSet`, so everything downstream works on any of them.
+
+- ``runs``: one row per run: ``run_id, status, error, experiment, method, seed, setting, setting_id, group`` and
+  the resolved config flattened into ``config.<dotted key>`` columns (lists as JSON text).
+- ``metrics``: long format, one row per measurement: ``run_id, step, epoch, task, role, metric, value``
+  (the run directory's ``metrics.parquet`` with the run id added).
+- ``method_tables``: what methods measured after training (``wise_ft``'s α sweep), with the run id added.
+
+``setting`` is a label that tells the loaded runs apart without their seed: the method, then each method
+hyperparameter that varies among that method's runs, then every other config key that varies among all runs
+(e.g. ``ewc lam=1000``, ``finetune train.lr=0.01``). ``setting_id`` hashes the config without seed, output
+folder and logging, so runs that differ only by seed share it.
+
+This module reads files; it never imports the training code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+METRIC_COLUMNS = ["run_id", "step", "epoch", "task", "role", "metric", "value"]
+CACHE_FOLDER = ".analysis-cache"
+CACHE_FORMAT = 2  # bump whenever the tables change shape, so an old cache is not read
+# Config keys that do not make two runs different settings.
+NOT_A_SETTING = ("config.seed", "config.out", "config.logging.")
+
+
+@dataclass
+class RunSet:
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    method_tables: pd.DataFrame
+
+    def completed(self) -> RunSet:
+        """Only the runs that completed (a failed run's partial measurements would bias every mean)."""
+        keep = self.runs[self.runs["status"] == "completed"]
+        ids = set(keep["run_id"])
+        return RunSet(
+            keep.reset_index(drop=True),
+            self.metrics[self.metrics["run_id"].isin(ids)].reset_index(drop=True),
+            self.method_tables[self.method_tables["run_id"].isin(ids)].reset_index(drop=True)
+            if len(self.method_tables)
+            else self.method_tables,
+        )
+
+    def with_runs(self, frame: pd.DataFrame, columns: Iterable[str] = ("setting", "method", "seed")) -> pd.DataFrame:
+        """``frame`` (with a ``run_id`` column) joined with the given per-run columns."""
+        return frame.merge(self.runs[["run_id", *columns]], on="run_id", how="left")
+
+
+# --------------------------------------------------------------------------------------------- run directories
+
+
+def load_runs(runs_dir: str | Path, cache: bool = True) -> RunSet:
+    """Every run directory directly under ``runs_dir`` (a folder with ``summary.json`` and ``config.yaml``).
+    With ``cache``, the tidy tables are kept as parquet under ``<runs_dir>/.analysis-cache/`` and reused while no
+    run's files have changed."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"runs directory not found: {root}")
+    run_dirs = sorted(p for p in root.iterdir() if (p / "summary.json").is_file() and (p / "config.yaml").is_file())
+    key = _cache_key(run_dirs)
+    cached = _read_cache(root, key) if cache else None
+    if cached is not None:
+        return cached
+    rows, metrics, method_tables = [], [], []
+    for run_dir in run_dirs:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        rows.append(_run_row(run_dir.name, summary, config))
+        if (run_dir / "metrics.parquet").is_file():
+            frame = pd.read_parquet(run_dir / "metrics.parquet")
+            metrics.append(frame.assign(run_id=run_dir.name))
+        if (run_dir / "method.parquet").is_file():
+            method_tables.append(pd.read_parquet(run_dir / "method.parquet").assign(run_id=run_dir.name))
+    result = _assemble(rows, metrics, method_tables)
+    if cache and (result.runs["status"] == "completed").any():  # a folder with nothing to analyse stays untouched
+        _write_cache(root, key, result)
+    return result
+
+
+def _run_row(run_id: str, summary: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    method = config.get("method") or {}
+    return {
+        "run_id": run_id,
+        "status": summary.get("status", "unknown"),
+        "error": summary.get("error"),
+        "experiment": config.get("name"),
+        "method": method.get("name"),
+        "seed": config.get("seed"),
+        "group": (config.get("logging") or {}).get("group"),
+        # Where each fine-tuning task ended on the step axis (JSON list of {task, step}; absent in W&B data).
+        "task_ends": json.dumps(summary.get("task_ends") or []),
+        **flatten_config(config),
+    }
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "config.") -> dict[str, Any]:
+    """Nested config → ``config.a.b`` columns; lists become JSON text so every column has one simple type."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{dotted}."))
+        elif isinstance(value, list):
+            flat[dotted] = json.dumps(value, sort_keys=True)
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _assemble(rows: list[dict], metrics: list[pd.DataFrame], method_tables: list[pd.DataFrame]) -> RunSet:
+    runs = pd.DataFrame(rows)
+    if runs.empty:
+        runs = pd.DataFrame(columns=["run_id", "status", "error", "experiment", "method", "seed", "group", "task_ends"])
+    runs["setting_id"] = [_setting_id(row) for row in runs.to_dict("records")]
+    runs["setting"] = setting_labels(runs)
+    front = ["run_id", "status", "error", "experiment", "method", "seed", "setting", "setting_id", "group", "task_ends"]
+    runs = runs[front + sorted(c for c in runs.columns if c not in front)]
+    frame = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=METRIC_COLUMNS)
+    frame = frame[METRIC_COLUMNS]
+    extra = pd.concat(method_tables, ignore_index=True) if method_tables else pd.DataFrame(columns=["run_id"])
+    return RunSet(runs.reset_index(drop=True), frame.reset_index(drop=True), extra)
+
+
+def _setting_id(row: dict[str, Any]) -> str:
+    config = {k: v for k, v in row.items() if k.startswith("config.") and not k.startswith(NOT_A_SETTING)}
+    text = json.dumps({k: v for k, v in config.items() if not _missing(v)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def setting_labels(runs: pd.DataFrame) -> list[str]:
+    """A readable label per run that tells apart the settings present in ``runs`` (see the module docstring)."""
+    if runs.empty:
+        return []
+    columns = [c for c in runs.columns if c.startswith("config.") and not c.startswith(NOT_A_SETTING)]
+    varying = [c for c in columns if runs[c].astype(str).nunique() > 1]
+    labels = []
+    for row in runs.to_dict("records"):
+        parts = [str(row["method"])]
+        if "config.name" in varying:
+            parts.insert(0, str(row["config.name"]))
+        same_method = runs[runs["method"] == row["method"]]
+        for column in varying:
+            if column in ("config.name", "config.method.name") or _missing(row[column]):
+                continue
+            if column.startswith("config.method."):
+                if same_method[column].astype(str).nunique() > 1:
+                    parts.append(f"{column.removeprefix('config.method.')}={_short(row[column])}")
+            else:
+                parts.append(f"{column.removeprefix('config.')}={_short(row[column])}")
+        labels.append(" ".join(parts))
+    return labels
+
+
+def _short(value: Any) -> str:
+    return f"{value:.12g}" if isinstance(value, float) else str(value)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+# --------------------------------------------------------------------------------------------- cache
+
+
+def _cache_key(run_dirs: list[Path]) -> str:
+    """Changes whenever a run is added, removed, or any of its files is rewritten."""
+    parts = [CACHE_FORMAT]
+    for run_dir in run_dirs:
+        for name in ("summary.json", "config.yaml", "metrics.parquet", "method.parquet"):
+            path = run_dir / name
+            if path.is_file():
+                stat = path.stat()
+                parts.append([run_dir.name, name, stat.st_size, stat.st_mtime_ns])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _read_cache(root: Path, key: str) -> RunSet | None:
+    folder = root / CACHE_FOLDER
+    try:
+        if json.loads((folder / "key.json").read_text())["key"] != key:
+            return None
+        return RunSet(*(pd.read_parquet(folder / f"{name}.parquet") for name in ("runs", "metrics", "method_tables")))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_cache(root: Path, key: str, result: RunSet) -> None:
+    """Best effort: a read-only runs folder simply gets no cache."""
+    folder = root / CACHE_FOLDER
+    try:
+        folder.mkdir(exist_ok=True)
+        tables = {"runs": result.runs, "metrics": result.metrics, "method_tables": result.method_tables}
+        for name, frame in tables.items():
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            frame.to_parquet(tmp, index=False)
+            os.replace(tmp, folder / f"{name}.parquet")
+        (folder / "key.json").write_text(json.dumps({"key": key}))
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------- W&B
+
+
+def load_wandb_offline(paths: Iterable[str | Path]) -> RunSet:
+    """W&B offline run files (``run-*.wandb``, or folders searched for them) → a RunSet, read with W&B's own
+    ``wandb leet inspect --json`` (no server). The run id is the W&B run id; ``epoch`` is not logged to W&B and
+    is -1."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        files.extend(sorted(path.rglob("run-*.wandb")) if path.is_dir() else [path])
+    rows, metrics = [], []
+    for file in files:
+        records = list(_wandb_records(file))
+        run = next(r["run"] for r in records if r["type"] == "run")
+        config = _wandb_config(run["config"].get("update", {}))
+        exit_code = next((r["exit"].get("exit_code", 0) for r in records if r["type"] == "exit"), None)
+        status = "completed" if exit_code == 0 else ("running" if exit_code is None else "failed")
+        rows.append(_run_row(run["run_id"], {"status": status}, config))
+        history = (r["history"]["item"] for r in records if r["type"] == "history")
+        metrics.append(history_frame(run["run_id"], history))
+    return _assemble(rows, metrics, [])
+
+
+def load_wandb_api(path: str, filters: dict[str, Any] | None = None, api: Any = None) -> RunSet:
+    """Runs of a W&B project (``entity/project``) through the public API (needs a network and an API key).
+    ``api`` defaults to ``wandb.Api()``; anything with the same ``runs(path, filters)`` interface works."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    rows, metrics = [], []
+    for run in api.runs(path, filters=filters or {}):
+        config = _wandb_config(dict(run.config))
+        status = {"finished": "completed", "running": "running"}.get(run.state, "failed")
+        rows.append(_run_row(run.id, {"status": status}, config))
+        metrics.append(history_frame(run.id, run.scan_history()))
+    return _assemble(rows, metrics, [])
+
+
+def history_frame(run_id: str, history: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """W&B history rows (``pretrain/<task>/acc`` etc. at ``trainer/global_step``) → the tidy metrics format.
+    Only the evaluation scores are read; training scalars and drift stay in the run directory."""
+    records = []
+    for item in history:
+        step = item.get("trainer/global_step")
+        if step is None:
+            continue
+        for key, value in item.items():
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] in ("pretrain", "finetune") and value is not None:
+                records.append((run_id, int(step), -1, parts[1], parts[0], parts[2], float(value)))
+    return pd.DataFrame.from_records(records, columns=METRIC_COLUMNS)
+
+
+def _wandb_config(config: dict[str, Any]) -> dict[str, Any]:
+    """W&B's config minus its own bookkeeping; the API wraps values as ``{"value": ...}`` in some versions."""
+    clean = {}
+    for key, value in config.items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, dict) and set(value) == {"value"}:
+            value = value["value"]
+        clean[key] = value
+    return clean
+
+
+def _wandb_records(file: Path) -> Iterator[dict[str, Any]]:
+    executable = shutil.which("wandb") or str(Path(sys.executable).parent / "wandb")
+    proc = subprocess.run(
+        [executable, "leet", "inspect", "--json", str(file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "offline"},
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ValueError(f"cannot read W&B run file {file}: {proc.stderr.strip()[:300]}")
+    for line in proc.stdout.splitlines():
+        if line.strip():
+            yield json.loads(line)

@@ -1,0 +1,72 @@
+"""Results tables in Markdown and LaTeX (booktabs): one row per setting, mean ± standard deviation over seeds
+for each metric, the number of seeds, and the best value of each column in bold (higher or lower, per metric;
+every setting that ties the best mean is bold)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from analysis.summarize import REPORTED
+
+
+def table_cells(settings: pd.DataFrame, digits: int = 3) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """Headers, cell texts and which cells are the column's best, for the metrics present in ``settings``."""
+    columns = [(c, h, hi) for c, h, hi in REPORTED if f"{c}_mean" in settings]
+    headers = ["setting", "seeds", *[h for _, h, _ in columns]]
+    texts, best = [], []
+    winners = {}
+    for column, _, higher in columns:
+        means = settings[f"{column}_mean"].round(digits)
+        target = means.max() if higher else means.min()
+        winners[column] = means == target
+    for index, row in settings.reset_index(drop=True).iterrows():
+        cells, marks = [str(row["setting"]), str(int(row["n"]))], [False, False]
+        for column, _, _ in columns:
+            mean, std = row[f"{column}_mean"], row[f"{column}_std"]
+            if _nan(mean):
+                cells.append("–")
+            elif _nan(std):
+                cells.append(f"{mean:.{digits}f}")
+            else:
+                cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
+            marks.append(bool(winners[column].iloc[index]) and not _nan(mean))
+        texts.append(cells)
+        best.append(marks)
+    return headers, texts, best
+
+
+def markdown_table(settings: pd.DataFrame, digits: int = 3) -> str:
+    headers, texts, best = table_cells(settings, digits)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    for cells, marks in zip(texts, best, strict=True):
+        shown = [f"**{c}**" if b else c for c, b in zip(cells, marks, strict=True)]
+        lines.append("| " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def latex_table(settings: pd.DataFrame, digits: int = 3, caption: str | None = None) -> str:
+    headers, texts, best = table_cells(settings, digits)
+    spec = "l" + "r" * (len(headers) - 1)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    lines.append(" & ".join(_latex(h) for h in headers) + r" \\")
+    lines.append(r"\midrule")
+    for cells, marks in zip(texts, best, strict=True):
+        shown = [rf"\textbf{{{_latex(c)}}}" if b else _latex(c) for c, b in zip(cells, marks, strict=True)]
+        lines.append(" & ".join(shown) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines.append(rf"\caption{{{_latex(caption)}}}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def _latex(text: str) -> str:
+    for plain, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        text = text.replace(plain, escaped)
+    return text.replace("±", r"$\pm$").replace("–", "--")
+
+
+def _nan(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -1,0 +1,229 @@
+"""analysis/: loading runs into tidy tables, per-run and per-setting metrics, tables and the report, on synthetic
+run directories whose numbers are known (no training involved), plus the W&B loaders on a real offline run."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from analysis.load import load_runs, load_wandb_api, load_wandb_offline
+from analysis.summarize import run_accuracy_matrix, run_summary, setting_summary
+from analysis.tables import latex_table, markdown_table
+
+STEPS = [0, 5, 10]
+
+
+def make_run(
+    root: Path,
+    run_id: str,
+    method: str,
+    seed: int,
+    old: list[float],
+    new: list[float] | list[list[float]],
+    params: dict | None = None,
+    status: str = "completed",
+    new_tasks: list[str] | None = None,
+    steps: list[int] = STEPS,
+    task_ends: list[dict] | None = None,
+) -> Path:
+    """A run directory as `research run` writes it, with the given accuracy curves (one old task 'old')."""
+    run_dir = root / run_id
+    run_dir.mkdir(parents=True)
+    new_tasks = new_tasks or ["new"]
+    curves_new = new if isinstance(new[0], list) else [new]
+    config = {
+        "name": "synthetic",
+        "seed": seed,
+        "out": str(root),
+        "method": {"name": method, **(params or {})},
+        "train": {"lr": 0.01, "epochs": 2},
+        "finetune": {"tasks": [{"name": t} for t in new_tasks]},
+        "logging": {"wandb": "disabled", "group": None},
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    summary = {"status": status, "error": None if status == "completed" else "boom", "run_id": run_id}
+    summary["task_ends"] = task_ends or [{"task": new_tasks[-1], "step": steps[-1]}]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    rows = [(s, 0, "old", "pretrain", "acc", a) for s, a in zip(steps, old, strict=True)]
+    for task, curve in zip(new_tasks, curves_new, strict=True):
+        rows += [(s, 0, task, "finetune", "acc", a) for s, a in zip(steps, curve, strict=True)]
+    rows += [(s, 0, "old", "pretrain", "loss", 1.0 - a) for s, a in zip(steps, old, strict=True)]
+    frame = pd.DataFrame(rows, columns=["step", "epoch", "task", "role", "metric", "value"])
+    frame.to_parquet(run_dir / "metrics.parquet", index=False)
+    return run_dir
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    make_run(root, "a0", "finetune", 0, [0.9, 0.6, 0.8], [0.2, 0.5, 0.9])
+    make_run(root, "a1", "finetune", 1, [0.9, 0.7, 0.7], [0.2, 0.6, 0.8])
+    make_run(root, "b0", "ewc", 0, [0.9, 0.85, 0.9], [0.2, 0.4, 0.7], {"lam": 10.0})
+    make_run(root, "b1", "ewc", 1, [0.9, 0.8, 0.88], [0.2, 0.5, 0.6], {"lam": 10.0})
+    make_run(root, "c0", "ewc", 0, [0.9, 0.9, 0.9], [0.2, 0.3, 0.5], {"lam": 1000.0})
+    make_run(root, "f0", "ewc", 2, [0.9, 0.1, 0.1], [0.2, 0.1, 0.1], {"lam": 10.0}, status="failed")
+    return root
+
+
+def test_load_runs_gives_tidy_tables_with_settings(runs_dir: Path) -> None:
+    runs = load_runs(runs_dir)
+    assert sorted(runs.runs["run_id"]) == ["a0", "a1", "b0", "b1", "c0", "f0"]
+    by_id = runs.runs.set_index("run_id")
+    assert by_id.loc["a0", "setting"] == "finetune"
+    assert by_id.loc["b0", "setting"] == "ewc lam=10" and by_id.loc["c0", "setting"] == "ewc lam=1000"
+    assert by_id.loc["b0", "setting_id"] == by_id.loc["b1", "setting_id"] != by_id.loc["c0", "setting_id"]
+    assert by_id.loc["b0", "config.method.lam"] == 10.0 and by_id.loc["a0", "config.train.lr"] == 0.01
+    assert list(runs.metrics.columns) == ["run_id", "step", "epoch", "task", "role", "metric", "value"]
+    assert len(runs.metrics) == 6 * 9
+    completed = runs.completed()
+    assert "f0" not in set(completed.runs["run_id"]) and "f0" not in set(completed.metrics["run_id"])
+
+
+def test_load_runs_cache_is_reused_and_invalidated(runs_dir: Path) -> None:
+    first = load_runs(runs_dir)
+    assert (runs_dir / ".analysis-cache" / "metrics.parquet").is_file()
+    again = load_runs(runs_dir)
+    pd.testing.assert_frame_equal(first.metrics, again.metrics)
+    make_run(runs_dir, "d0", "finetune", 2, [0.9, 0.5, 0.5], [0.2, 0.9, 0.9])  # a new run appears
+    assert "d0" in set(load_runs(runs_dir).runs["run_id"])
+
+
+def test_run_summary_matches_hand_computed_values(runs_dir: Path) -> None:
+    summary = run_summary(load_runs(runs_dir).completed()).set_index("run_id")
+    a0 = summary.loc["a0"]
+    # old curve 0.9, 0.6, 0.8 at steps 0, 5, 10; new curve ends at 0.9
+    assert a0["old_acc"] == pytest.approx(0.8)
+    assert a0["new_acc"] == pytest.approx(0.9)
+    assert a0["final_drop"] == pytest.approx(0.1)
+    assert a0["max_drop"] == pytest.approx(0.1)  # best seen 0.9 (step 0) − 0.8
+    assert a0["stability_gap"] == pytest.approx(0.3)  # 0.9 − 0.6
+    assert a0["retention"] == pytest.approx(0.8 / 0.9)
+    # (1/10)·[5·(0 + 0.3)/2 + 5·(0.3 + 0.1)/2] = (0.75 + 1.0)/10
+    assert a0["forgetting_auc"] == pytest.approx(0.175)
+    assert pd.isna(a0["bwt"])  # one new task: no backward transfer
+
+
+def test_setting_summary_aggregates_over_seeds(runs_dir: Path) -> None:
+    settings = setting_summary(run_summary(load_runs(runs_dir).completed())).set_index("setting")
+    finetune = settings.loc["finetune"]
+    assert finetune["n"] == 2
+    assert finetune["old_acc_mean"] == pytest.approx(0.75)  # 0.8 and 0.7
+    assert finetune["old_acc_std"] == pytest.approx(0.0707106781)  # sample std of (0.8, 0.7)
+    # Student-t, 1 degree of freedom: t = 12.7062047; half-width = t · 0.0707107 / √2 = 0.6353102
+    assert finetune["old_acc_ci_low"] == pytest.approx(0.75 - 0.6353102, abs=1e-6)
+    single = settings.loc["ewc lam=1000"]
+    assert single["n"] == 1 and pd.isna(single["old_acc_std"])
+
+
+def test_tables_say_what_the_tidy_data_says(runs_dir: Path) -> None:
+    settings = setting_summary(run_summary(load_runs(runs_dir).completed()))
+    markdown = markdown_table(settings)
+    rows = {line.split("|")[1].strip(): line for line in markdown.splitlines()[2:]}
+    assert "| finetune | 2 | 0.750 ± 0.071 |" in rows["finetune"]
+    assert "| ewc lam=1000 | 1 | **0.900** |" in rows["ewc lam=1000"]  # best old-task accuracy, no std for n=1
+    # Every mean ± std cell equals the data, rounded.
+    for record in settings.to_dict("records"):
+        cells = [c.strip().strip("*") for c in rows[record["setting"]].split("|")[1:-1]]
+        assert cells[2].split(" ± ")[0] == f"{record['old_acc_mean']:.3f}"
+        assert cells[3].split(" ± ")[0] == f"{record['new_acc_mean']:.3f}"
+    latex = latex_table(settings, caption="x")
+    assert r"\toprule" in latex and r"\bottomrule" in latex and r"\textbf{0.900}" in latex
+    assert r"0.750 $\pm$ 0.071" in latex
+
+
+def test_sequence_accuracy_matrix_and_bwt(tmp_path: Path) -> None:
+    steps = [0, 5, 10, 15]
+    make_run(
+        tmp_path,
+        "s0",
+        "finetune",
+        0,
+        [0.9, 0.8, 0.7, 0.6],
+        [[0.1, 0.5, 0.9, 0.7], [0.2, 0.2, 0.3, 0.8]],
+        new_tasks=["t1", "t2"],
+        steps=steps,
+        task_ends=[{"task": "t1", "step": 10}, {"task": "t2", "step": 15}],
+    )
+    runs = load_runs(tmp_path).completed()
+    matrix = run_accuracy_matrix(runs, "s0")
+    assert list(matrix.index) == ["start", "after t1", "after t2"]
+    assert matrix.loc["after t1", "t1"] == pytest.approx(0.9) and matrix.loc["after t2", "t1"] == pytest.approx(0.7)
+    # BWT over the new tasks: A[after t2, t1] − A[after t1, t1] = 0.7 − 0.9
+    assert run_summary(runs).set_index("run_id").loc["s0", "bwt"] == pytest.approx(-0.2)
+
+
+def test_report_writes_tables_figures_data_and_html(runs_dir: Path, tmp_path: Path) -> None:
+    from analysis.report import build_report
+
+    out = tmp_path / "report"
+    report = build_report(runs_dir, out)
+    html = report.html.read_text()
+    assert html.count("data:image/png;base64,") == len([p for p in report.figures if p.suffix == ".png"]) >= 3
+    assert "f0" in html and "boom" in html  # the failed run is named, not silently dropped
+    for path in report.figures:
+        assert path.stat().st_size > 0
+        assert path.read_bytes()[:4] in (b"\x89PNG", b"%PDF")
+    settings = pd.read_parquet(out / "data" / "settings.parquet")
+    assert list(settings["setting"]) == ["finetune", "ewc lam=10", "ewc lam=1000"]  # method order, then natural
+    assert (out / "results.md").read_text() == markdown_table(settings)
+
+
+def test_report_command_refuses_a_folder_without_runs(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target in (empty, tmp_path / "missing"):
+        proc = subprocess.run([sys.executable, "-m", "research", "report", str(target)], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "research: error:" in proc.stderr
+    assert list(empty.iterdir()) == []
+
+
+def test_wandb_offline_and_api_loaders_match_the_run_directory(make_cfg) -> None:
+    from research.training import run
+
+    result = run(make_cfg("logging.wandb=offline", "method.name=ewc"))
+    local = result.metrics
+    local = local[local["metric"] == "acc"][["step", "task", "role", "value"]].reset_index(drop=True)
+
+    offline = load_wandb_offline([result.run_dir / "wandb"])
+    (row,) = offline.runs.to_dict("records")
+    assert row["status"] == "completed" and row["method"] == "ewc" and row["config.method.lam"] == 100.0
+    got = offline.metrics[offline.metrics["metric"] == "acc"][["step", "task", "role", "value"]]
+    pd.testing.assert_frame_equal(
+        got.sort_values(["step", "task"]).reset_index(drop=True),
+        local.sort_values(["step", "task"]).reset_index(drop=True),
+        check_dtype=False,
+        atol=1e-6,
+    )
+
+    # The public-API loader, against a stand-in for the W&B cloud built from the same offline records.
+    from test_wandb import wandb_records
+
+    (path,) = result.run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    records = wandb_records(path)
+    info = next(r["run"] for r in records if r["type"] == "run")
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+
+    class CloudRun:
+        id = info["run_id"]
+        state = "finished"
+        config = {k: {"value": v} for k, v in info["config"]["update"].items()}  # the API's wrapped form
+
+        def scan_history(self):
+            return iter(history)
+
+    class Api:
+        def runs(self, path, filters):
+            assert path == "me/forgetting-lab"
+            return [CloudRun()]
+
+    online = load_wandb_api("me/forgetting-lab", api=Api())
+    pd.testing.assert_frame_equal(online.metrics, offline.metrics)
+    assert re.fullmatch(r"ewc", online.runs.loc[0, "method"])

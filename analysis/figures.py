@@ -20,10 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.markers import MarkerStyle
+from matplotlib.path import Path as MplPath
 from matplotlib.text import Annotation
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator, ScalarFormatter
 
@@ -40,12 +43,17 @@ from analysis.style import (
 MIN_WIDTH = 3.4  # inches: one column
 MAX_WIDTH = 7.0  # inches: full page width
 MIN_ACCURACY_SPAN = 0.1
+GROW = 0.15  # a point label may widen its axes by this fraction before it flips to the other side of its point
 OLD_STYLE = {"linestyle": "-", "marker": "o"}
 NEW_STYLE = {"linestyle": "--", "marker": "s"}
 OLD_LABEL = "old tasks (stability)"
 NEW_LABEL = "new task (plasticity)"
 # Point labels: 8 pt on a translucent white patch, so a line passing behind them does not cut the text.
-LABEL_KW = {"fontsize": 8, "zorder": 4, "bbox": {"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8}}
+LABEL_KW = {
+    "fontsize": 8,
+    "zorder": 4,
+    "bbox": {"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
+}
 
 CURVE_COLUMNS = ["setting", "method", "seed", "step", "task", "role", "value"]
 POINT_COLUMNS = ["setting", "method", "n", "old_mean", "old_std", "new_mean", "new_std", "front"]
@@ -115,12 +123,13 @@ def _accuracy_axis(ax: Axes, values: Iterable[float], axis: str = "y", label: st
         if hi > 1:
             lo, hi = 1 - MIN_ACCURACY_SPAN, 1.0
     pad = 0.06 * (hi - lo)
-    # A lower limit within one margin of 0 snaps to 0: nothing is hidden and the axis reads as complete.
-    lower = 0.0 if lo - pad <= pad else lo - pad
+    # When the data start near 0 (the empty strip below would be at most 15% of the axis) the axis starts at 0:
+    # nothing is hidden and it reads as complete.
+    lower = 0.0 if lo - pad <= 0.15 * (hi - lo + 2 * pad) else lo - pad
     upper = min(hi + pad, 1.0 + pad)
     axis_obj = ax.yaxis if axis == "y" else ax.xaxis
     (ax.set_ylim if axis == "y" else ax.set_xlim)(lower, upper)
-    axis_obj.set_major_locator(_AccuracyLocator(nbins=6, steps=[1, 2, 5, 10]))
+    axis_obj.set_major_locator(_AccuracyLocator(nbins="auto", steps=[1, 2, 5, 10], min_n_ticks=3))
     formatter = ScalarFormatter(useOffset=False)
     formatter.set_scientific(False)
     axis_obj.set_major_formatter(formatter)
@@ -129,15 +138,32 @@ def _accuracy_axis(ax: Axes, values: Iterable[float], axis: str = "y", label: st
         _break_mark(ax, axis)
 
 
+# Two parallel slashes, as a marker so their size is in points whatever the axes' aspect.
+_BREAK = MarkerStyle(
+    MplPath(
+        [(-1.4, -1.0), (-0.2, 1.0), (0.2, -1.0), (1.4, 1.0)],
+        [MplPath.MOVETO, MplPath.LINETO, MplPath.MOVETO, MplPath.LINETO],
+    )
+)
+
+
 def _break_mark(ax: Axes, axis: str) -> None:
-    """Two short slashes across the foot of the axis: the scale does not start at 0."""
-    size = 0.018
-    for offset in (0.0, 0.022):
-        if axis == "y":
-            xs, ys = [-size, size], [0.03 + offset - size, 0.03 + offset + size]
-        else:
-            xs, ys = [0.03 + offset - size, 0.03 + offset + size], [-size, size]
-        ax.plot(xs, ys, transform=ax.transAxes, color="black", linewidth=0.7, clip_on=False, zorder=10)
+    """Two short slashes across the foot of the axis, below its first tick: the scale does not start at 0."""
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    ticks = [t for t in (ax.get_yticks() if axis == "y" else ax.get_xticks()) if lo <= t <= hi]
+    first = (min(ticks) - lo) / (hi - lo) if ticks else 0.1
+    where = min(max(first / 2, 0.025), 0.06)
+    xy = (0.0, where) if axis == "y" else (where, 0.0)
+    ax.plot(
+        *xy,
+        marker=_BREAK,
+        markersize=7,
+        markeredgewidth=0.8,
+        color="black",
+        transform=ax.transAxes,
+        clip_on=False,
+        zorder=10,
+    )
 
 
 def _band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, color: str) -> None:
@@ -155,13 +181,15 @@ def _legend_columns(labels: Sequence[str], width: float, handle: float = 0.55) -
     return max(1, min(len(labels), int(width // per_column)))
 
 
-def _seed_phrase(counts: Iterable[int]) -> str:
-    counts = sorted({int(c) for c in counts})
+def _seed_phrase(counts: Iterable[int], legend: bool = True) -> str:
+    counts = sorted({int(c) for c in _finite(pd.to_numeric(pd.Series(list(counts)), errors="coerce"))})
+    if not counts:
+        return "mean ± std over seeds"
     if counts == [1]:
         return "single seed"
     if len(counts) == 1:
         return f"mean ± std over {counts[0]} seeds"
-    return "mean ± std over seeds (n per setting in legend)"
+    return f"mean ± std over {counts[0]}–{counts[-1]} seeds" + (", n per setting in legend" if legend else "")
 
 
 def _error(value: float) -> float | None:
@@ -169,9 +197,10 @@ def _error(value: float) -> float | None:
 
 
 def _place_labels(fig: Figure, ax: Axes, labels: list[Annotation], rounds: int = 30) -> None:
-    """Make point labels readable: a label sticking out of the axes sideways moves to the other side of its
-    point (or is nudged in), overlapping labels are pushed apart vertically, and the top of the axes is raised
-    until every label fits below it."""
+    """Make point labels readable: a label sticking out of the right of the axes by up to ``GROW`` of its width
+    stays (the axes grow to hold it), further it moves to the other side of its point; one sticking out on the
+    left moves right or is nudged in; overlapping labels are pushed apart vertically; then the right and top
+    limits of the axes are raised until every label fits inside."""
     if not labels:
         return
     to_points = 72.0 / fig.dpi
@@ -182,7 +211,7 @@ def _place_labels(fig: Figure, ax: Axes, labels: list[Annotation], rounds: int =
         box = label.get_window_extent(renderer)
         dx, dy = label.xyann
         ha = label.get_horizontalalignment()
-        if box.x1 > frame.x1 and ha == "left":
+        if box.x1 > frame.x1 + GROW * frame.width and ha == "left":
             label.set_horizontalalignment("right")
             dx = -abs(dx)
         elif box.x0 < frame.x0 and ha == "right":
@@ -193,8 +222,8 @@ def _place_labels(fig: Figure, ax: Axes, labels: list[Annotation], rounds: int =
             dy = abs(dy)
         label.xyann = (dx, dy)
         box = label.get_window_extent(renderer)
-        if box.x1 > frame.x1:
-            dx -= (box.x1 - frame.x1) * to_points
+        if box.x1 > frame.x1 + GROW * frame.width:
+            dx -= (box.x1 - frame.x1 - GROW * frame.width) * to_points
         elif box.x0 < frame.x0:
             dx += (frame.x0 - box.x0) * to_points
         label.xyann = (dx, dy)
@@ -214,15 +243,20 @@ def _place_labels(fig: Figure, ax: Axes, labels: list[Annotation], rounds: int =
                 moved = True
         if not moved:
             break
-    for _ in range(4):
+    for _ in range(6):
         fig.draw_without_rendering()
         renderer = fig.canvas.get_renderer()
         frame = ax.get_window_extent(renderer)
-        top = max(label.get_window_extent(renderer).y1 for label in labels)
-        if top <= frame.y1:
+        boxes = [label.get_window_extent(renderer) for label in labels]
+        top, right = max(b.y1 for b in boxes), max(b.x1 for b in boxes)
+        if top <= frame.y1 + 0.5 and right <= frame.x1 + 0.5:
             break
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(lo, hi + (top - frame.y1 + 3) / frame.height * (hi - lo))
+        if top > frame.y1 + 0.5:
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(lo, hi + (top - frame.y1 + 3) / frame.height * (hi - lo))
+        if right > frame.x1 + 0.5:
+            lo, hi = ax.get_xlim()
+            ax.set_xlim(lo, hi + (right - frame.x1 + 3) / frame.width * (hi - lo))
 
 
 # --- 1. Forgetting curves -------------------------------------------------------------------------------------
@@ -257,7 +291,6 @@ def _align_steps(data: pd.DataFrame) -> pd.DataFrame:
                 cluster = [step]
         data.loc[group.index, "step"] = group["step"].map(mapping)
     return data
-
 
 
 def forgetting_curves(
@@ -311,6 +344,8 @@ def forgetting_curves(
     legend_cols = _legend_columns(labels, width)
     legend_rows = math.ceil(len(labels) / legend_cols)
     height = 0.45 + 2.0 * nrows + 0.2 + 0.19 * legend_rows
+    title_chars = int((width / ncols - 0.35) / 0.062)  # characters of 8.5 pt text that fit over one panel
+    line_width = 1.4 if len(drawn) <= 8 else 1.1  # many overlapping curves read better thinner
     with paper_style():
         fig = _new_figure(width, height)
         axes = fig.subplots(nrows, ncols, sharex=True, sharey=sharey, squeeze=False).ravel()
@@ -336,6 +371,7 @@ def forgetting_curves(
                         ax.plot(
                             x,
                             mean,
+                            linewidth=line_width,
                             color=style.color,
                             linestyle=style.linestyle,
                             marker=style.marker,
@@ -343,7 +379,9 @@ def forgetting_curves(
                             markevery=max(1, len(x) // 8),
                             zorder=3,
                         )
-            title = f"{task} (pretraining task)" if role == "pretrain" else f"{task} (new task)"
+            kind = "(pretraining task)" if role == "pretrain" else "(new task)"
+            fits = len(task) + len(kind) + 1 <= title_chars
+            title = f"{task} {kind}" if fits else f"{task}\n{kind}"
             ax.set_title(title)
             if sharey:
                 everything += panel_values
@@ -371,7 +409,7 @@ def forgetting_curves(
             for s in drawn
         ]
         fig.legend(handles, labels, loc="outside lower center", ncols=legend_cols, columnspacing=1.2)
-        fig.suptitle(f"Accuracy during fine-tuning ({_seed_phrase(seeds[drawn])})")
+        fig.suptitle(f"Accuracy during fine-tuning: {_seed_phrase(seeds[drawn])}")
         return _save(fig, out_dir, name)
 
 
@@ -391,7 +429,7 @@ def stability_plasticity(points: pd.DataFrame, out_dir: str | Path, name: str = 
     styles = setting_styles(points)
     drawn = order_settings(points)
     rows = points.set_index("setting").loc[drawn]
-    labels = [f"{s} (n={int(rows.at[s, 'n'])})" for s in drawn]
+    labels = [f"{s} (n={int(rows.at[s, 'n'])})" if np.isfinite(rows.at[s, "n"]) else s for s in drawn]
     entries = len(labels) + int(rows["front"].astype(bool).any())
     axes_height = 3.1
     # The legend goes to the right of the plane when it fits in one column beside it, else below in columns.
@@ -463,7 +501,7 @@ def stability_plasticity(points: pd.DataFrame, out_dir: str | Path, name: str = 
                 )
             )
         fig.legend(handles, labels, loc=where, ncols=legend_cols, columnspacing=1.0, handletextpad=0.3)
-        ax.set_title(f"Stability vs plasticity ({_seed_phrase(rows['n'])})")
+        ax.set_title(f"Stability vs plasticity: {_seed_phrase(rows['n'])}")
         _place_labels(fig, ax, texts)
         return _save(fig, out_dir, name)
 
@@ -491,8 +529,8 @@ def accuracy_heatmap(
     with paper_style():
         fig = _new_figure(width, max(height, 1.8))
         ax = fig.subplots()
-        image = ax.imshow(np.ma.masked_invalid(values), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-        image.cmap.set_bad("0.85")
+        cmap = colormaps["viridis"].with_extremes(bad="0.85")  # a missing cell is light grey
+        image = ax.imshow(np.ma.masked_invalid(values), vmin=0.0, vmax=1.0, cmap=cmap, aspect="auto")
         for (i, j), value in np.ndenumerate(values):
             if np.isfinite(value):
                 r, g, b, _ = image.cmap(image.norm(value))
@@ -584,7 +622,7 @@ def sweep_plot(sweep: pd.DataFrame, out_dir: str | Path, name: str = "sweep", pa
         if scale == "symlog":
             ax.set_xlabel(f"{parameter} (symmetric log scale, linear below {x_all[x_all > 0].min():g})")
         what = methods[0] if len(methods) == 1 else ", ".join(methods)
-        ax.set_title(f"{what}: sweep over {parameter} ({_seed_phrase(sweep['n'])})")
+        ax.set_title(f"{what}: sweep over {parameter}, {_seed_phrase(sweep['n'], legend=False)}")
         fig.legend(handles, labels, loc="outside lower center", ncols=legend_cols, columnspacing=1.2)
         return _save(fig, out_dir, name)
 
@@ -596,7 +634,7 @@ def _alpha_labels(alphas: np.ndarray, most: int = 6) -> list[int]:
     """Indices of the α values to annotate: all when few, else the ends and evenly spaced ones between."""
     if len(alphas) <= most:
         return list(range(len(alphas)))
-    return sorted({int(round(i)) for i in np.linspace(0, len(alphas) - 1, most)})
+    return sorted({round(float(i)) for i in np.linspace(0, len(alphas) - 1, most)})
 
 
 def _outward(ax: Axes, x: np.ndarray, y: np.ndarray, i: int, distance: float = 6.0) -> tuple:
@@ -673,6 +711,6 @@ def wise_ft_curve(curve: pd.DataFrame, out_dir: str | Path, name: str = "wise_ft
                 )
             )
         right.set_title("trade-off")
-        fig.suptitle(f"WiSE-FT weight interpolation ({_seed_phrase(curve['n'])})")
+        fig.suptitle(f"WiSE-FT weight interpolation: {_seed_phrase(curve['n'], legend=False)}")
         _place_labels(fig, right, texts)
         return _save(fig, out_dir, name)

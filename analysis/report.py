@@ -93,7 +93,7 @@ def _figures(runs: RunSet, curves: pd.DataFrame, settings: pd.DataFrame, folder:
         "Accuracy of every task against fine-tuning steps (step 0 = the pretrained model): the original "
         "(pretraining) tasks on the left, the new task(s) on the right. Lines are the mean over seeds, bands "
         "± one standard deviation.",
-        figures.forgetting_curves(curves, folder),
+        figures.forgetting_curves(curves, folder, sharey=False),
     )
     points = settings.rename(
         columns={

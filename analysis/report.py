@@ -140,6 +140,7 @@ def _accuracy_matrix(runs: RunSet, settings: pd.DataFrame) -> tuple[pd.DataFrame
         setting = next(s for s in settings["setting"] if s in set(sequences["setting"]))
         ids = sequences.loc[sequences["setting"] == setting, "run_id"]
         matrix = sum(run_accuracy_matrix(runs, rid) for rid in ids) / len(ids)
+        matrix.index.name = "when measured"
         return matrix, (
             f"Accuracy on every task (columns) at the start and after each fine-tuning task (rows) for {setting}, "
             f"mean over {len(ids)} seed(s)."
@@ -152,6 +153,7 @@ def _accuracy_matrix(runs: RunSet, settings: pd.DataFrame) -> tuple[pd.DataFrame
     start = final[final["step"] == final.groupby("run_id")["step"].transform("min")]
     start_row = start.groupby("task")["value"].mean().rename("before fine-tuning")
     matrix = pd.concat([start_row.to_frame().T, rows.loc[settings["setting"]]])[tasks]
+    matrix.index.name = "setting (final accuracy)"
     return matrix, (
         "Final accuracy on every task (columns) per setting (rows, mean over seeds); the first row is the model "
         "before fine-tuning (mean over all runs)."

@@ -33,7 +33,7 @@ import yaml
 
 METRIC_COLUMNS = ["run_id", "step", "epoch", "task", "role", "metric", "value"]
 CACHE_FOLDER = ".analysis-cache"
-CACHE_FORMAT = 2  # bump whenever the tables change shape, so an old cache is not read
+CACHE_FORMAT = 3  # bump whenever the tables change shape, so an old cache is not read
 # Config keys that do not make two runs different settings.
 NOT_A_SETTING = ("config.seed", "config.out", "config.logging.")
 
@@ -94,8 +94,10 @@ def load_runs(runs_dir: str | Path, cache: bool = True) -> RunSet:
 
 def _run_row(run_id: str, summary: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     method = config.get("method") or {}
+    flat = flatten_config(config)
     return {
         "run_id": run_id,
+        "setting_id": _setting_id(flat),
         "status": summary.get("status", "unknown"),
         "error": summary.get("error"),
         "experiment": config.get("name"),
@@ -104,7 +106,7 @@ def _run_row(run_id: str, summary: dict[str, Any], config: dict[str, Any]) -> di
         "group": (config.get("logging") or {}).get("group"),
         # Where each fine-tuning task ended on the step axis (JSON list of {task, step}; absent in W&B data).
         "task_ends": json.dumps(summary.get("task_ends") or []),
-        **flatten_config(config),
+        **flat,
     }
 
 
@@ -126,8 +128,14 @@ def _assemble(rows: list[dict], metrics: list[pd.DataFrame], method_tables: list
     runs = pd.DataFrame(rows)
     if runs.empty:
         runs = pd.DataFrame(columns=["run_id", "status", "error", "experiment", "method", "seed", "group", "task_ends"])
-    runs["setting_id"] = [_setting_id(row) for row in runs.to_dict("records")]
-    runs["setting"] = setting_labels(runs)
+    if "setting_id" not in runs:
+        runs["setting_id"] = pd.Series(dtype="string")
+    labels = pd.Series(setting_labels(runs), index=runs.index, dtype=object)
+    # Configs that differ only where labels do not look (e.g. the logging interval) must not share a label.
+    for label, ids in runs.groupby(labels)["setting_id"]:
+        if ids.nunique() > 1:
+            labels[ids.index] = [f"{label} [{sid[:6]}]" for sid in ids]
+    runs["setting"] = labels
     front = ["run_id", "status", "error", "experiment", "method", "seed", "setting", "setting_id", "group", "task_ends"]
     runs = runs[front + sorted(c for c in runs.columns if c not in front)]
     frame = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=METRIC_COLUMNS)
@@ -137,7 +145,13 @@ def _assemble(rows: list[dict], metrics: list[pd.DataFrame], method_tables: list
 
 
 def _setting_id(row: dict[str, Any]) -> str:
-    config = {k: v for k, v in row.items() if k.startswith("config.") and not k.startswith(NOT_A_SETTING)}
+    """Hash of the run's own flattened config (not of a DataFrame row, where padding turns ints into floats),
+    without seed, out and logging, but with the logging interval, which changes the recorded rows."""
+    config = {
+        k: v
+        for k, v in row.items()
+        if k.startswith("config.") and (not k.startswith(NOT_A_SETTING) or k == "config.logging.log_every_n_steps")
+    }
     text = json.dumps({k: v for k, v in config.items() if not _missing(v)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -162,6 +176,8 @@ def setting_labels(runs: pd.DataFrame) -> list[str]:
                     parts.append(f"{column.removeprefix('config.method.')}={_short(row[column])}")
             else:
                 parts.append(f"{column.removeprefix('config.')}={_short(row[column])}")
+        if row["method"] == "wise_ft":  # its final weights are the fine-tuned ones; the α sweep is separate
+            parts[parts.index("wise_ft")] = "wise_ft (α=1)"
         labels.append(" ".join(parts))
     return labels
 

@@ -102,8 +102,9 @@ def final_drop(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.nd
 
 def max_drop(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> float:
     """Best accuracy seen minus the final one: ``max_t acc[t] − acc[-1]`` over every measurement, step 0
-    included, so it is never negative. The per-task term of Chaudhry et al. 2018 ("Riemannian Walk for
-    Incremental Learning", the forgetting measure of :func:`average_forgetting`)."""
+    included, so it is never negative (peak-to-final drop). Not quite the per-task term of Chaudhry et al. 2018
+    ("Riemannian Walk for Incremental Learning", :func:`average_forgetting`), which takes the peak over task
+    boundaries only; over every evaluation step the peak also picks up evaluation noise, so this is ≥ theirs."""
     _, values = _curve(steps, acc)
     return float(values.max() - values[-1])
 

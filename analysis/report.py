@@ -48,8 +48,11 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> Report:
         found = len(everything.runs)
         raise NoRuns(f"{runs_dir}: no completed runs to report on ({found} run director{'y' if found == 1 else 'ies'})")
     out = Path(out_dir)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    for folder in ("figures", "data"):  # an earlier report's files must not outlive it
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        for old in (out / folder).glob("*"):
+            if old.is_file() and old.suffix in (".png", ".pdf", ".parquet"):
+                old.unlink()
 
     per_run = run_summary(runs)
     settings = setting_summary(per_run, CONFIDENCE)
@@ -121,7 +124,7 @@ def _figures(runs: RunSet, curves: pd.DataFrame, settings: pd.DataFrame, folder:
         )
     wise = _wise_ft(runs)
     if wise is None:
-        report.skipped.append("WiSE-FT trade-off: no wise_ft runs")
+        report.skipped.append("WiSE-FT trade-off: no wise_ft runs, or several wise_ft settings (not pooled)")
     else:
         add(
             "WiSE-FT trade-off",
@@ -176,6 +179,10 @@ def _sweeps(runs: RunSet, settings: pd.DataFrame):
         if len(params) != 1:
             continue
         column = params[0]
+        values = mine[column]
+        # A sweep only where that one value is all that differs: one setting per value, every value a number.
+        if values.isna().any() or mine.groupby(column)["setting_id"].nunique().max() > 1:
+            continue
         summary = run_summary(
             RunSet(mine, runs.metrics[runs.metrics["run_id"].isin(mine["run_id"])], runs.method_tables)
         )
@@ -200,6 +207,9 @@ def _wise_ft(runs: RunSet) -> pd.DataFrame | None:
     table = runs.method_tables
     if table.empty or "alpha" not in table.columns:
         return None
+    wise = runs.runs[runs.runs["run_id"].isin(table["run_id"])]
+    if wise["setting_id"].nunique() > 1:  # pooling different settings would average unlike curves
+        return None
     acc = table[table["metric"] == "acc"]
     per_run = acc.groupby(["run_id", "alpha", "role"])["value"].mean().unstack("role").reset_index()
     old = aggregate_seeds(per_run, "alpha", "pretrain", CONFIDENCE)
@@ -222,7 +232,11 @@ METRIC_TEXT = [
     ("old tasks: final acc", "final accuracy on the pretraining tasks (mean over them): stability."),
     ("new task: final acc", "final accuracy on the new task(s): plasticity."),
     ("forgetting (final drop)", "step-0 accuracy minus final accuracy on the pretraining tasks."),
-    ("forgetting (max drop)", "best accuracy seen at any evaluation minus final accuracy (Chaudhry et al. 2018)."),
+    (
+        "forgetting (max drop)",
+        "best accuracy seen at any evaluation minus final accuracy (peak-to-final; Chaudhry et al. 2018 take the "
+        "peak over task boundaries only, which for one new task equals the final drop).",
+    ),
     (
         "stability gap",
         "step-0 accuracy minus the lowest accuracy during fine-tuning (De Lange et al. 2023): the worst transient "
@@ -256,6 +270,17 @@ def _html(everything: RunSet, runs: RunSet, settings: pd.DataFrame, sections: li
         f"n − 1) and the number of seeds n; the data files also hold Student-t {CONFIDENCE:.0%} confidence "
         "intervals (<code>data/settings.parquet</code>).</p>",
     ]
+    from analysis.summarize import repeated_seeds
+
+    repeats = repeated_seeds(run_summary(runs))
+    if len(repeats):
+        items = "".join(
+            f"<li>{html.escape(str(r.setting))}: seed {r.seed} × {r.runs}</li>" for r in repeats.itertuples()
+        )
+        parts.append(
+            "<p><b>Warning:</b> some seeds occur more than once in a setting (the same config rerun, e.g. after "
+            f"its data changed); each run counts in n:</p><ul>{items}</ul>"
+        )
     if len(failed):
         items = "".join(
             f"<li><code>{html.escape(r.run_id)}</code> {html.escape(str(r.setting))} seed {r.seed}: "

@@ -107,8 +107,16 @@ def setting_summary(summary: pd.DataFrame, confidence: float = 0.95) -> pd.DataF
         stats = m.aggregate_seeds(summary[summary[column].notna()], "setting", column, confidence)
         stats = stats.rename(columns={k: f"{column}_{k}" for k in ("mean", "std", "n", "ci_low", "ci_high")})
         out = out.merge(stats, on="setting", how="left")
-    seeds = summary.groupby("setting", sort=False)["seed"].nunique().rename("n").reset_index()
-    return out.merge(seeds, on="setting", how="left")
+    # n counts the runs behind each mean. A seed repeated within a setting (the same config rerun after its
+    # data changed) is a separate run; the report warns about it.
+    runs_per_setting = summary.groupby("setting", sort=False)["run_id"].nunique().rename("n").reset_index()
+    return out.merge(runs_per_setting, on="setting", how="left")
+
+
+def repeated_seeds(summary: pd.DataFrame) -> pd.DataFrame:
+    """Settings in which a seed occurs more than once: ``setting, seed, runs``."""
+    counts = summary.groupby(["setting", "seed"], sort=False)["run_id"].nunique().rename("runs").reset_index()
+    return counts[counts["runs"] > 1].reset_index(drop=True)
 
 
 def _new_tasks(runs: RunSet, run_id: str) -> list[str]:

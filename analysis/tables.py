@@ -5,6 +5,7 @@ every setting that ties the best mean is bold)."""
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 
@@ -18,7 +19,8 @@ def table_cells(settings: pd.DataFrame, digits: int = 3) -> tuple[list[str], lis
     texts, best = [], []
     winners = {}
     for column, _, higher in columns:
-        means = settings[f"{column}_mean"].round(digits)
+        # Decided on the printed value, so bold always marks exactly the cells that read best.
+        means = settings[f"{column}_mean"].map(lambda v: float(f"{v:.{digits}f}") if not _nan(v) else float("nan"))
         target = means.max() if higher else means.min()
         winners[column] = means == target
     for index, row in settings.reset_index(drop=True).iterrows():
@@ -62,10 +64,24 @@ def latex_table(settings: pd.DataFrame, digits: int = 3, caption: str | None = N
     return "\n".join(lines) + "\n"
 
 
+LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "{": r"\{",
+    "}": r"\}",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "$": r"\$",
+    "^": r"\^{}",
+    "~": r"\~{}",
+}
+
+
 def _latex(text: str) -> str:
-    for plain, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
-        text = text.replace(plain, escaped)
-    return text.replace("±", r"$\pm$").replace("–", "--")
+    """Escape LaTeX's special characters in one pass (so no replacement is escaped again)."""
+    escaped = re.sub(r"[\\{}_%&#$^~]", lambda match: LATEX_SPECIALS[match.group()], text)
+    return escaped.replace("±", r"$\pm$").replace("–", "--")
 
 
 def _nan(value: object) -> bool:

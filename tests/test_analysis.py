@@ -227,3 +227,41 @@ def test_wandb_offline_and_api_loaders_match_the_run_directory(make_cfg) -> None
     online = load_wandb_api("me/forgetting-lab", api=Api())
     pd.testing.assert_frame_equal(online.metrics, offline.metrics)
     assert re.fullmatch(r"ewc", online.runs.loc[0, "method"])
+
+
+def test_bold_follows_the_printed_value_and_latex_is_escaped() -> None:
+    from analysis.tables import _latex
+
+    settings = pd.DataFrame(
+        {
+            "setting": ["A", "B"],
+            "method": ["a", "b"],
+            "n": [3, 3],
+            "old_acc_mean": [0.9125, 0.9115],  # both print as 0.91x; A reads best
+            "old_acc_std": [0.01, 0.01],
+            "final_drop_mean": [0.0025, 0.0030],  # both print as 0.003: both bold
+            "final_drop_std": [0.001, 0.001],
+        }
+    )
+    rows = markdown_table(settings).splitlines()[2:]
+    assert "**0.912 ± 0.010**" in rows[0] and "**0.911" not in rows[1]
+    assert rows[0].count("**0.003") == 1 and rows[1].count("**0.003") == 1
+    assert _latex(r"a_b {x} \ 5% $") == r"a\_b \{x\} \textbackslash{} 5\% \$"
+
+
+def test_setting_ids_do_not_depend_on_the_other_runs_and_repeats_are_counted(tmp_path: Path) -> None:
+    from analysis.summarize import repeated_seeds
+
+    alone = tmp_path / "alone"
+    make_run(alone, "b0", "ewc", 0, [0.9, 0.85, 0.9], [0.2, 0.4, 0.7], {"lam": 10})
+    mixed = tmp_path / "mixed"
+    make_run(mixed, "b0", "ewc", 0, [0.9, 0.85, 0.9], [0.2, 0.4, 0.7], {"lam": 10})
+    make_run(mixed, "c0", "ewc", 0, [0.9, 0.9, 0.9], [0.2, 0.3, 0.5], {"lam": 1000.5})
+    make_run(mixed, "b0bis", "ewc", 0, [0.9, 0.8, 0.8], [0.2, 0.4, 0.7], {"lam": 10})  # seed 0 again
+    first = load_runs(alone).runs.set_index("run_id").loc["b0", "setting_id"]
+    runs = load_runs(mixed)
+    assert runs.runs.set_index("run_id").loc["b0", "setting_id"] == first
+    summary = run_summary(runs.completed())
+    settings = setting_summary(summary).set_index("setting")
+    assert settings.loc["ewc lam=10", "n"] == 2 == settings.loc["ewc lam=10", "old_acc_n"]
+    assert repeated_seeds(summary).to_dict("records") == [{"setting": "ewc lam=10", "seed": 0, "runs": 2}]

@@ -70,7 +70,7 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> Report:
         path = out / "data" / f"{name}.parquet"
         frame.to_parquet(path, index=False)
         report.data.append(path)
-    caption = f"Mean ± std over seeds (n per row); best per column in bold. {len(runs.runs)} runs."
+    caption = f"Mean ± std over seeds; n = runs (seeds) per row; best per column in bold. {len(runs.runs)} runs."
     (out / "results.md").write_text(markdown_table(settings))
     (out / "results.tex").write_text(latex_table(settings, caption=caption))
     report.tables += [out / "results.md", out / "results.tex"]

@@ -15,7 +15,7 @@ from analysis.summarize import REPORTED
 def table_cells(settings: pd.DataFrame, digits: int = 3) -> tuple[list[str], list[list[str]], list[list[bool]]]:
     """Headers, cell texts and which cells are the column's best, for the metrics present in ``settings``."""
     columns = [(c, h, hi) for c, h, hi in REPORTED if f"{c}_mean" in settings]
-    headers = ["setting", "seeds", *[h for _, h, _ in columns]]
+    headers = ["setting", "n", *[h for _, h, _ in columns]]
     texts, best = [], []
     winners = {}
     for column, _, higher in columns:

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -167,6 +168,13 @@ class LoggingConfig(Strict):
     log_every_n_steps: PositiveInt = 25
 
 
+class CheckpointConfig(Strict):
+    """Fine-tuning checkpoints, so that a run killed mid-training resumes where it was instead of starting over.
+    Not part of the run id: a resumed run produces exactly the numbers of an uninterrupted one."""
+
+    every_n_steps: Annotated[int, Field(ge=0)] = 200  # optimizer steps between checkpoints; 0 = none
+
+
 class ExperimentConfig(Strict):
     name: str = "experiment"
     seed: Seed = 0
@@ -180,6 +188,7 @@ class ExperimentConfig(Strict):
     train: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     @model_validator(mode="after")
     def _eval_split_exists(self) -> ExperimentConfig:
@@ -235,6 +244,13 @@ def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]
     if not Path(path).is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
+        # OmegaConf.load turns a top-level string into a mapping ({'just a sentence': None}) and a number into an
+        # OSError; look at what the YAML holds first so both get the message they deserve.
+        with open(path, encoding="utf-8") as handle:
+            top = yaml.safe_load(handle)
+        if top is not None and not isinstance(top, dict):
+            kind = {"str": "string", "int": "number", "float": "number", "bool": "boolean"}.get(type(top).__name__)
+            raise ConfigError(f"{path}: the top level of {what} must be a mapping, not a {kind or type(top).__name__}")
         loaded = OmegaConf.load(path)
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"{path}: the top level of {what} must be a mapping")
@@ -335,6 +351,7 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 # Settings that change neither a run's numbers nor which rows it records, so are not part of its identity.
 NOT_IN_RUN_ID = (
     "out",
+    "checkpoint",
     "logging.wandb",
     "logging.project",
     "logging.group",

@@ -90,6 +90,16 @@ def start_run_dir(run_dir: Path, config: dict[str, Any], summary: dict[str, Any]
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
+def reopen_run_dir(run_dir: Path, config: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Reuse an interrupted run's directory to resume it: its checkpoint stays; what the earlier attempt wrote
+    at its end (tables, its partial W&B run) goes, since the resumed attempt writes all of it again."""
+    write_json(run_dir / "summary.json", {**summary, "status": "running", "error": None})
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    for name in ("metrics.parquet", "diagnostics.parquet", "method.parquet"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "wandb", ignore_errors=True)
+
+
 def metrics_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(records, columns=METRIC_COLUMNS)
     return frame.astype(

@@ -24,6 +24,12 @@ class TensorBatches:
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0  # advanced on every full pass
+        self._skip = 0  # batches to leave out at the start of the next pass (resuming mid-epoch)
+
+    def resume_at(self, batches_done: int) -> None:
+        """Continue as if ``batches_done`` batches had already been drawn: the pass they end in, from the batch
+        after the last one drawn, in the same seeded order."""
+        self.epoch, self._skip = divmod(batches_done, len(self))
 
     def __len__(self) -> int:
         return len(self._starts())
@@ -45,5 +51,6 @@ class TensorBatches:
         self.epoch += 1
         starts = self._starts()
         ends = [*starts[1:], len(tensors[0])]
-        for start, end in zip(starts, ends, strict=True):
+        skip, self._skip = self._skip, 0
+        for start, end in list(zip(starts, ends, strict=True))[skip:]:
             yield tuple(t[start:end] for t in tensors)

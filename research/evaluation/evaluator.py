@@ -125,10 +125,27 @@ class Evaluator(L.Callback):
         self.evaluations = 0
         self._last_step: int | None = None
 
-    def start_segment(self, step_offset: int, epoch_offset: int, steps_per_epoch: int) -> None:
+    def start_segment(self, step_offset: int, epoch_offset: int, steps_per_epoch: int, done: int = 0) -> None:
         """Fine-tuning tasks train one after another (one Lightning fit each) on one step axis: a fit's steps
-        and epochs count on from where the previous task's ended."""
+        and epochs count on from where the previous task's ended. ``done``: updates of this task made before
+        this fit (a resumed run), whose measurements are already in ``records``."""
         self.step_offset, self.epoch_offset, self.steps_per_epoch = step_offset, epoch_offset, steps_per_epoch
+        self.done = done
+
+    def task_step(self, trainer: L.Trainer) -> int:
+        return self.done + trainer.global_step
+
+    def state(self) -> dict[str, object]:
+        """What a resumed run needs besides the records: the drift reference and the running totals."""
+        return {"start": self._start, "evaluations": self.evaluations, "seconds": self.seconds}
+
+    def restore(self, state: dict[str, object], step: int) -> None:
+        """Continue from a checkpoint taken at ``step``; that step's evaluation, if it had one, is in the
+        records, and the resumed fit's first step is not a new measurement point."""
+        self._start = state["start"]  # type: ignore[assignment]
+        self.evaluations = int(state["evaluations"])  # type: ignore[call-overload]
+        self.seconds = float(state["seconds"])  # type: ignore[arg-type]
+        self._last_step = step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._start is None:  # drift is measured from the weights before the very first update
@@ -136,20 +153,20 @@ class Evaluator(L.Callback):
         self.evaluate(trainer, pl_module)  # the model before this task's first update (step 0: pretrained)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
-        if (self.step_offset + trainer.global_step) % self.every_n_steps == 0:
+        if (self.step_offset + self.task_step(trainer)) % self.every_n_steps == 0:
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.evaluate(trainer, pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        step = self.step_offset + trainer.global_step
+        step = self.step_offset + self.task_step(trainer)
         if step == self._last_step:
             return
         self._last_step = step
         started = time.perf_counter()
         results = score(pl_module.model, self.sets, self.batch_size)  # type: ignore[arg-type]
-        epoch = epoch_of_step(trainer.global_step, self.steps_per_epoch, self.epoch_offset)
+        epoch = epoch_of_step(self.task_step(trainer), self.steps_per_epoch, self.epoch_offset)
         flat: dict[str, float] = {}
         for s in self.sets:
             for metric, value in results[s.task.name].items():

@@ -121,9 +121,11 @@ class AGEM(Method):
             **self.memory.state_dict("memory"),
             "projections": self.projections,
             "steps": torch.tensor(self.steps),
+            "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.memory = PretrainMemory.from_state(self.memory.heads, state, "memory")
         self.projections = state["projections"]
         self.steps = int(state["steps"])
+        self.generator.set_state(state["generator"])  # the draws go on where they were

@@ -104,11 +104,16 @@ class DER(Method):
         return {"buffer_size": len(self.memory), "buffer_heads": list(self.memory.heads)}
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {**self.memory.state_dict("buffer"), "buffer_logits": self.logits}
+        return {
+            **self.memory.state_dict("buffer"),
+            "buffer_logits": self.logits,
+            "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.memory = PretrainMemory.from_state(self.memory.heads, state, "buffer")
         self.logits = state["buffer_logits"]
+        self.generator.set_state(state["generator"])  # the draws go on where they were
 
 
 @register

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
 from research.methods.base import FinetuneContext, Method, MethodConfig
 from research.methods.registry import register
@@ -77,6 +78,16 @@ class LPFT(Method):
         for module, training in self._modes.items():
             module.training = training
         self.switched_at_step = updates
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Whether (and when) the switch to full fine-tuning happened: a resumed run re-prepares the probe and
+        then switches again if the checkpoint was taken after the switch."""
+        return {"switched_at_step": torch.tensor(-1 if self.switched_at_step is None else self.switched_at_step)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        switched = int(state["switched_at_step"])
+        if switched >= 0 and self.switched_at_step is None:
+            self._switch(switched)
 
     def info(self) -> dict[str, Any]:
         return {

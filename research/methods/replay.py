@@ -95,7 +95,8 @@ class Replay(Method):
         }
 
     def state_dict(self) -> dict[str, Tensor]:
-        return self.memory.state_dict("buffer")
+        return {**self.memory.state_dict("buffer"), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.memory = PretrainMemory.from_state(self.memory.heads, state, "buffer")  # heads come from prepare
+        self.generator.set_state(state["generator"])  # the draws go on where they were

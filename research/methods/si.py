@@ -80,6 +80,16 @@ class SI(ImportanceAnchor):
         if self._trajectory is not None:
             self._trajectory.after_step(model)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        trajectory = self._trajectory.state_dict() if self._trajectory is not None else {}
+        return {**super().state_dict(), **{f"trajectory.{n}": t for n, t in trajectory.items()}}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        super().load_state_dict(state)
+        saved = {n.removeprefix("trajectory."): t for n, t in state.items() if n.startswith("trajectory.")}
+        if self._trajectory is not None and saved:  # the current task's path integral so far
+            self._trajectory.omega, self._trajectory.start = PathIntegral.split(saved)
+
     def estimator(self) -> str:
         return "path_integral"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from research.config import ExperimentConfig
 from research.data.batches import TensorBatches
-from research.data.tasks import Task, TaskSet
+from research.data.tasks import TaskSet
 from research.evaluation.evaluator import Evaluator, epoch_of_step, eval_sets, score
 from research.methods.base import FinetuneContext, Method
 from research.models.multihead import MultiHeadNet
@@ -22,6 +23,7 @@ from research.tracking import Tracker
 from research.training.checkpoints import load_into
 from research.training.module import ClassifierModule
 from research.training.pretrain import pretrained_skeleton
+from research.training.resume import TaskHistory, cpu_copy, rng_state, save_checkpoint, set_rng_state
 from research.training.trainer import make_trainer
 
 
@@ -85,6 +87,18 @@ class FinetuneOutcome:
     method_rows: list[dict[str, Any]] = field(default_factory=list)  # from Method.finish, for method.parquet
     drift: list[dict[str, Any]] = field(default_factory=list)  # weight drift per block, for diagnostics.parquet
     task_ends: list[dict[str, Any]] = field(default_factory=list)  # each fine-tuning task's last step, in order
+    history: TaskHistory = field(default_factory=TaskHistory)  # what a resume replays (resume.py)
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # each resume of this run: from which step
+
+
+@dataclass
+class Checkpointing:
+    """Where and how often the fine-tuning stage saves checkpoints, and the checkpoint to resume from."""
+
+    run_dir: Path
+    run_id: str
+    every_n_steps: int
+    resume: dict[str, Any] | None = None
 
 
 def run_finetune(
@@ -95,81 +109,219 @@ def run_finetune(
     tracker: Tracker,
     outcome: FinetuneOutcome,
     path_integral: dict[str, Tensor] | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> FinetuneOutcome:
     """Train on each fine-tuning task in turn (one Lightning fit each) on one continuous step axis; fills
-    ``outcome`` as it goes, so a failure mid-run still leaves what was measured."""
+    ``outcome`` as it goes, so a failure mid-run still leaves what was measured. With ``checkpointing`` it
+    saves checkpoints as it goes, and resumes from ``checkpointing.resume`` when one is given."""
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model, context = finetune_model(cfg, tasks, method, state, path_integral)
-
-    def on_scores(step: int, scores: dict[str, float]) -> None:
-        tracker.log(scores, step)
-
-    evaluator = Evaluator(
-        eval_sets(tasks.all, tasks.head_sizes, cfg.eval.split, cfg.eval.max_samples, cfg.data.split_seed),
-        cfg.eval.every_n_steps,
-        cfg.eval.batch_size,
-        on_scores,
-    )
-    evaluator.records = outcome.records  # measurements land in the outcome as they are taken
-    evaluator.drift = outcome.drift
+    stage = FinetuneStage(cfg, tasks, method, model, context, tracker, outcome, checkpointing, started)
     try:
-        for index, task in enumerate(tasks.finetune):
+        for index in range(stage.first_task, len(tasks.finetune)):
             if index > 0:
                 start_task(model, context, method, index)
-            _fit_task(cfg, task, model, method, context, evaluator, tracker, outcome)
-            outcome.task_ends.append({"task": task.name, "step": outcome.steps})
+            stage.fit_task(index)
+            outcome.task_ends.append({"task": tasks.finetune[index].name, "step": outcome.steps})
     finally:
-        outcome.seconds = time.perf_counter() - started
-        outcome.eval_seconds = evaluator.seconds
-        outcome.evaluations = evaluator.evaluations
-    outcome.method_rows = method.finish(model, context, lambda m: score(m, evaluator.sets, cfg.eval.batch_size))
+        outcome.seconds = stage.elapsed()
+        outcome.eval_seconds = stage.evaluator.seconds
+        outcome.evaluations = stage.evaluator.evaluations
+    outcome.method_rows = method.finish(model, context, lambda m: score(m, stage.evaluator.sets, cfg.eval.batch_size))
     outcome.method_info = method.info()
     return outcome
 
 
-def _fit_task(
-    cfg: ExperimentConfig,
-    task: Task,
-    model: MultiHeadNet,
-    method: Method,
-    context: FinetuneContext,
-    evaluator: Evaluator,
-    tracker: Tracker,
-    outcome: FinetuneOutcome,
-) -> None:
-    """One task's training. Steps and epochs continue from the previous task's (``outcome.steps``)."""
-    x, y = task.splits["train"]
-    batches = TensorBatches(x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size, seed=cfg.seed)
-    step_offset, epoch_offset = outcome.steps, outcome.epochs
-    evaluator.start_segment(step_offset, epoch_offset, len(batches))
+class FinetuneStage:
+    """One run's fine-tuning: the model, the method, the evaluator, and the bookkeeping that checkpoints and
+    resumes need."""
 
-    def on_train_scalars(step: int, scalars: dict[str, Tensor]) -> None:
-        epoch = epoch_of_step(step, len(batches), epoch_offset)
-        step += step_offset
-        values = {name: float(value) for name, value in scalars.items()}
-        diverged = {name: v for name, v in values.items() if not math.isfinite(v)}
-        if diverged:  # stop now: every further step would only spread NaNs through the weights
-            raise FloatingPointError(f"training diverged at step {step}: {diverged}")
-        for name, value in values.items():
-            outcome.records.append(
-                {
-                    "step": step,
-                    "epoch": epoch,
-                    "task": task.name,
-                    "role": "finetune",
-                    "metric": f"train_{name}",
-                    "value": value,
-                }
-            )
-        tracker.log({f"train/{name}": v for name, v in values.items()}, step)
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        tasks: TaskSet,
+        method: Method,
+        model: MultiHeadNet,
+        context: FinetuneContext,
+        tracker: Tracker,
+        outcome: FinetuneOutcome,
+        checkpointing: Checkpointing | None,
+        started: float,
+    ) -> None:
+        self.cfg, self.tasks, self.method, self.model, self.context = cfg, tasks, method, model, context
+        self.tracker, self.outcome, self.checkpointing, self.started = tracker, outcome, checkpointing, started
+        self.evaluator = Evaluator(
+            eval_sets(tasks.all, tasks.head_sizes, cfg.eval.split, cfg.eval.max_samples, cfg.data.split_seed),
+            cfg.eval.every_n_steps,
+            cfg.eval.batch_size,
+            lambda step, scores: tracker.log(scores, step),
+        )
+        self.evaluator.records = outcome.records  # measurements land in the outcome as they are taken
+        self.evaluator.drift = outcome.drift
+        self.previous_seconds = 0.0  # fine-tuning time of the attempts before a resume
+        self.resume = checkpointing.resume if checkpointing is not None else None
+        self.first_task, self.resumed_steps = 0, 0
+        if self.resume is not None:
+            self._load_progress(self.resume)
 
-    module = ClassifierModule(
-        model, [task.head], cfg.train, method, context, cfg.logging.log_every_n_steps, on_train_scalars
-    )
-    trainer = make_trainer(cfg.train, cfg.device, cfg.logging.progress, [evaluator])
-    try:
-        trainer.fit(module, train_dataloaders=batches)
-    finally:
-        outcome.steps = step_offset + trainer.global_step
-        outcome.epochs = epoch_offset + -(-trainer.global_step // len(batches))
+    def elapsed(self) -> float:
+        return self.previous_seconds + time.perf_counter() - self.started
+
+    # ------------------------------------------------------------------------------------------ one task
+
+    def fit_task(self, index: int) -> None:
+        """Task ``index``'s training (from where a checkpoint left it, when resuming). Steps and epochs continue
+        from the previous task's (``outcome.steps``)."""
+        cfg, task, outcome = self.cfg, self.tasks.finetune[index], self.outcome
+        resume = self.resume if index == self.first_task else None
+        done = self.resumed_steps if resume is not None else 0  # this task's updates before this fit
+        x, y = task.splits["train"]
+        batches = TensorBatches(
+            x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size, seed=cfg.seed
+        )
+        batches.resume_at(done)
+        steps_per_epoch = len(batches)
+        total = steps_per_epoch * cfg.train.epochs
+        if cfg.train.max_steps:
+            total = min(total, cfg.train.max_steps)
+        step_offset, epoch_offset = outcome.steps, outcome.epochs
+        self.evaluator.start_segment(step_offset, epoch_offset, steps_per_epoch, done)
+
+        def on_train_scalars(step: int, scalars: dict[str, Tensor]) -> None:
+            epoch = epoch_of_step(step, steps_per_epoch, epoch_offset)
+            step += step_offset
+            values = {name: float(value) for name, value in scalars.items()}
+            diverged = {name: v for name, v in values.items() if not math.isfinite(v)}
+            if diverged:  # stop now: every further step would only spread NaNs through the weights
+                raise FloatingPointError(f"training diverged at step {step}: {diverged}")
+            for name, value in values.items():
+                outcome.records.append(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "task": task.name,
+                        "role": "finetune",
+                        "metric": f"train_{name}",
+                        "value": value,
+                    }
+                )
+            self.tracker.log({f"train/{name}": v for name, v in values.items()}, step)
+
+        module = ClassifierModule(
+            self.model,
+            [task.head],
+            cfg.train,
+            self.method,
+            self.context,
+            cfg.logging.log_every_n_steps,
+            on_train_scalars,
+            step_offset=done,
+            start_hook=(lambda m: self._restore(m, resume)) if resume is not None else self._prepare,
+        )
+        callbacks: list[L.Callback] = [self.evaluator]  # evaluations first: a checkpoint holds its step's scores
+        if self.checkpointing is not None and self.checkpointing.every_n_steps > 0:
+            callbacks.append(_Saver(self, index, done, total))
+        # What is left of the task: the epochs from the one the checkpoint fell in, and the remaining steps.
+        remaining = cfg.train.model_copy(
+            update={
+                "epochs": cfg.train.epochs - done // steps_per_epoch,
+                "max_steps": cfg.train.max_steps - done if cfg.train.max_steps else None,
+            }
+        )
+        trainer = make_trainer(remaining, cfg.device, cfg.logging.progress, callbacks)
+        try:
+            trainer.fit(module, train_dataloaders=batches)
+        finally:
+            outcome.steps = step_offset + done + trainer.global_step
+            outcome.epochs = epoch_offset + -(-(done + trainer.global_step) // steps_per_epoch)
+        if index < len(self.tasks.finetune) - 1:  # the next task's resume replays this task's end state
+            self.outcome.history.method_ends.append(cpu_copy(self.method.state_dict()))
+
+    # ------------------------------------------------------------------------------------------ fit start
+
+    def _prepare(self, module: ClassifierModule) -> None:
+        """A task's start: remember what it started from (for a resume), then let the method prepare."""
+        self.outcome.history.starts.append(cpu_copy(self.model.state_dict()))
+        self.outcome.history.rngs.append(rng_state())
+        self.method.prepare(self.model, self.context)
+
+    def _restore(self, module: ClassifierModule, resume: dict[str, Any]) -> None:
+        """Rebuild the state of the checkpoint step: replay the method's preparation of every task so far on
+        the weights each started from, then load the checkpoint's weights, optimizer and method state."""
+        model, context, method, history = self.model, self.context, self.method, self.outcome.history
+        device = module.device
+        for j in range(self.first_task + 1):
+            start_task(model, context, method, j)
+            model.load_state_dict(history.starts[j])
+            set_rng_state(history.rngs[j])
+            method.prepare(model, context)
+            if j < self.first_task:
+                method.load_state_dict(_to(history.method_ends[j], device))
+        model.load_state_dict(resume["model"])
+        method.load_state_dict(_to(resume["method"], device))
+        module.trainer.optimizers[0].load_state_dict(resume["optimizer"])
+        self.evaluator.restore(
+            {**resume["evaluator"], "start": _to(resume["evaluator"]["start"], device)}, resume["global_step"]
+        )
+        set_rng_state(resume["rng"])
+
+    def _load_progress(self, resume: dict[str, Any]) -> None:
+        """The measurements, positions and history a checkpoint carries, before the first fit."""
+        outcome = self.outcome
+        self.first_task, self.resumed_steps = resume["task_index"], resume["task_step"]
+        outcome.records[:] = resume["records"]
+        outcome.drift[:] = resume["drift"]
+        outcome.task_ends[:] = resume["task_ends"]
+        outcome.steps, outcome.epochs = resume["steps_before"], resume["epochs_before"]
+        outcome.history = TaskHistory(resume["task_starts"], resume["method_ends"], resume["task_rngs"])
+        outcome.resumes = [*resume["resumes"], {"from_step": resume["global_step"]}]
+        self.previous_seconds = resume["finetune_seconds"]
+
+    # ------------------------------------------------------------------------------------------ saving
+
+    def save_checkpoint(self, trainer: L.Trainer, index: int, task_step: int) -> None:
+        assert self.checkpointing is not None
+        outcome = self.outcome
+        save_checkpoint(
+            self.checkpointing.run_dir,
+            {
+                "run_id": self.checkpointing.run_id,
+                "task_index": index,
+                "task_step": task_step,
+                "global_step": outcome.steps + task_step,
+                "steps_before": outcome.steps,
+                "epochs_before": outcome.epochs,
+                "task_ends": outcome.task_ends,
+                "records": outcome.records,
+                "drift": outcome.drift,
+                "evaluator": {**self.evaluator.state(), "start": cpu_copy(self.evaluator.state()["start"])},
+                "finetune_seconds": self.elapsed(),
+                "model": cpu_copy(self.model.state_dict()),
+                "optimizer": trainer.optimizers[0].state_dict(),
+                "method": cpu_copy(self.method.state_dict()),
+                "task_starts": outcome.history.starts,
+                "method_ends": outcome.history.method_ends,
+                "task_rngs": outcome.history.rngs,
+                "rng": rng_state(),
+                "resumes": outcome.resumes,
+            },
+        )
+
+
+class _Saver(L.Callback):
+    """Saves a checkpoint every N updates of a task, after that step's evaluation; never at the task's last
+    update (the task's end follows at once, and a resume there would have nothing left to fit)."""
+
+    def __init__(self, stage: FinetuneStage, index: int, done: int, total: int) -> None:
+        self.stage, self.index, self.done, self.total = stage, index, done, total
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        assert self.stage.checkpointing is not None
+        task_step = self.done + trainer.global_step
+        if task_step % self.stage.checkpointing.every_n_steps == 0 and task_step < self.total:
+            self.stage.save_checkpoint(trainer, self.index, task_step)
+
+
+def _to(state: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {name: tensor.to(device) for name, tensor in state.items()}

@@ -10,6 +10,7 @@ per-step path is the bottleneck.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -34,6 +35,8 @@ class ClassifierModule(L.LightningModule):
         log_every_n_steps: int = 25,
         scalar_sink: Any = None,
         path_integral: PathIntegral | None = None,
+        step_offset: int = 0,
+        start_hook: Callable[[ClassifierModule], None] | None = None,
     ) -> None:
         super().__init__()
         # The module runs the update itself (zero_grad, backward, step): a short, explicit per-step path,
@@ -47,6 +50,10 @@ class ClassifierModule(L.LightningModule):
         self.log_every_n_steps = log_every_n_steps
         self.scalar_sink = scalar_sink  # callable(step, {name: tensor}) or None
         self.path_integral = path_integral  # recorded during pretraining, for SI
+        # Updates of this task done before this fit (a resumed run); methods and logging count on from there.
+        self.step_offset = step_offset
+        # Replaces the method's plain ``prepare`` at fit start (the fine-tuning stage records or restores state).
+        self.start_hook = start_hook
         # Blocks with nothing to train run in eval mode, so their BatchNorm statistics stay pretrained.
         self.frozen_blocks = [b for b in model.blocks() if not any(p.requires_grad for p in b.parameters())]
 
@@ -66,8 +73,11 @@ class ClassifierModule(L.LightningModule):
         # Lightning 2.6 keeps the modules' own modes during fit (it does not call train()), so the frozen
         # blocks are put in eval mode here, before the step-0 evaluation and the first update.
         self.train()
-        if self.method is not None and self.context is not None:
+        if self.context is not None:
             self.context.device = self.device
+        if self.start_hook is not None:
+            self.start_hook(self)
+        elif self.method is not None and self.context is not None:
             self.method.prepare(self.model, self.context)
 
     def on_train_epoch_start(self) -> None:
@@ -85,7 +95,7 @@ class ClassifierModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------ step
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        step = self.global_step  # optimizer steps so far: this step's update will be number step + 1
+        step = self.step_offset + self.global_step  # updates so far: this step's will be number step + 1
         x, y, head_ids = batch
         batches = split_by_head(self.heads, x, y, head_ids)
         if self.method is not None:

@@ -31,14 +31,16 @@ from research.store import (
     is_completed,
     package_versions,
     read_summary,
+    reopen_run_dir,
     start_run_dir,
     write_json,
     write_metrics,
     write_table,
 )
 from research.tracking import Tracker
-from research.training.finetune import FinetuneOutcome, finetune_model, run_finetune
+from research.training.finetune import Checkpointing, FinetuneOutcome, finetune_model, run_finetune
 from research.training.pretrain import Pretrained, check_checkpoint, pretrained_weights
+from research.training.resume import load_checkpoint, remove_checkpoint
 
 
 @dataclass
@@ -97,7 +99,9 @@ def run(cfg: ExperimentConfig, force: bool = False, wait: bool = True) -> RunRes
     with exclusive_lock(run_lock_path(Path(cfg.out), rid), wait=wait):
         if is_completed(run_dir) and not force:
             return RunResult(rid, run_dir, read_summary(run_dir) or {}, skipped=True)
-        return _run_locked(cfg, tasks, rid, run_dir, started)
+        # An earlier attempt that was killed or failed mid-training goes on from its last checkpoint.
+        resume = None if force else load_checkpoint(run_dir, rid)
+        return _run_locked(cfg, tasks, rid, run_dir, started, resume)
 
 
 def run_lock_path(out: Path, rid: str) -> Path:
@@ -121,7 +125,14 @@ def mark_abandoned(out: Path, rid: str, reason: str) -> bool:
         return False
 
 
-def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, started: float) -> RunResult:
+def _run_locked(
+    cfg: ExperimentConfig,
+    tasks: TaskSet,
+    rid: str,
+    run_dir: Path,
+    started: float,
+    resume: dict[str, Any] | None = None,
+) -> RunResult:
     data_seconds = time.perf_counter() - started  # building and checking the tasks
     method = build_method(cfg.method)
     config = resolved(cfg)
@@ -146,7 +157,11 @@ def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, 
         "git": git_commit(),
         "process": {"pid": os.getpid(), "host": socket.gethostname()},
     }
-    start_run_dir(run_dir, config, summary)
+    if resume is None:
+        start_run_dir(run_dir, config, summary)
+    else:
+        summary["resumed_from_step"] = resume["global_step"]
+        reopen_run_dir(run_dir, config, summary)
 
     timings = {"data_seconds": data_seconds}
     outcome = FinetuneOutcome()
@@ -172,7 +187,10 @@ def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, 
             tags=list(dict.fromkeys([cfg.method["name"], cfg.name, *cfg.logging.tags])),
         )
         timings["wandb_init_seconds"] = time.perf_counter() - tracker_started
-        run_finetune(cfg, tasks, method, pretrained.state, tracker, outcome, pretrained.path_integral)
+        if resume is not None:  # the new W&B run gets the history so far, so it is complete on its own
+            replay_history(tracker, resume["records"], resume["drift"])
+        checkpointing = Checkpointing(run_dir, rid, cfg.checkpoint.every_n_steps, resume)
+        run_finetune(cfg, tasks, method, pretrained.state, tracker, outcome, pretrained.path_integral, checkpointing)
     except BaseException as err:  # noqa: BLE001 - recorded in summary.json, then re-raised below
         error = err
 
@@ -187,6 +205,7 @@ def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, 
     # Where each fine-tuning task ended on the step axis: the rows of a sequence's accuracy matrix.
     summary["task_ends"] = outcome.task_ends
     summary["evaluations"] = outcome.evaluations
+    summary["resumes"] = outcome.resumes
     if tracker is not None:
         if error is None:
             final = summary["final"]
@@ -215,7 +234,21 @@ def _run_locked(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, 
         raise RunFailed(f"run {rid} failed: {summary['error']} (see {run_dir / 'summary.json'})") from error
     summary["status"] = "completed"
     write_json(run_dir / "summary.json", summary)
+    remove_checkpoint(run_dir)  # after the summary: a kill in between leaves a completed run, never a lost one
     return RunResult(rid, run_dir, summary)
+
+
+def replay_history(tracker: Tracker, records: list[dict[str, Any]], drift: list[dict[str, Any]]) -> None:
+    """Log the measurements of earlier attempts under the names the live run uses, step by step."""
+    by_step: dict[int, dict[str, float]] = {}
+    for r in records:
+        metric = str(r["metric"])
+        name = f"train/{metric.removeprefix('train_')}" if metric.startswith("train_") else None
+        by_step.setdefault(int(r["step"]), {})[name or f"{r['role']}/{r['task']}/{metric}"] = float(r["value"])
+    for r in drift:
+        by_step.setdefault(int(r["step"]), {})[f"drift/{r['block']}/{r['metric']}"] = float(r["value"])
+    for step in sorted(by_step):
+        tracker.log(by_step[step], step)
 
 
 def _results(outcome: FinetuneOutcome) -> dict[str, Any]:

@@ -1,0 +1,235 @@
+"""Resuming a run killed mid-training: it goes on from its last checkpoint, and ends with exactly the metrics of
+an uninterrupted run (for every registered method, and for a sequence of tasks), without a duplicate or
+missing step. Kills are simulated in-process by an exception at a chosen update, and once for real: a SIGKILL
+to a ``research run`` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from research.errors import RunFailed
+from research.methods import method_class, method_names
+from research.store import read_summary
+from research.training import run
+from research.training.module import ClassifierModule
+from research.training.resume import CHECKPOINT_FILE
+
+# Dropout and BatchNorm make the random streams and running statistics part of what must be restored; logging
+# every step makes a missing or repeated training step visible in the metrics.
+SETTINGS = (
+    "model.dropout=0.2",
+    "model.batchnorm=true",
+    "logging.log_every_n_steps=1",
+    "eval.every_n_steps=3",
+    "train.epochs=3",
+    "checkpoint.every_n_steps=4",
+)
+# Settings that give a method something to do within a few steps.
+METHOD_SETTINGS = {
+    "lp_ft": ["method.probe_steps=5"],
+    "agem": ["method.memory_size=40", "method.reference_batch_size=8"],
+}
+
+
+class SimulatedKill(RuntimeError):
+    """Stands in for the process dying (Lightning turns a real KeyboardInterrupt into SystemExit)."""
+
+
+def interrupt_at(monkeypatch: pytest.MonkeyPatch, update: int) -> None:
+    """Make training stop just before update number ``update + 1`` of the run."""
+    original = ClassifierModule.training_step
+    seen = {"steps": 0}
+
+    def step(self: ClassifierModule, batch, batch_idx: int):
+        if self.method is None:  # pretraining (cached or not) is not what is being killed
+            return original(self, batch, batch_idx)
+        if seen["steps"] == update:
+            raise SimulatedKill(f"killed after {update} updates")
+        seen["steps"] += 1
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", step)
+
+
+def sorted_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    keys = [c for c in ("step", "task", "block", "metric") if c in frame.columns]
+    return frame.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def assert_same_run(resumed: Path, reference: Path) -> None:
+    for table in ("metrics.parquet", "diagnostics.parquet", "method.parquet"):
+        if (reference / table).exists():
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(resumed / table), pd.read_parquet(reference / table), check_exact=True
+            )
+    a, b = read_summary(resumed), read_summary(reference)
+    assert a["final"] == b["final"] and a["steps"] == b["steps"] and a["method_info"].keys() == b["method_info"].keys()
+
+
+@pytest.fixture
+def reference_root(tmp_path: Path, out: Path) -> Path:
+    """A second run root sharing the session's pretrained cache: the same run id, run there uninterrupted."""
+    root = tmp_path / "reference"
+    root.mkdir()
+    (root / "pretrained").symlink_to((out / "pretrained").resolve(), target_is_directory=True)
+    return root
+
+
+def run_interrupted(cfg, monkeypatch: pytest.MonkeyPatch, update: int):
+    interrupt_at(monkeypatch, update)
+    with pytest.raises(RunFailed):
+        run(cfg)
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_resumes_to_exactly_the_uninterrupted_run(
+    name: str, make_cfg, reference_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = [f"method.name={name}", *SETTINGS, *METHOD_SETTINGS.get(name, [])]
+    reference = run(make_cfg(*settings, root=reference_root))
+    cfg = make_cfg(*settings)
+    run_interrupted(cfg, monkeypatch, update=10)  # killed after 10 updates: the checkpoint of step 8 is the last
+
+    summary = read_summary(Path(cfg.out) / reference.run_id)
+    assert summary["status"] == "failed" and "SimulatedKill" in summary["error"]
+    assert (Path(cfg.out) / reference.run_id / CHECKPOINT_FILE).is_file()
+
+    resumed = run(cfg)
+    assert resumed.run_id == reference.run_id and not resumed.skipped
+    assert resumed.summary["status"] == "completed"
+    assert resumed.summary["resumed_from_step"] == 8
+    assert resumed.summary["resumes"] == [{"from_step": 8}]
+    assert not (resumed.run_dir / CHECKPOINT_FILE).exists()  # a completed run needs none
+    assert_same_run(resumed.run_dir, reference.run_dir)
+    metrics = resumed.metrics
+    steps = metrics[metrics.metric == "train_loss"].step
+    assert steps.is_unique and list(steps) == list(range(reference.summary["steps"]))
+
+
+@pytest.mark.parametrize("task", [0, 1], ids=["killed_in_first_task", "killed_in_second_task"])
+@pytest.mark.parametrize("name", [n for n in method_names() if method_class(n).supports_sequences])
+def test_a_sequence_resumes_in_either_task(
+    name: str, task: int, make_cfg, reference_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = [*SETTINGS, f"method.name={name}", "train.epochs=2"]
+    experiment = "sequence_digits.yaml"
+    reference = run(make_cfg(*settings, experiment=experiment, root=reference_root))
+    first_task_steps = reference.summary["task_ends"][0]["step"]
+    assert first_task_steps > 10
+    cfg = make_cfg(*settings, experiment=experiment)
+    run_interrupted(cfg, monkeypatch, update=[9, first_task_steps + 6][task])
+
+    resumed = run(cfg)
+    from_step = resumed.summary["resumed_from_step"]
+    assert (from_step > first_task_steps) == (task == 1) and from_step > 0
+    assert resumed.summary["task_ends"] == reference.summary["task_ends"]
+    assert_same_run(resumed.run_dir, reference.run_dir)
+
+
+def test_resuming_twice_and_force_starts_over(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = make_cfg(*SETTINGS, "method.name=ewc")
+    run_interrupted(cfg, monkeypatch, update=5)
+    run_interrupted(cfg, monkeypatch, update=6)  # the second attempt starts at step 4, dies at 4 + 6 = 10
+    resumed = run(cfg)
+    assert [r["from_step"] for r in resumed.summary["resumes"]] == [4, 8]
+    forced = run(cfg, force=True)
+    assert forced.summary["resumes"] == [] and "resumed_from_step" not in forced.summary
+
+
+def test_an_unusable_checkpoint_means_starting_over(make_cfg, monkeypatch, capsys) -> None:
+    cfg = make_cfg(*SETTINGS)
+    run_interrupted(cfg, monkeypatch, update=5)
+    summary = read_summary(next(p for p in Path(cfg.out).iterdir() if (p / "summary.json").exists()))
+    checkpoint = Path(cfg.out) / summary["run_id"] / CHECKPOINT_FILE
+    checkpoint.write_bytes(b"not a checkpoint")
+    result = run(cfg)
+    assert result.summary["status"] == "completed" and result.summary["resumes"] == []
+    assert "ignoring unreadable checkpoint" in capsys.readouterr().err
+
+
+def test_checkpoint_is_loaded_without_unpickling_code(make_cfg, monkeypatch, tmp_path: Path) -> None:
+    cfg = make_cfg(*SETTINGS)
+    run_interrupted(cfg, monkeypatch, update=5)
+    run_dir = next(p for p in Path(cfg.out).iterdir() if (p / CHECKPOINT_FILE).exists())
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": 1, "run_id": run_dir.name, "evil": Payload()}, run_dir / CHECKPOINT_FILE)
+    result = run(cfg)
+    assert not marker.exists()
+    assert result.summary["status"] == "completed" and result.summary["resumes"] == []
+
+
+def test_a_killed_run_process_resumes_from_its_checkpoint(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    """SIGKILL, no chance to clean up: the next ``research run`` resumes, and the metrics are complete."""
+    overrides = [*tiny_overrides, *SETTINGS, "train.epochs=40", "checkpoint.every_n_steps=20"]
+    command = [sys.executable, "-m", "research", "run", "experiments/split_digits.yaml", *overrides]
+    root = Path(__file__).resolve().parents[1]
+    out = Path(next(o for o in overrides if o.startswith("out=")).removeprefix("out="))
+    victim = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    checkpoints: list[Path] = []
+    while not checkpoints and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+        checkpoints = list(out.glob(f"*/{CHECKPOINT_FILE}"))
+    assert checkpoints, "no checkpoint appeared"
+    time.sleep(0.3)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    run_dir = checkpoints[0].parent
+    assert read_summary(run_dir)["status"] == "running"  # killed outright: never looks completed
+
+    finished = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from_step"] > 0
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    steps = metrics[metrics.metric == "train_loss"].step
+    assert steps.is_unique and list(steps) == list(range(summary["steps"]))
+    evaluated = sorted(metrics[metrics.metric == "acc"].step.unique())
+    expected = sorted({*range(0, summary["steps"] + 1, 3), summary["steps"]})
+    assert evaluated == expected
+
+
+def test_the_resumed_wandb_run_holds_the_whole_history(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interrupted attempt's partial W&B run is replaced by one that has every step, the earlier ones
+    replayed from the checkpoint."""
+    from test_wandb import wandb_records
+
+    cfg = make_cfg(*SETTINGS, "logging.wandb=offline")
+    run_interrupted(cfg, monkeypatch, update=10)
+    resumed = run(cfg)
+    files = list(resumed.run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    logged: set[tuple[int, str]] = set()
+    for record in wandb_records(files[0]):
+        if record["type"] == "history":
+            item = record["history"]["item"]
+            step = int(item["trainer/global_step"])
+            logged |= {(step, k) for k in item if not k.startswith("_") and k != "trainer/global_step"}
+    metrics = resumed.metrics
+    expected = {
+        (
+            int(r.step),
+            f"train/{r.metric.removeprefix('train_')}"
+            if r.metric.startswith("train_")
+            else f"{r.role}/{r.task}/{r.metric}",
+        )
+        for r in metrics.itertuples()
+    }
+    assert expected <= logged
+    assert {s for s, _ in logged} == set(metrics.step)

@@ -97,6 +97,8 @@ def reopen_run_dir(run_dir: Path, config: dict[str, Any], summary: dict[str, Any
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     for name in ("metrics.parquet", "diagnostics.parquet", "method.parquet"):
         (run_dir / name).unlink(missing_ok=True)
+    for partial in run_dir.glob(".*.tmp"):  # a write the kill interrupted before its rename
+        partial.unlink(missing_ok=True)
     shutil.rmtree(run_dir / "wandb", ignore_errors=True)
 
 

@@ -7,6 +7,7 @@ mid-run) is reported once and W&B is switched off for the rest of the run; it ne
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,15 @@ class Tracker:
         self.mode = mode
         self.problem: str | None = None
         self.logger: WandbLogger | None = None
+        self._run: Any = None  # the wandb Run, kept to close it if W&B fails part-way
         self.run_id: str | None = None
         if mode == "disabled":
             return
         try:
             import wandb
 
+            if wandb.run is not None:  # left open by someone: Lightning would attach to it instead of starting ours
+                wandb.run.finish()
             settings = wandb.Settings(console="off", x_disable_stats=True, silent=True, x_disable_machine_info=True)
             self.logger = WandbLogger(
                 name=name,
@@ -51,7 +55,7 @@ class Tracker:
                 reinit="finish_previous",
             )
             self.logger._wandb_init.pop("anonymous", None)  # deprecated in wandb; Lightning still passes it
-            experiment = self.logger.experiment  # wandb.init happens here
+            experiment = self._run = self.logger.experiment  # wandb.init happens here
             self.run_id = experiment.id
             # Every metric plots against fine-tuning steps, not W&B's internal step counter.
             experiment.define_metric("trainer/global_step")
@@ -82,10 +86,16 @@ class Tracker:
             self.logger.experiment.finish(exit_code=exit_code)
         except Exception as err:  # noqa: BLE001
             self._fail("finish", err)
-        self.logger = None
+        self.logger = self._run = None
 
     def _fail(self, stage: str, err: Exception) -> None:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        self.problem = f"W&B {stage} failed ({type(err).__name__}: {first_line}); the local run store is unaffected"
+        # Whole message on one line: a first line alone can say nothing ("1 validation error for Settings").
+        lines = [line for line in str(err).splitlines() if not line.strip().startswith("For further information")]
+        reason = " ".join(" ".join(lines).split())[:300] or "no message"
+        self.problem = f"W&B {stage} failed ({type(err).__name__}: {reason}); the local run store is unaffected"
         print(f"warning: {self.problem}", file=sys.stderr)
         self.logger = None
+        run, self._run = self._run, None
+        if run is not None:  # close it: the next WandbLogger in this process (a grid worker's next run) would attach
+            with contextlib.suppress(Exception):  # already reported; nothing more to do
+                run.finish(exit_code=1)

@@ -13,6 +13,7 @@ is noticed through its process sentinel; its run is marked failed with the signa
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -155,7 +156,7 @@ class _Worker:
         self.ready = False  # imports done
         self.started_run = False  # took the run it was last sent
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, threads), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(child, threads, os.getpid()), daemon=True)
         self.process.start()
         child.close()
 
@@ -209,16 +210,33 @@ class _Worker:
         self.conn.close()
 
 
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for this process when its parent dies
+
+
 def _stop_requested(signum: int, frame: Any) -> None:
-    raise SystemExit("stopped by the grid (SIGTERM) before it finished")
+    raise SystemExit("stopped by the grid (SIGTERM, or the grid process died) before it finished")
 
 
-def _worker_main(conn: Connection, threads: int) -> None:
+def _stop_with_the_grid(grid_pid: int) -> None:
+    """Ask Linux to send this worker SIGTERM when the grid process dies, however it dies (SIGKILL included):
+    the run in progress then ends as failed and keeps its checkpoint for the next grid to resume, instead of
+    going on unsupervised with nobody to collect its result."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the worker finishes its run, then finds the grid gone
+        return
+    if os.getppid() != grid_pid:  # the grid died before the request was in place
+        raise SystemExit("the grid process is gone")
+
+
+def _worker_main(conn: Connection, threads: int, grid_pid: int) -> None:
     """A worker's whole life: import once, then run whatever the grid sends until told to stop."""
     # Ctrl-C in the terminal reaches the whole process group; the grid process alone decides what happens and
     # stops busy workers with SIGTERM, which ends the current run as failed ("stopped by the grid").
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop_requested)
+    _stop_with_the_grid(grid_pid)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 

@@ -39,13 +39,24 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError and friends: refuse, never execute
-        reason = " ".join(str(err).split())[:200]
-        raise ConfigError(f"pretrain.checkpoint: {file} cannot be loaded safely (weights only): {reason}") from None
+        raise ConfigError(
+            f"pretrain.checkpoint: {file} cannot be loaded safely (weights only): {_load_failure(err)}"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConfigError(f"pretrain.checkpoint: {file} does not hold a state dict of tensors")
     return state
+
+
+def _load_failure(err: Exception) -> str:
+    """The reason inside torch's weights-only refusal, which wraps it in paragraphs of boilerplate (one of them
+    advises loading with ``weights_only=False``, exactly what must not happen to an untrusted file)."""
+    if isinstance(err, EOFError):
+        return "the file is empty or truncated"
+    boilerplate = ("Weights only load failed", "Check the documentation of torch.load")
+    paragraphs = [p for p in str(err).split("\n\n") if p.strip() and not p.strip().startswith(boilerplate)]
+    return " ".join(" ".join(paragraphs).split())[:200] or type(err).__name__
 
 
 def load_into(model: nn.Module, state: dict[str, Tensor], source: str) -> None:

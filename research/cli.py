@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", help="experiment YAML, e.g. experiments/split_digits.yaml")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. method.name=ewc")
-    run.add_argument("--force", action="store_true", help="rerun even if a completed run with this id exists")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="start over: rerun a completed run, or an interrupted one without resuming from its checkpoint",
+    )
     run.set_defaults(handler=_cmd_run)
 
     pre = sub.add_parser(

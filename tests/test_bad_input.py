@@ -160,6 +160,11 @@ CASES = [
     pytest.param(run_with("eval.every_n_steps=0"), ["eval.every_n_steps", "greater than 0"], id="zero-eval-every"),
     pytest.param(run_with("eval.every_n_steps=-5"), ["eval.every_n_steps", "greater than 0"], id="neg-eval-every"),
     pytest.param(
+        run_with("checkpoint.every_n_steps=-1"),
+        ["checkpoint.every_n_steps", "greater than or equal to 0"],
+        id="neg-checkpoint-every",
+    ),
+    pytest.param(
         run_with("method.name=ewc", "method.lam=-1"), ["method.lam", "greater than or equal to 0"], id="ewc-neg-lam"
     ),
     pytest.param(

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from research.config import ModelConfig, load_config
 from research.methods import fisher as fisher_module
+from research.methods.base import HeadBatch
 from research.methods.fisher import FISHER_ESTIMATORS, fisher_diagonal
 from research.models import build_model
 
@@ -197,3 +198,15 @@ def test_ewc_run_records_its_estimator(estimator: str, make_cfg) -> None:
 
 def test_ewc_config_defaults_to_the_exact_fisher() -> None:
     assert load_config(SPLIT, ["method.name=ewc"]).method["fisher"] == "exact"
+
+
+def test_exact_mixes_the_linear_closed_form_with_jacobians_for_convolutions() -> None:
+    """Linear layers take the closed form Σ_n (Σ_y p_y δ_y²)(a²)ᵀ, convolutions and BatchNorm the per-example
+    Jacobians; together they must still equal the per-class loop."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="cnn", channels=[3, 4], batchnorm=True), (1, 8, 8), {"a": 3})
+    g = torch.Generator().manual_seed(2)
+    batches = [HeadBatch("a", torch.randn(6, 1, 8, 8, generator=g), torch.randint(0, 3, (6,), generator=g))]
+    fisher = fisher_diagonal(model, batches, names(model), "exact")
+    assert_same(fisher, naive_fisher(model, batches, names(model), "exact"))
+    assert any("conv" in n or n.startswith("backbone.0") for n in fisher)

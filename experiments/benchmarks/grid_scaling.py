@@ -9,6 +9,10 @@ the first and the last run to finish (from the reference's own clock and from th
 leaves out process start-up, imports and W&B's one-off service start. Repetitions alternate.
 
     uv run python experiments/benchmarks/grid_scaling.py [--grid experiments/grids/demo.yaml] [--repeats 2]
+    uv run python experiments/benchmarks/grid_scaling.py --quick [--json PATH]
+
+``--quick`` is a smoke test: a 4-run grid (finetune and ewc on split digits, 2 seeds, 2 epochs), W&B disabled,
+one repetition. Its figures mean little: with so few runs, process start-up dominates end to end.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import Row, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,10 +74,15 @@ def main() -> None:
     parser.add_argument("--grid", default=str(ROOT / "experiments" / "grids" / "demo.yaml"))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="key=value for every run, e.g. logging.wandb=disabled")
+    parser.add_argument("--quick", action="store_true", help="smoke test: a 4-run grid, W&B disabled, 1 repetition")
+    parser.add_argument("--json", help="write the result rows to this file")
     args = parser.parse_args()
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if args.quick:
+            args.grid, args.repeats = str(quick_grid(root)), 1
+            args.overrides = ["logging.wandb=disabled", *args.overrides]
         cache = root / "pretrained-cache"
         cache.mkdir()
         warm = fresh_out(root, "warm", cache)
@@ -132,6 +143,27 @@ def main() -> None:
         f"({(one - ref) / runs * 1000:+.0f} ms per run), steady {one_s / ref_s:.2f} "
         f"({(one_s - ref_s) * 1000:+.0f} ms per run)"
     )
+    what = f"{runs} runs, {' '.join(args.overrides) or 'W&B as configured'}"
+    details = {label: [{"end_to_end": w, "steady_per_run": s} for w, s in rows[label]] for label in rows}
+    result = [
+        Row("grid_scaling", f"{what}: 2 workers / 1 worker, end to end", one / two, "x", ">=", 1.7, details=details),
+        Row("grid_scaling", f"{what}: 2 workers / 1 worker, steady state", one_s / two_s, "x", ">=", 1.7),
+        Row("grid_scaling", f"{what}: grid with 1 worker / back-to-back runs, end to end", one / ref, "x"),
+        Row("grid_scaling", f"{what}: grid with 1 worker / back-to-back runs, steady state", one_s / ref_s, "x"),
+    ]
+    write_json(args.json, "grid_scaling", result, args.quick, settings=vars(args))
+
+
+def quick_grid(root: Path) -> Path:
+    path = root / "quick_grid.yaml"
+    path.write_text(
+        "name: quick\n"
+        f"base: {ROOT / 'experiments' / 'split_digits.yaml'}\n"
+        "overrides: {train.epochs: 2, logging.progress: false}\n"
+        "seeds: [0, 1]\n"
+        "grid:\n  - {method.name: finetune}\n  - {method.name: ewc}\n"
+    )
+    return path
 
 
 if __name__ == "__main__":

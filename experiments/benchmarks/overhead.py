@@ -6,7 +6,8 @@ also writes the run directory and a W&B offline run. Pretraining is cached befor
 fine-tuning stage is compared. Repetitions alternate between the two sides, and the median ratio is printed.
 W&B's one-off service start (the first ``wandb.init`` of a process) is measured and reported on its own.
 
-    uv run python experiments/benchmarks/overhead.py [--epochs 40] [--repeats 5]
+    uv run python experiments/benchmarks/overhead.py [--epochs 40] [--repeats 5] [--json PATH]
+    uv run python experiments/benchmarks/overhead.py --quick     # smoke test: 2 epochs, 1 repetition
 
 The two sides must end with the same final accuracies: the benchmark checks that it compared equal work.
 """
@@ -20,6 +21,7 @@ import tempfile
 import time
 
 import torch
+from common import Row, write_json
 from torch.nn import functional as F
 
 from research.config import ExperimentConfig, validate_config
@@ -100,7 +102,7 @@ def framework(cfg: ExperimentConfig) -> tuple[float, dict[str, float]]:
 SIZES = [("MLP 40-512-512, batch 64", [512, 512], 64), ("MLP 40-1024-1024, batch 256", [1024, 1024], 256)]
 
 
-def measure(label: str, hidden: list[int], batch_size: int, epochs: int, repeats: int, out: str) -> float:
+def measure(label: str, hidden: list[int], batch_size: int, epochs: int, repeats: int, out: str) -> dict:
     raw = {
         **CONFIG,
         "out": out,
@@ -125,14 +127,26 @@ def measure(label: str, hidden: list[int], batch_size: int, epochs: int, repeats
     print(f"  research run      : median {statistics.median(framework_times):6.2f} s  {_fmt(framework_times)}")
     print(f"  ratio research/bare (medians): {ratio:.3f}   best-of ratio: {min(framework_times) / min(bare_times):.3f}")
     print(f"  final accuracies identical on both sides: {same}  {_acc(bare_scores)}")
-    return ratio
+    return {
+        "label": label,
+        "steps": steps,
+        "ratio": ratio,
+        "best_ratio": min(framework_times) / min(bare_times),
+        "same": same,
+        "bare_seconds": bare_times,
+        "framework_seconds": framework_times,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 epochs, 1 repetition")
+    parser.add_argument("--json", help="write the result rows to this file")
     args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.repeats = 2, 1
     with tempfile.TemporaryDirectory() as out:
         os.environ.setdefault("WANDB_DIR", out)
         cold = time.perf_counter()
@@ -140,13 +154,21 @@ def main() -> None:
 
         run_ = wandb.init(mode="offline", dir=out, project="benchmark-cold-start")
         run_.finish()
-        print(f"one-off cost per process: starting W&B's service took {time.perf_counter() - cold:.2f} s")
-        ratios = [measure(label, hidden, batch, args.epochs, args.repeats, out) for label, hidden, batch in SIZES]
+        service = time.perf_counter() - cold
+        print(f"one-off cost per process: starting W&B's service took {service:.2f} s")
+        results = [measure(label, hidden, batch, args.epochs, args.repeats, out) for label, hidden, batch in SIZES]
         print(
             "\nfine-tuning stage, research run / bare loop: "
-            + ", ".join(f"{r:.3f}" for r in ratios)
+            + ", ".join(f"{r['ratio']:.3f}" for r in results)
             + "  (target <= 1.15)"
         )
+    rows = []
+    for r in results:
+        what = f"{r['label']}, {r['steps']} steps"
+        rows.append(Row("overhead", f"{what}: research run / bare loop", r["ratio"], "x", "<=", 1.15, details=r))
+        rows.append(Row("overhead", f"{what}: same final accuracies as the bare loop", r["same"], "", "==", True))
+    rows.append(Row("overhead", "one-off per process: W&B service start", service, "s"))
+    write_json(args.json, "overhead", rows, args.quick, settings=vars(args))
 
 
 def _fmt(times: list[float]) -> str:

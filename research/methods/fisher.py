@@ -107,8 +107,78 @@ def _log_probs_fn(model: nn.Module, buffers: dict[str, Tensor], head: str):
 
 
 def _exact_sum(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], head: str, x: Tensor):
-    """Σ_n Σ_y p(y|x_n) g_y(x_n)² for one chunk: the Jacobian of log p over classes, per sample."""
-    log_probs = _log_probs_fn(model, buffers, head)
+    """Σ_n Σ_y p(y|x_n) g_y(x_n)² for one chunk.
+
+    For a linear layer z = W a + b that sees each example once, the per-example gradient of log p(y|x) is
+    δ_y aᵀ (δ_y = ∂ log p(y|x) / ∂z), so the exact Fisher is Σ_n (Σ_y p_y δ_y²) (a²)ᵀ: one backward pass per
+    class over the whole chunk and one matrix product, never the per-example gradients themselves (on CPU,
+    writing those out costs more than the arithmetic). Every other parameter (convolutions, normalisation)
+    takes the general route: the per-example Jacobian of log p over classes with ``vmap(jacrev(·))``.
+    """
+    closed = _linear_closed_form(model, params, buffers, head, x)
+    rest = {n: p for n, p in params.items() if n not in closed}
+    out = dict(closed)
+    if rest:
+        fixed = {n: p for n, p in params.items() if n not in rest}
+        out.update(_exact_sum_jacobian(model, rest, {**buffers, **fixed}, head, x))
+    return out
+
+
+def _linear_closed_form(
+    model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], head: str, x: Tensor
+) -> dict[str, Tensor]:
+    """The exact Fisher sums of the requested weights and biases of linear layers that take (examples,
+    features) inputs and run at most once per forward pass; other parameters are left out of the result."""
+    layers = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and f"{name}.weight" in params
+    }
+    seen: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in layers}
+
+    def capture(name: str):
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            seen[name].append((inputs[0].detach(), output))
+
+        return hook
+
+    handles = [module.register_forward_hook(capture(name)) for name, module in layers.items()]
+    try:
+        with torch.enable_grad():
+            inputs = x.detach().requires_grad_(True)  # makes every layer output part of the graph
+            logits = functional_call(model, (params, buffers), (inputs,), {"head": head})
+            log_probs = F.log_softmax(logits, dim=-1)
+            usable = {n: calls[0] for n, calls in seen.items() if len(calls) == 1 and calls[0][0].dim() == 2}
+            outputs = [out for _, out in usable.values()]
+            probs = log_probs.detach().exp()
+            weighted = [torch.zeros_like(out) for out in outputs]  # Σ_y p_y δ_y², per example and unit
+            for y in range(log_probs.shape[1]) if outputs else []:
+                deltas = torch.autograd.grad(log_probs[:, y].sum(), outputs, retain_graph=True, allow_unused=True)
+                for total, delta in zip(weighted, deltas, strict=True):
+                    if delta is not None:
+                        total.add_(probs[:, y : y + 1] * delta.pow(2))
+    finally:
+        for handle in handles:
+            handle.remove()
+    result: dict[str, Tensor] = {}
+    for (name, (activation, _)), total in zip(usable.items(), weighted, strict=True):
+        result[f"{name}.weight"] = total.T @ activation.pow(2)
+        if f"{name}.bias" in params:
+            result[f"{name}.bias"] = total.sum(0)
+    for name, calls in seen.items():  # a layer the forward pass never reached (another head) has no gradient
+        if not calls:
+            result[f"{name}.weight"] = torch.zeros_like(params[f"{name}.weight"])
+            if f"{name}.bias" in params:
+                result[f"{name}.bias"] = torch.zeros_like(params[f"{name}.bias"])
+    return result
+
+
+def _exact_sum_jacobian(
+    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Tensor
+) -> dict[str, Tensor]:
+    """Σ_n Σ_y p(y|x_n) g_y(x_n)² for ``params`` through per-example Jacobians (any layer type); ``constants``
+    are the buffers and the parameters held fixed."""
+    log_probs = _log_probs_fn(model, constants, head)
     jacobians = vmap(jacrev(log_probs), in_dims=(None, 0))(params, x)  # name -> (N, C, *shape)
     with torch.no_grad():
         probs = vmap(log_probs, in_dims=(None, 0))(params, x).exp()  # (N, C)

@@ -33,6 +33,7 @@ SETTINGS = (
     "eval.every_n_steps=3",
     "train.epochs=3",
     "checkpoint.every_n_steps=4",
+    "checkpoint.every_n_seconds=0",  # checkpoints at fixed steps only, so the tests know where a resume starts
 )
 # Settings that give a method something to do within a few steps.
 METHOD_SETTINGS = {
@@ -233,3 +234,37 @@ def test_the_resumed_wandb_run_holds_the_whole_history(make_cfg, monkeypatch: py
     }
     assert expected <= logged
     assert {s for s, _ in logged} == set(metrics.step)
+
+
+def test_resuming_under_other_code_is_recorded_and_reported(make_cfg, monkeypatch, capsys) -> None:
+    cfg = make_cfg(*SETTINGS)
+    run_interrupted(cfg, monkeypatch, update=5)
+    path = next(Path(cfg.out).glob(f"*/{CHECKPOINT_FILE}"))
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "commit": "0123abc"}, path)
+    result = run(cfg)
+    assert result.summary["checkpoint_commit"] == "0123abc" and result.summary["resumes"] == [{"from_step": 4}]
+    assert "resumes from a checkpoint written by commit 0123abc" in capsys.readouterr().err
+
+
+def test_time_based_checkpoints_resume_exactly(make_cfg, reference_root: Path, monkeypatch) -> None:
+    """The default trigger is time: a checkpoint once ``every_n_seconds`` of training have passed, whatever the
+    step; resuming from one is as exact as from a step-based one."""
+    settings = [*SETTINGS, "method.name=replay", "checkpoint.every_n_steps=0", "checkpoint.every_n_seconds=0.001"]
+    reference = run(make_cfg(*settings, root=reference_root))
+    cfg = make_cfg(*settings)
+    run_interrupted(cfg, monkeypatch, update=10)
+    resumed = run(cfg)
+    assert 0 < resumed.summary["resumed_from_step"] <= 10
+    assert_same_run(resumed.run_dir, reference.run_dir)
+
+
+def test_short_runs_take_no_checkpoint_by_default(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    import research.training.finetune as finetune
+
+    cfg = make_cfg()
+    assert cfg.checkpoint.every_n_seconds == 60 and cfg.checkpoint.every_n_steps == 0
+    saved = []
+    monkeypatch.setattr(finetune, "save_checkpoint", lambda *args: saved.append(args))
+    result = run(cfg)
+    assert result.summary["status"] == "completed" and saved == []

@@ -4,8 +4,9 @@ The estimator is ``exact`` in ``research.methods.fisher.fisher_diagonal`` (what 
 
     F = 1/N Σ_n Σ_y p(y|x_n) · (∇_θ log p(y|x_n))²      in eval mode, over the parameters named
 
-The library computes it per chunk of examples with ``vmap(jacrev(log p))`` (one Jacobian row per class and
-example). The reference here is the textbook loop: for every example, one forward pass, then one backward pass
+The library computes it per chunk of examples: in closed form for linear layers (one batched backward pass per
+class, then Σ_n (Σ_y p_y δ_y²)(a²)ᵀ), and with ``vmap(jacrev(log p))`` (one Jacobian row per class and
+example) for every other layer. The reference here is the textbook loop: for every example, one forward pass, then one backward pass
 per class (``torch.autograd.grad`` of log p(y|x), graph retained), each squared gradient weighted by p(y|x).
 Both run on the same model, the same weights and the same examples (training inputs of the classes 0–4 task,
 a 5-class head, seeded random weights: the cost does not depend on the weight values), the library in

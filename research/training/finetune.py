@@ -97,8 +97,10 @@ class Checkpointing:
 
     run_dir: Path
     run_id: str
-    every_n_steps: int
+    every_n_steps: int  # 0 = no step interval
+    every_n_seconds: float  # 0 = no time interval
     resume: dict[str, Any] | None = None
+    commit: str | None = None  # the code's git commit, kept in each checkpoint
 
 
 def run_finetune(
@@ -220,7 +222,7 @@ class FinetuneStage:
             start_hook=(lambda m: self._restore(m, resume)) if resume is not None else self._prepare,
         )
         callbacks: list[L.Callback] = [self.evaluator]  # evaluations first: a checkpoint holds its step's scores
-        if self.checkpointing is not None and self.checkpointing.every_n_steps > 0:
+        if self.checkpointing is not None and (self.checkpointing.every_n_steps or self.checkpointing.every_n_seconds):
             callbacks.append(_Saver(self, index, done, total))
         # What is left of the task: the epochs from the one the checkpoint fell in, and the remaining steps.
         remaining = cfg.train.model_copy(
@@ -287,6 +289,7 @@ class FinetuneStage:
             self.checkpointing.run_dir,
             {
                 "run_id": self.checkpointing.run_id,
+                "commit": self.checkpointing.commit,
                 "task_index": index,
                 "task_step": task_step,
                 "global_step": outcome.steps + task_step,
@@ -310,17 +313,23 @@ class FinetuneStage:
 
 
 class _Saver(L.Callback):
-    """Saves a checkpoint every N updates of a task, after that step's evaluation; never at the task's last
-    update (the task's end follows at once, and a resume there would have nothing left to fit)."""
+    """Saves a checkpoint every N updates of a task and/or once every so many seconds of training, after that
+    step's evaluation; never at the task's last update (the task's end follows at once, and a resume there
+    would have nothing left to fit)."""
 
     def __init__(self, stage: FinetuneStage, index: int, done: int, total: int) -> None:
         self.stage, self.index, self.done, self.total = stage, index, done, total
+        self.last_saved = time.monotonic()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
-        assert self.stage.checkpointing is not None
+        checkpointing = self.stage.checkpointing
+        assert checkpointing is not None
         task_step = self.done + trainer.global_step
-        if task_step % self.stage.checkpointing.every_n_steps == 0 and task_step < self.total:
+        due_by_steps = checkpointing.every_n_steps > 0 and task_step % checkpointing.every_n_steps == 0
+        due_by_time = 0 < checkpointing.every_n_seconds <= time.monotonic() - self.last_saved
+        if (due_by_steps or due_by_time) and task_step < self.total:
             self.stage.save_checkpoint(trainer, self.index, task_step)
+            self.last_saved = time.monotonic()
 
 
 def _to(state: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -161,6 +162,13 @@ def _run_locked(
         start_run_dir(run_dir, config, summary)
     else:
         summary["resumed_from_step"] = resume["global_step"]
+        if resume.get("commit") != summary["git"]["commit"]:  # the numbers before and after come from different code
+            summary["checkpoint_commit"] = resume.get("commit")
+            print(
+                f"warning: run {rid} resumes from a checkpoint written by commit {resume.get('commit')}, "
+                f"now at {summary['git']['commit']}",
+                file=sys.stderr,
+            )
         reopen_run_dir(run_dir, config, summary)
 
     timings = {"data_seconds": data_seconds}
@@ -189,7 +197,14 @@ def _run_locked(
         timings["wandb_init_seconds"] = time.perf_counter() - tracker_started
         if resume is not None:  # the new W&B run gets the history so far, so it is complete on its own
             replay_history(tracker, resume["records"], resume["drift"])
-        checkpointing = Checkpointing(run_dir, rid, cfg.checkpoint.every_n_steps, resume)
+        checkpointing = Checkpointing(
+            run_dir,
+            rid,
+            cfg.checkpoint.every_n_steps,
+            cfg.checkpoint.every_n_seconds,
+            resume,
+            summary["git"]["commit"],
+        )
         run_finetune(cfg, tasks, method, pretrained.state, tracker, outcome, pretrained.path_integral, checkpointing)
     except BaseException as err:  # noqa: BLE001 - recorded in summary.json, then re-raised below
         error = err

@@ -5,13 +5,13 @@ The estimator is ``exact`` in ``research.methods.fisher.fisher_diagonal`` (what 
     F = 1/N Σ_n Σ_y p(y|x_n) · (∇_θ log p(y|x_n))²      in eval mode, over the parameters named
 
 The library computes it per chunk of examples: in closed form for linear layers (one batched backward pass per
-class, then Σ_n (Σ_y p_y δ_y²)(a²)ᵀ), and with ``vmap(jacrev(log p))`` (one Jacobian row per class and
-example) for every other layer. The reference here is the textbook loop: for every example, one forward pass, then one backward pass
-per class (``torch.autograd.grad`` of log p(y|x), graph retained), each squared gradient weighted by p(y|x).
-Both run on the same model, the same weights and the same examples (training inputs of the classes 0–4 task,
-a 5-class head, seeded random weights: the cost does not depend on the weight values), the library in
-minibatches of 64 as EWC calls it. Repetitions alternate between the two; the median times are compared, and
-the largest absolute difference between the two Fisher diagonals is reported (target: at most 1e-5).
+class, then Σ_n (Σ_y p_y δ_y²)(a²)ᵀ), and with ``vmap(jacrev(log p))`` (one Jacobian row per class and example) for
+every other layer. The reference here is the textbook loop: for every example, one forward pass, then one backward
+pass per class (``torch.autograd.grad`` of log p(y|x), graph retained), each squared gradient weighted by p(y|x).
+Both run on the same model, the same weights and the same examples (training inputs of the classes 0–4 task, a
+5-class head, seeded random weights: the cost does not depend on the weight values), the library in minibatches of
+64 as EWC calls it. Repetitions alternate between the two; the median times are compared, and the largest absolute
+difference between the two Fisher diagonals is reported (target: at most 1e-5).
 
 Models: on MNIST-1D the MLP 40-512-512 of overhead.py (286 k parameters) and the 1-D CNN 32-32-32 of
 experiments/mnist1d.yaml (6.5 k); on split digits the demo's MLP 64-128-128 (26 k).

@@ -113,3 +113,19 @@ def limit_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def mnist1d_mlp512(name: str) -> dict[str, Any]:
+    """The MNIST-1D setting several benchmarks share (one pretraining cache entry for all of them): an MLP
+    40-512-512 pretrained on classes 0–4, fine-tuned on 5–9 with Adam, lr 1e-3, batch 64."""
+    return {
+        "name": name,
+        "data": {"mnist1d_samples": 4000},
+        "model": {"arch": "mlp", "hidden": [512, 512]},
+        "pretrain": {
+            "tasks": [{"name": "m1d_0_4", "source": "mnist1d", "classes": [0, 1, 2, 3, 4]}],
+            "train": {"epochs": 5, "lr": 1e-3, "batch_size": 64},
+        },
+        "finetune": {"tasks": [{"name": "m1d_5_9", "source": "mnist1d", "classes": [5, 6, 7, 8, 9]}]},
+        "train": {"lr": 1e-3, "batch_size": 64},
+    }

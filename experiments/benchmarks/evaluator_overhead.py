@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Row, limit_threads, print_rows, spread, write_json
+from common import Row, limit_threads, mnist1d_mlp512, print_rows, spread, write_json
 
 from research.config import ExperimentConfig, read_experiment, validate_config
 from research.data import TensorBatches, build_tasks
@@ -39,18 +39,7 @@ from research.training.pretrain import pretrained_weights
 
 BENCHMARK = "evaluator_overhead"
 ROOT = Path(__file__).resolve().parents[2]
-MNIST1D: dict[str, Any] = {
-    "name": "benchmark_evaluator",
-    "data": {"mnist1d_samples": 4000},
-    "model": {"arch": "mlp", "hidden": [512, 512]},
-    "pretrain": {
-        "tasks": [{"name": "m1d_0_4", "source": "mnist1d", "classes": [0, 1, 2, 3, 4]}],
-        "train": {"epochs": 5, "lr": 1e-3, "batch_size": 64},
-    },
-    "finetune": {"tasks": [{"name": "m1d_5_9", "source": "mnist1d", "classes": [5, 6, 7, 8, 9]}]},
-    "method": {"name": "finetune"},
-    "train": {"lr": 1e-3, "batch_size": 64},
-}
+MNIST1D: dict[str, Any] = {**mnist1d_mlp512("benchmark_evaluator"), "method": {"name": "finetune"}}
 # name: (base experiment, fine-tuning epochs, quick epochs)
 SETTINGS: dict[str, tuple[dict[str, Any] | Path, int, int]] = {
     "mnist1d-mlp512": (MNIST1D, 20, 2),  # 21 steps per epoch

@@ -21,7 +21,7 @@ import tempfile
 import time
 
 import torch
-from common import Row, write_json
+from common import Row, mnist1d_mlp512, write_json
 from torch.nn import functional as F
 
 from research.config import ExperimentConfig, validate_config
@@ -31,16 +31,8 @@ from research.training.checkpoints import load_into
 from research.training.pretrain import pretrained_skeleton, pretrained_weights
 
 CONFIG = {
-    "name": "benchmark_overhead",
-    "data": {"mnist1d_samples": 4000},
-    "model": {"arch": "mlp", "hidden": [512, 512]},
-    "pretrain": {
-        "tasks": [{"name": "m1d_0_4", "source": "mnist1d", "classes": [0, 1, 2, 3, 4]}],
-        "train": {"epochs": 5, "lr": 1e-3, "batch_size": 64},
-    },
-    "finetune": {"tasks": [{"name": "m1d_5_9", "source": "mnist1d", "classes": [5, 6, 7, 8, 9]}]},
+    **mnist1d_mlp512("benchmark_overhead"),
     "method": {"name": "finetune"},
-    "train": {"lr": 1e-3, "batch_size": 64},
     "eval": {"every_n_steps": 50},
     "logging": {"wandb": "offline", "progress": False},
 }

@@ -80,7 +80,7 @@ from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
 from avalanche.training.supervised import Naive
 from avalanche.training.utils import copy_params_dict
-from common import Row, limit_threads, print_rows, spread, write_json
+from common import Row, limit_threads, mnist1d_mlp512, print_rows, spread, write_json
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -100,17 +100,7 @@ BUFFER_SIZE = 200
 ROOT = Path(__file__).resolve().parents[2]
 
 # The fixed part of each setting; epochs and the evaluation interval come from SETTINGS (or the command line).
-MNIST1D: dict[str, Any] = {
-    "name": "benchmark_vs_avalanche",
-    "data": {"mnist1d_samples": 4000},
-    "model": {"arch": "mlp", "hidden": [512, 512]},
-    "pretrain": {
-        "tasks": [{"name": "m1d_0_4", "source": "mnist1d", "classes": [0, 1, 2, 3, 4]}],
-        "train": {"epochs": 5, "lr": 1e-3, "batch_size": 64},
-    },
-    "finetune": {"tasks": [{"name": "m1d_5_9", "source": "mnist1d", "classes": [5, 6, 7, 8, 9]}]},
-    "train": {"lr": 1e-3, "batch_size": 64},
-}
+MNIST1D: dict[str, Any] = mnist1d_mlp512("benchmark_vs_avalanche")
 # (base experiment, epochs, eval every N steps, quick epochs, quick N). N must not divide the step count.
 SETTINGS: dict[str, tuple[dict[str, Any] | Path, int, int, int, int]] = {
     # MNIST-1D, MLP 40-512-512, batch 64: 21 steps per epoch, most of a step is the model's own compute.

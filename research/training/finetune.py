@@ -93,12 +93,11 @@ class FinetuneOutcome:
 
 @dataclass
 class Checkpointing:
-    """Where and how often the fine-tuning stage saves checkpoints, and the checkpoint to resume from."""
+    """Where the fine-tuning stage saves checkpoints (how often is ``cfg.checkpoint``), and the checkpoint to
+    resume from."""
 
     run_dir: Path
     run_id: str
-    every_n_steps: int  # 0 = no step interval
-    every_n_seconds: float  # 0 = no time interval
     resume: dict[str, Any] | None = None
     commit: str | None = None  # the code's git commit, kept in each checkpoint
 
@@ -222,7 +221,7 @@ class FinetuneStage:
             start_hook=(lambda m: self._restore(m, resume)) if resume is not None else self._prepare,
         )
         callbacks: list[L.Callback] = [self.evaluator]  # evaluations first: a checkpoint holds its step's scores
-        if self.checkpointing is not None and (self.checkpointing.every_n_steps or self.checkpointing.every_n_seconds):
+        if self.checkpointing is not None and (cfg.checkpoint.every_n_steps or cfg.checkpoint.every_n_seconds):
             callbacks.append(_Saver(self, index, done, total))
         # What is left of the task: the epochs from the one the checkpoint fell in, and the remaining steps.
         remaining = cfg.train.model_copy(
@@ -322,11 +321,10 @@ class _Saver(L.Callback):
         self.last_saved = time.monotonic()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
-        checkpointing = self.stage.checkpointing
-        assert checkpointing is not None
+        every = self.stage.cfg.checkpoint
         task_step = self.done + trainer.global_step
-        due_by_steps = checkpointing.every_n_steps > 0 and task_step % checkpointing.every_n_steps == 0
-        due_by_time = 0 < checkpointing.every_n_seconds <= time.monotonic() - self.last_saved
+        due_by_steps = every.every_n_steps > 0 and task_step % every.every_n_steps == 0
+        due_by_time = 0 < every.every_n_seconds <= time.monotonic() - self.last_saved
         if (due_by_steps or due_by_time) and task_step < self.total:
             self.stage.save_checkpoint(trainer, self.index, task_step)
             self.last_saved = time.monotonic()

@@ -197,14 +197,7 @@ def _run_locked(
         timings["wandb_init_seconds"] = time.perf_counter() - tracker_started
         if resume is not None:  # the new W&B run gets the history so far, so it is complete on its own
             replay_history(tracker, resume["records"], resume["drift"])
-        checkpointing = Checkpointing(
-            run_dir,
-            rid,
-            cfg.checkpoint.every_n_steps,
-            cfg.checkpoint.every_n_seconds,
-            resume,
-            summary["git"]["commit"],
-        )
+        checkpointing = Checkpointing(run_dir, rid, resume, summary["git"]["commit"])
         run_finetune(cfg, tasks, method, pretrained.state, tracker, outcome, pretrained.path_integral, checkpointing)
     except BaseException as err:  # noqa: BLE001 - recorded in summary.json, then re-raised below
         error = err

@@ -9,10 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
+
+
+def tracked_name(row: Mapping[str, Any]) -> str:
+    """The W&B name of a tidy measurement row: ``<role>/<task>/<metric>`` for evaluations, ``train/<name>`` for
+    a training scalar (metric ``train_<name>``), ``drift/<block>/<metric>`` for weight drift (rows with a block).
+    Live logging and the replay of a resumed run's history both name metrics here, so they cannot drift apart."""
+    metric = str(row["metric"])
+    if "block" in row:
+        return f"drift/{row['block']}/{metric}"
+    if metric.startswith("train_"):
+        return f"train/{metric.removeprefix('train_')}"
+    return f"{row['role']}/{row['task']}/{metric}"
 
 
 class Tracker:

@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from research.data.tasks import Task
 from research.evaluation.drift import parameter_snapshot, weight_drift
 from research.models.multihead import MultiHeadNet
+from research.tracking import tracked_name
 
 
 @dataclass
@@ -170,22 +171,15 @@ class Evaluator(L.Callback):
         flat: dict[str, float] = {}
         for s in self.sets:
             for metric, value in results[s.task.name].items():
-                self.records.append(
-                    {
-                        "step": step,
-                        "epoch": epoch,
-                        "task": s.task.name,
-                        "role": s.task.role,
-                        "metric": metric,
-                        "value": value,
-                    }
-                )
-                flat[f"{s.task.role}/{s.task.name}/{metric}"] = value
+                row = {"step": step, "epoch": epoch, "task": s.task.name, "role": s.task.role, "metric": metric}
+                self.records.append({**row, "value": value})
+                flat[tracked_name(row)] = value
         if self._start is not None:
             for block, values in weight_drift(pl_module.model, self._start).items():
                 for metric, value in values.items():
-                    self.drift.append({"step": step, "epoch": epoch, "block": block, "metric": metric, "value": value})
-                    flat[f"drift/{block}/{metric}"] = value
+                    row = {"step": step, "epoch": epoch, "block": block, "metric": metric, "value": value}
+                    self.drift.append(row)
+                    flat[tracked_name(row)] = value
         self.seconds += time.perf_counter() - started
         self.evaluations += 1
         if self.on_scores is not None:

@@ -19,7 +19,7 @@ from research.data.tasks import TaskSet
 from research.evaluation.evaluator import Evaluator, epoch_of_step, eval_sets, score
 from research.methods.base import FinetuneContext, Method
 from research.models.multihead import MultiHeadNet
-from research.tracking import Tracker
+from research.tracking import Tracker, tracked_name
 from research.training.checkpoints import load_into
 from research.training.module import ClassifierModule
 from research.training.pretrain import pretrained_skeleton
@@ -196,18 +196,10 @@ class FinetuneStage:
             diverged = {name: v for name, v in values.items() if not math.isfinite(v)}
             if diverged:  # stop now: every further step would only spread NaNs through the weights
                 raise FloatingPointError(f"training diverged at step {step}: {diverged}")
-            for name, value in values.items():
-                outcome.records.append(
-                    {
-                        "step": step,
-                        "epoch": epoch,
-                        "task": task.name,
-                        "role": "finetune",
-                        "metric": f"train_{name}",
-                        "value": value,
-                    }
-                )
-            self.tracker.log({f"train/{name}": v for name, v in values.items()}, step)
+            where = {"step": step, "epoch": epoch, "task": task.name, "role": "finetune"}
+            rows = [{**where, "metric": f"train_{name}", "value": v} for name, v in values.items()]
+            outcome.records.extend(rows)
+            self.tracker.log({tracked_name(row): row["value"] for row in rows}, step)
 
         module = ClassifierModule(
             self.model,

@@ -38,7 +38,7 @@ from research.store import (
     write_metrics,
     write_table,
 )
-from research.tracking import Tracker
+from research.tracking import Tracker, tracked_name
 from research.training.finetune import Checkpointing, FinetuneOutcome, finetune_model, run_finetune
 from research.training.pretrain import Pretrained, check_checkpoint, pretrained_weights
 from research.training.resume import load_checkpoint, remove_checkpoint
@@ -249,12 +249,8 @@ def _run_locked(
 def replay_history(tracker: Tracker, records: list[dict[str, Any]], drift: list[dict[str, Any]]) -> None:
     """Log the measurements of earlier attempts under the names the live run uses, step by step."""
     by_step: dict[int, dict[str, float]] = {}
-    for r in records:
-        metric = str(r["metric"])
-        name = f"train/{metric.removeprefix('train_')}" if metric.startswith("train_") else None
-        by_step.setdefault(int(r["step"]), {})[name or f"{r['role']}/{r['task']}/{metric}"] = float(r["value"])
-    for r in drift:
-        by_step.setdefault(int(r["step"]), {})[f"drift/{r['block']}/{r['metric']}"] = float(r["value"])
+    for row in [*records, *drift]:
+        by_step.setdefault(int(row["step"]), {})[tracked_name(row)] = float(row["value"])
     for step in sorted(by_step):
         tracker.log(by_step[step], step)
 

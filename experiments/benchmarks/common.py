@@ -12,8 +12,10 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,3 +131,12 @@ def mnist1d_mlp512(name: str) -> dict[str, Any]:
         "finetune": {"tasks": [{"name": "m1d_5_9", "source": "mnist1d", "classes": [5, 6, 7, 8, 9]}]},
         "train": {"lr": 1e-3, "batch_size": 64},
     }
+
+
+@contextmanager
+def scratch_out() -> Iterator[str]:
+    """A temporary run root for a benchmark, which also holds W&B's offline files unless WANDB_DIR is set."""
+    with tempfile.TemporaryDirectory() as out:
+        os.environ.setdefault("WANDB_DIR", out)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        yield out

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import Row, limit_threads, mnist1d_mlp512, print_rows, spread, write_json
+from common import Row, limit_threads, mnist1d_mlp512, print_rows, scratch_out, spread, write_json
 
 from research.config import ExperimentConfig, read_experiment, validate_config
 from research.data import TensorBatches, build_tasks
@@ -150,9 +148,7 @@ def main() -> None:
     limit_threads(args.threads)
     rows: list[Row] = []
     details: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as out:
-        os.environ.setdefault("WANDB_DIR", out)
-        os.environ.setdefault("WANDB_SILENT", "true")
+    with scratch_out() as out:
         for name in args.settings:
             for wandb in args.wandb:
                 setting_rows, details[f"{name}/{wandb}"] = measure(name, args, out, wandb)

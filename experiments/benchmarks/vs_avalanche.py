@@ -60,9 +60,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -80,7 +78,7 @@ from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
 from avalanche.training.supervised import Naive
 from avalanche.training.utils import copy_params_dict
-from common import Row, limit_threads, mnist1d_mlp512, print_rows, spread, write_json
+from common import Row, limit_threads, mnist1d_mlp512, print_rows, scratch_out, spread, write_json
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -445,9 +443,7 @@ def main() -> None:
     limit_threads(args.threads)
     rows: list[Row] = []
     details: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as out:
-        os.environ.setdefault("WANDB_DIR", out)
-        os.environ.setdefault("WANDB_SILENT", "true")
+    with scratch_out() as out:
         for name in args.settings:
             base, epochs, every, quick_epochs, quick_every = SETTINGS[name]
             if args.quick:

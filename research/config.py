@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -18,7 +19,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from research.errors import ConfigError
 
@@ -53,6 +62,9 @@ class TaskConfig(Strict):
     path: str | None = None  # npz file or image folder, for the user-data sources
     classes: list[int | str] | None = None  # None = every class of the source
     transform: TransformConfig | None = None
+    # npz only: x is divided by this (255 maps 8-bit pixels to [0, 1]); None = x as stored, integers included.
+    # Image folders are always scaled to [0, 1] and built-in sources come scaled, so they take no scale.
+    scale: PositiveFloat | None = None
 
     @field_validator("name")
     @classmethod
@@ -61,6 +73,23 @@ class TaskConfig(Strict):
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
             raise ValueError(f"task name '{name}' may only contain letters, digits, '_' and '-'")
         return name
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scale_applies(cls, scale: Any, info: ValidationInfo) -> Any:
+        # A number that cannot apply, or silently does nothing, is refused rather than ignored.
+        if scale is None:
+            return None
+        source = info.data.get("source")
+        if source is not None and source != "npz":
+            how = "folder images are always scaled to [0, 1]" if source == "folder" else "built-in sources come scaled"
+            raise ValueError(f"only npz sources take a scale ({how}); source '{source}' takes none")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(
+                f"must be a positive number that x is divided by (e.g. 255 for 8-bit pixels) or null to use x as "
+                f"stored; got {scale!r}"
+            )
+        return float(scale)
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> TaskConfig:

@@ -673,3 +673,49 @@ def test_a_wandb_run_left_open_is_not_reused(out: Path, tmp_path: Path) -> None:
     assert wandb.run is None
     assert result.summary["wandb"]["problem"] is None
     assert result.summary["wandb"]["run_id"] not in (None, stray.id)
+
+
+# --------------------------------------------------------------------------------------------- npz data and scale
+
+
+def npz_task(write: Callable[[Path], None], *extra: str) -> Callable[[Path], Argv]:
+    """The split-digits experiment with its pretraining task read from an npz file that ``write`` makes."""
+
+    def make(tmp: Path) -> Argv:
+        write(tmp / "data.npz")
+        task = ["pretrain.tasks.0.source=npz", f"pretrain.tasks.0.path={tmp / 'data.npz'}"]
+        return "run", str(SPLIT), [*task, *extra]
+
+    return make
+
+
+def eight_by_eight(path: Path, **arrays) -> None:
+    import numpy as np
+
+    np.savez(path, x=np.zeros((8, 8, 8), np.uint8), **{"y": np.repeat([0, 1], 4), **arrays})
+
+
+DATA_CASES = [
+    pytest.param(
+        run_with("pretrain.tasks.0.scale=255"),
+        ["pretrain.tasks.0.scale", "only npz sources take a scale", "source 'digits'"],
+        id="scale-on-a-built-in-source",
+    ),
+    pytest.param(
+        npz_task(eight_by_eight, "pretrain.tasks.0.classes=[0,1]", "pretrain.tasks.0.scale=-255"),
+        ["pretrain.tasks.0.scale", "positive number", "or null"],
+        id="scale-negative",
+    ),
+    pytest.param(
+        npz_task(lambda p: eight_by_eight(p, class_names=["cat"]), "pretrain.tasks.0.classes=[cat,dog]"),
+        ["data.npz", "fits neither reading of class_names", "the names themselves", "0..0", "scikit-learn"],
+        id="npz-labels-fit-neither-reading",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make_argv", "expected"), DATA_CASES)
+def test_bad_data_input_exits_2_with_one_line_and_writes_nothing(
+    make_argv: Callable[[Path], Argv], expected: list[str], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    test_bad_input_exits_2_with_one_line_and_writes_nothing(make_argv, expected, tmp_path, capfd)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from conftest import EXPERIMENTS
 
-from research.config import validate_config
+from research.config import load_config, run_id, validate_config
 from research.data import SHARED_HEAD, TensorBatches, build_tasks
+from research.data.fingerprint import content_fingerprints
 from research.data.sources import load_source
+from research.data.tasks import SharedExamplesWarning
 from research.data.transforms import permute_features, rotate_images
 from research.errors import ConfigError
 from research.training import check, run
+from research.training.pretrain import pretrain_key
 
 
 def config(pretrain: list[dict[str, Any]], finetune: list[dict[str, Any]], **sections: Any):
@@ -222,13 +227,13 @@ def _class_of(x: torch.Tensor, names: list[str]) -> list[str]:
 def test_head_label_mapping(heads: str, tmp_path: Path) -> None:
     names = ["ant", "bee", "cat", "dog"]
     path = str(_coded_npz(tmp_path / "coded.npz", names))
-    tasks = build_tasks(
-        config(
-            [{"name": "old", "source": "npz", "path": path, "classes": ["ant", "bee"]}],
-            [{"name": "new", "source": "npz", "path": path, "classes": ["dog", "bee"]}],  # task's own order
-            model={"heads": heads},
-        )
+    cfg = config(
+        [{"name": "old", "source": "npz", "path": path, "classes": ["ant", "bee"]}],
+        [{"name": "new", "source": "npz", "path": path, "classes": ["dog", "bee"]}],  # task's own order
+        model={"heads": heads},
     )
+    with pytest.warns(SharedExamplesWarning, match=r"\['bee'\]"):  # meant here: one class in two tasks
+        tasks = build_tasks(cfg)
     old, new = tasks.pretrain[0], tasks.finetune[0]
     if heads == "per_task":
         assert (old.head, new.head) == ("old", "new")
@@ -287,12 +292,93 @@ def test_npz_with_int_labels_and_uint8_images(tmp_path: Path) -> None:
     x = rng.integers(0, 256, size=(12, 5, 5), dtype=np.uint8)
     y = np.array([2, 0, 7] * 4)
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    data = load_source("npz", str(tmp_path / "d.npz"))
+    data = load_source("npz", str(tmp_path / "d.npz"), scale=255)  # 8-bit pixels, scaled because asked to
     assert data.x.shape == (12, 1, 5, 5) and data.x.dtype == np.float32
     np.testing.assert_allclose(data.x[:, 0], x / 255.0, rtol=1e-6)
     assert data.x.min() >= 0.0 and data.x.max() <= 1.0
     assert data.class_names == ("0", "2", "7")
     assert data.y.tolist() == [1, 0, 2] * 4
+    np.testing.assert_array_equal(load_source("npz", str(tmp_path / "d.npz")).x[:, 0], x)  # default: as stored
+
+
+def _table_npz(path: Path) -> Path:
+    """A tabular file with integer features (age in years, income in euros) and labels 0..3."""
+    rng = np.random.default_rng(3)
+    x = np.stack([rng.integers(18, 90, 80), rng.integers(10_000, 90_000, 80)], axis=1).astype(np.int64)
+    np.savez(path, x=x, y=np.repeat([0, 1, 2, 3], 20))
+    return path
+
+
+def _npz_task(name: str, path: Path, classes: list[Any], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "source": "npz", "path": str(path), "classes": classes, **extra}
+
+
+def _all_x(task) -> np.ndarray:
+    return np.concatenate([task.splits[s][0].numpy() for s in ("train", "val", "test")])
+
+
+def test_integer_npz_features_are_used_as_stored(tmp_path: Path) -> None:
+    # Regression: integer x used to be divided by 255 as if it were pixels, silently rescaling tabular data.
+    path = _table_npz(tmp_path / "table.npz")
+    tasks = build_tasks(config([_npz_task("a", path, [0, 1])], [_npz_task("b", path, [3, 2])]))
+    stored = np.load(path)["x"]
+    rows = {tuple(r) for r in stored.astype(np.float32)}
+    for task in tasks.all:
+        assert {tuple(r) for r in _all_x(task)} <= rows
+    assert _all_x(tasks.pretrain[0]).max() > 1000  # incomes in euros, not euros / 255
+
+
+def test_npz_scale_divides_x_per_task(tmp_path: Path) -> None:
+    path = _table_npz(tmp_path / "table.npz")
+    cfg = config([_npz_task("scaled", path, [0, 1], scale=255)], [_npz_task("raw", path, [1, 2])])
+    assert cfg.pretrain.tasks[0].scale == 255.0 and cfg.finetune.tasks[0].scale is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # class 1 is in both, in two scales: a shift, not an accident
+        tasks = build_tasks(cfg)
+    scaled, raw = tasks.pretrain[0], tasks.finetune[0]
+    stored = np.load(path)["x"].astype(np.float64)
+    # Each task gets its own scaling of the one file: neither sees the other's array.
+    assert {tuple(r) for r in _all_x(scaled)} <= {tuple(r) for r in (stored / 255).astype(np.float32)}
+    assert {tuple(r) for r in _all_x(raw)} <= {tuple(r) for r in stored.astype(np.float32)}
+    # Class 1's test examples are the same examples in both tasks, 255 times apart.
+    one_scaled = scaled.splits["test"][0][scaled.splits["test"][1] == 1].numpy()
+    one_raw = raw.splits["test"][0][raw.splits["test"][1] == 0].numpy()
+    np.testing.assert_allclose(one_scaled * 255, one_raw, rtol=1e-6)
+
+
+def test_scale_is_part_of_the_run_id_and_the_pretraining_cache_key(tmp_path: Path) -> None:
+    path = _table_npz(tmp_path / "table.npz")
+    keys = []
+    for scale in (None, 255):
+        cfg = config([_npz_task("a", path, [0, 1], scale=scale)], [_npz_task("b", path, [3, 2])])
+        keys.append((run_id(cfg, content_fingerprints(cfg)), pretrain_key(cfg, build_tasks(cfg))))
+    assert keys[0][0] != keys[1][0] and keys[0][1] != keys[1][1]
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ({"source": "digits"}, "only npz sources take a scale (built-in sources come scaled); source 'digits'"),
+        ({"source": "mnist1d"}, "only npz sources take a scale"),
+        ({"source": "folder", "path": "imgs"}, "folder images are always scaled to [0, 1]"),
+        ({"source": "npz", "path": "d.npz", "scale": 0}, "must be a positive number"),
+        ({"source": "npz", "path": "d.npz", "scale": -255}, "or null to use x as stored"),
+        ({"source": "npz", "path": "d.npz", "scale": "uint8"}, "got 'uint8'"),
+        ({"source": "npz", "path": "d.npz", "scale": True}, "must be a positive number"),
+        ({"source": "npz", "path": "d.npz", "scale": float("inf")}, "must be a positive number"),
+    ],
+)
+def test_scale_where_it_cannot_apply_is_a_config_error(task: dict[str, Any], message: str) -> None:
+    raw = {"name": "a", "classes": [0, 1], "scale": 255, **task}
+    with pytest.raises(ConfigError) as info:
+        config([raw], [{"name": "b", "source": "digits"}])
+    assert str(info.value).startswith("pretrain.tasks.0.scale: ")
+    assert message in str(info.value)
+
+
+def test_scale_override_on_a_built_in_source_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^finetune\.tasks\.0\.scale: only npz sources"):
+        load_config(EXPERIMENTS / "split_digits.yaml", ["finetune.tasks.0.scale=255"])
 
 
 def test_npz_with_string_labels_and_float_features(tmp_path: Path) -> None:
@@ -318,9 +404,74 @@ def test_npz_with_explicit_class_names(tmp_path: Path) -> None:
     assert data.y.tolist() == [0, 1, 0, 1]
 
 
+def test_npz_class_names_as_an_index_to_name_map(tmp_path: Path) -> None:
+    # scikit-learn's convention: y holds 0..K-1 and class_names[i] names class i. Refused before.
+    names = ["cat", "dog", "eel"]
+    y = np.repeat([0, 1, 2], 8)
+    x = np.repeat(np.arange(3), 8)[:, None] * 10.0 + np.zeros((1, 4))  # features encode the true class
+    np.savez(tmp_path / "sk.npz", x=x, y=y, class_names=np.array(names))
+    data = load_source("npz", str(tmp_path / "sk.npz"))
+    assert data.class_names == ("cat", "dog", "eel")
+    assert data.y.tolist() == y.tolist()
+    tasks = build_tasks(
+        config(
+            [_npz_task("a", tmp_path / "sk.npz", ["eel", "cat"])],
+            [_npz_task("b", tmp_path / "sk.npz", ["dog", "cat"], transform={"kind": "permute", "seed": 1})],
+        )
+    )
+    task = tasks.pretrain[0]
+    assert task.classes == ("eel", "cat")
+    for split in ("train", "val", "test"):
+        x_split, y_split = task.splits[split]
+        assert [task.classes[k] for k in y_split.tolist()] == [names[c] for c in (x_split[:, 0] // 10).long().tolist()]
+
+
+def test_npz_class_names_that_are_label_values_are_read_as_label_values(tmp_path: Path) -> None:
+    # Integer y and names that are label values fit both readings; the label-value reading wins: y == 0 is "0".
+    y = np.array([0, 1, 1, 0, 1, 0])
+    np.savez(tmp_path / "amb.npz", x=np.zeros((6, 2)), y=y, class_names=np.array(["1", "0"]))
+    data = load_source("npz", str(tmp_path / "amb.npz"))
+    assert data.class_names == ("1", "0")
+    assert [data.class_names[k] for k in data.y] == [str(v) for v in y]
+
+
+def test_npz_label_values_may_leave_some_names_unused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "n.npz", x=np.zeros((4, 2)), y=np.array([3, 7, 7, 3]), class_names=np.array([9, 7, 3]))
+    data = load_source("npz", str(tmp_path / "n.npz"))
+    assert data.class_names == ("9", "7", "3")
+    assert data.y.tolist() == [2, 1, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("y", "names", "message"),
+    [
+        (np.array(["a", "b", "c", "a"]), ["a", "b"], r"y holds labels \['c'\] that are not in class_names$"),
+        (np.array([0, 1, 2, 5]), ["x", "y", "z"], r"and integers 0\.\.5, not all within 0\.\.2$"),
+        (np.array([-1, 0, 1, 0]), ["x", "y"], r"integers -1\.\.1"),
+        (np.array([0.0, 1.0, 0.0, 1.0]), ["x", "y"], r"labels \['0\.0', '1\.0'\]"),
+    ],
+)
+def test_npz_labels_that_fit_neither_reading_of_class_names(
+    y: np.ndarray, names: list[str], message: str, tmp_path: Path
+) -> None:
+    np.savez(tmp_path / "bad.npz", x=np.zeros((len(y), 2)), y=y, class_names=np.array(names))
+    with pytest.raises(ConfigError, match=message) as info:
+        load_source("npz", str(tmp_path / "bad.npz"))
+    text = str(info.value)
+    assert "fits neither reading of class_names" in text and "the names themselves" in text
+    assert "integer indices 0.." in text and "scikit-learn" in text
+
+
 @pytest.mark.parametrize(
     ("arrays", "message"),
-    [({"x": np.zeros((3, 2))}, "needs arrays 'x' and 'y'"), ({"x": np.zeros((3, 2)), "y": np.zeros(2)}, "must match")],
+    [
+        ({"x": np.zeros((3, 2))}, "needs arrays 'x' and 'y'"),
+        ({"x": np.zeros((3, 2)), "y": np.zeros(2)}, "must match"),
+        ({"x": np.zeros((3, 2)), "y": np.zeros((3, 1))}, r"y must be one label per example, shape \(N,\)"),
+        ({"x": np.zeros((2, 2)), "y": np.array([0, 1]), "class_names": np.array(["a", "a", "b"])}, "duplicates"),
+        ({"x": np.zeros((2, 2)), "y": np.array([0, 1]), "class_names": np.array([], dtype=str)}, "is empty"),
+        ({"x": np.zeros((2, 2)), "y": np.array([0, 1]), "class_names": np.array([["a", "b"]])}, "shape \\(K,\\)"),
+    ],
 )
 def test_bad_npz_is_a_config_error(arrays: dict[str, np.ndarray], message: str, tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", **arrays)
@@ -391,13 +542,25 @@ def test_run_end_to_end_on_an_npz_source(tmp_path: Path) -> None:
             "model": {"hidden": [32]},
             "pretrain": {
                 "tasks": [
-                    {"name": "low", "source": "npz", "path": str(path), "classes": ["d0", "d1", "d2", "d3", "d4"]}
+                    {
+                        "name": "low",
+                        "source": "npz",
+                        "path": str(path),
+                        "classes": ["d0", "d1", "d2", "d3", "d4"],
+                        "scale": 255,
+                    }
                 ],
                 "train": {"epochs": 5, "batch_size": 32},
             },
             "finetune": {
                 "tasks": [
-                    {"name": "high", "source": "npz", "path": str(path), "classes": ["d5", "d6", "d7", "d8", "d9"]}
+                    {
+                        "name": "high",
+                        "source": "npz",
+                        "path": str(path),
+                        "classes": ["d5", "d6", "d7", "d8", "d9"],
+                        "scale": 255,
+                    }
                 ]
             },
             "train": {"epochs": 1, "batch_size": 32},
@@ -413,6 +576,87 @@ def test_run_end_to_end_on_an_npz_source(tmp_path: Path) -> None:
     assert set(step0.task) == {"low", "high"}
     assert step0.set_index("task").value["low"] > 0.8  # pretraining learned the npz data
     assert np.isfinite(metrics.value).all()
+
+
+# --------------------------------------------------------------------------------------------- shared examples
+
+
+def _digits_task(name: str, classes: list[int] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "source": "digits", **({"classes": classes} if classes else {}), **extra}
+
+
+def test_tasks_sharing_classes_share_examples_and_say_so() -> None:
+    cfg = config([_digits_task("low", [0, 1, 2, 3, 4])], [_digits_task("mid", [3, 4, 5, 6])])
+    with pytest.warns(SharedExamplesWarning) as caught:
+        tasks = build_tasks(cfg)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    for part in ("'low' and 'mid'", "['3', '4']", "source 'digits', untransformed", "same examples", "train included"):
+        assert part in message, part
+    # What the warning is about: the very same training images of 3 and 4 in both tasks.
+    low, mid = tasks.pretrain[0], tasks.finetune[0]
+    low_x, low_y = low.splits["train"]
+    mid_x, mid_y = mid.splits["train"]
+    torch.testing.assert_close(low_x[low_y >= 3], mid_x[mid_y <= 1])
+
+
+@pytest.mark.parametrize(
+    ("tasks", "pairs"),
+    [
+        ([_digits_task("all"), _digits_task("high", [5, 6, 7, 8, 9])], [("all", "high")]),
+        (
+            [_digits_task("a", [0, 1, 2]), _digits_task("b", [2, 3]), _digits_task("c", [3, 4])],  # a sequence
+            [("a", "b"), ("b", "c")],
+        ),
+        (
+            [
+                _digits_task("a", [1, 2], transform={"kind": "permute", "seed": 4}),
+                _digits_task("b", [2, 3], transform={"kind": "permute", "seed": 4, "degrees": 30}),  # degrees unused
+            ],
+            [("a", "b")],
+        ),
+    ],
+    ids=["all-then-some", "overlapping-sequence", "same-permutation"],
+)
+def test_shared_examples_warning_for_each_pair(tasks: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> None:
+    with pytest.warns(SharedExamplesWarning) as caught:
+        build_tasks(config(tasks[:1], tasks[1:]))
+    assert [str(w.message).split(" both take")[0] for w in caught] == [
+        f"shared examples: tasks '{a}' and '{b}'" for a, b in pairs
+    ]
+
+
+def test_permuted_or_rotated_copies_are_a_domain_shift_not_a_warning(tmp_path: Path) -> None:
+    path = _table_npz(tmp_path / "table.npz")
+    configs = [
+        config([_digits_task("a")], [_digits_task("b", transform={"kind": "rotate", "degrees": 90})]),
+        config([_digits_task("a")], [_digits_task("b", transform={"kind": "permute", "seed": 1})]),
+        config(
+            [_digits_task("a", transform={"kind": "rotate", "degrees": 90})],
+            [_digits_task("b", transform={"kind": "rotate", "degrees": 180})],
+        ),
+        config([_npz_task("a", path, [0, 1])], [_npz_task("b", path, [0, 1], scale=10)]),
+        config([_digits_task("a", [0, 1, 2, 3, 4])], [_digits_task("b", [5, 6, 7, 8, 9])]),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for cfg in configs:
+            build_tasks(cfg)
+
+
+def test_one_file_by_two_spellings_of_its_path_is_one_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _table_npz(tmp_path / "table.npz")
+    monkeypatch.chdir(tmp_path)
+    cfg = config([_npz_task("a", Path("table.npz"), [0, 1])], [_npz_task("b", tmp_path / "table.npz", [1, 2])])
+    with pytest.warns(SharedExamplesWarning, match=r"'a' and 'b' both take classes \['1'\]"):
+        build_tasks(cfg)
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_experiments_share_no_examples_by_accident(experiment: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_tasks(load_config(experiment))
 
 
 # --------------------------------------------------------------------------------------------- batches

@@ -2,7 +2,8 @@
 
 Built-in sources work offline: scikit-learn's bundled 8x8 digits, and MNIST-1D generated in memory with
 ``mnist1d.data.make_dataset`` (never ``get_dataset``, which downloads and writes a pickle into the working
-directory). Users bring their own data as a ``.npz`` of arrays or a folder of images, one sub-folder per class.
+directory). Users bring their own data as a ``.npz`` of arrays (used as stored unless the task sets ``scale``) or a
+folder of images, one sub-folder per class (pixels scaled to [0, 1]).
 """
 
 from __future__ import annotations
@@ -32,13 +33,20 @@ class SourceData:
         return self.x.ndim == 4
 
 
-def load_source(source: str, path: str | None = None, mnist1d_samples: int = 5000) -> SourceData:
+def load_source(
+    source: str, path: str | None = None, mnist1d_samples: int = 5000, scale: float | None = None
+) -> SourceData:
+    """A source's whole pool. ``scale`` (npz only; the task key of that name) divides ``x``; the built-in sources
+    come scaled and image folders are always scaled to [0, 1], so a scale for them is refused, not ignored."""
+    if scale is not None and source != "npz":
+        raise ConfigError(f"scale: only npz sources take a scale; source '{source}' takes none")
     if source == "digits":
         return _digits()
     if source == "mnist1d":
         return _mnist1d(mnist1d_samples)
     if source == "npz":
-        return _npz(str(path))
+        # Not cached: each call reads the file again, so tasks on one file with different scales never share x.
+        return _npz(str(path), scale)
     if source == "folder":
         return _image_folder(str(path))
     raise ConfigError(f"unknown task source '{source}'; valid choices: digits, mnist1d, npz, folder")
@@ -65,11 +73,12 @@ def _mnist1d(num_samples: int) -> SourceData:
     return SourceData(x, y, tuple(str(c) for c in range(10)))
 
 
-def _npz(path: str) -> SourceData:
-    """A ``.npz`` with arrays ``x`` (N, ...) and ``y`` (N,), and optionally ``class_names``.
+def _npz(path: str, scale: float | None = None) -> SourceData:
+    """A ``.npz`` with arrays ``x`` (N, ...) and ``y`` (N,), and optionally ``class_names`` (see ``_npz_labels``).
 
-    Integer ``x`` is taken as 8-bit pixels and scaled to [0, 1]; (N, H, W) images get a channel axis.
-    ``y`` may hold integers or strings; class names default to the sorted distinct labels.
+    ``x`` is used as stored, cast to float32, whatever its dtype: integer columns of a table are features, not
+    pixels, so nothing is rescaled unless the task asks for it with ``scale`` (``x / scale``; 255 maps 8-bit
+    pixels to [0, 1]). An (N, H, W) ``x`` is taken as grey-scale images and gets a channel axis.
     """
     file = Path(path)
     if not file.is_file():
@@ -86,24 +95,65 @@ def _npz(path: str) -> SourceData:
         raise ConfigError(f"npz source {path}: cannot read it ({err})") from None
     if len(x) != len(y) or len(x) == 0:
         raise ConfigError(f"npz source {path}: x has {len(x)} rows and y has {len(y)}; they must match and be > 0")
-    if np.issubdtype(x.dtype, np.integer):
-        x = x / 255.0
+    if scale is not None:
+        x = x / scale  # integer x divides in float64: scale 255 gives exactly what the old automatic /255 gave
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 3:
         x = x[:, None]
+    labels, class_names = _npz_labels(y, names, path)
+    return SourceData(x, labels, class_names)
+
+
+def _npz_labels(y: np.ndarray, names: np.ndarray | None, path: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Class indices into the class names, and the class names, of an npz file's ``y``.
+
+    Without ``class_names``, the classes are the distinct values of ``y``, sorted. With it, ``y`` is read in one
+    of two conventions, tried in this order:
+
+    1. label values: every value of ``y``, as text, is one of ``class_names`` (e.g. ``y = ["cat", "dog", ...]``,
+       or ``y = [3, 7, ...]`` with ``class_names = ["7", "3"]``); ``y`` holds the names and ``class_names`` only
+       fixes their order (and may name classes that have no examples);
+    2. indices (scikit-learn's convention): ``y`` is integer in 0..K-1 and ``class_names[i]`` names class i
+       (e.g. ``y = [0, 1, ...]``, ``class_names = ["cat", "dog"]``).
+
+    Integer ``y`` whose values are also names (``class_names = ["1", "0"]``) fits both; the first reading wins,
+    so ``y == 0`` is class ``"0"``. The two agree only when every name is its own index. Anything that fits
+    neither is a ConfigError naming both. Either way a task's ``classes`` are class names.
+    """
+    if y.ndim != 1:
+        raise ConfigError(f"npz source {path}: y must be one label per example, shape (N,); found {y.shape}")
+    values, inverse = np.unique(y, return_inverse=True)
+    texts = [str(v) for v in values]
     if names is None:
-        names = np.unique(y)
-    names = tuple(str(n) for n in names)
-    index = {name: i for i, name in enumerate(names)}
-    unknown = sorted({str(v) for v in y} - set(index))
-    if unknown:
-        raise ConfigError(f"npz source {path}: labels {unknown[:5]} are not in class_names {list(names)}")
-    labels = np.array([index[str(v)] for v in y], dtype=np.int64)
-    return SourceData(x, labels, names)
+        return inverse.astype(np.int64), tuple(texts)
+    if names.ndim != 1:
+        raise ConfigError(f"npz source {path}: class_names must be a list of names, shape (K,); found {names.shape}")
+    class_names = tuple(str(n) for n in names)
+    if not class_names:
+        raise ConfigError(f"npz source {path}: class_names is empty; leave it out to name classes by their labels")
+    if len(set(class_names)) != len(class_names):
+        repeated = sorted({n for n in class_names if class_names.count(n) > 1})
+        raise ConfigError(f"npz source {path}: class_names has duplicates {repeated[:5]}")
+    position = {name: i for i, name in enumerate(class_names)}
+    if all(t in position for t in texts):
+        return np.array([position[t] for t in texts], dtype=np.int64)[inverse], class_names
+    if np.issubdtype(y.dtype, np.integer) and values[0] >= 0 and values[-1] < len(class_names):
+        return y.astype(np.int64), class_names
+    unknown = [t for t in texts if t not in position]
+    shown = list(class_names[:10]) + (["..."] if len(class_names) > 10 else [])
+    found = f"labels {unknown[:5]} that are not in class_names"
+    if np.issubdtype(y.dtype, np.integer):
+        found += f" and integers {values[0]}..{values[-1]}, not all within 0..{len(class_names) - 1}"
+    raise ConfigError(
+        f"npz source {path}: y fits neither reading of class_names {shown}: y must hold either the names "
+        f"themselves (every label found in class_names, compared as text) or integer indices 0..{len(class_names) - 1}"
+        f" into class_names (scikit-learn's convention); y holds {found}"
+    )
 
 
 def _image_folder(path: str) -> SourceData:
-    """``path/<class name>/<image>``: every image the same size; grey-scale unless any image has colour."""
+    """``path/<class name>/<image>``: every image the same size; grey-scale unless any image has colour. Pixels
+    are always scaled to [0, 1] (8-bit values / 255), so a folder task takes no ``scale``."""
     from PIL import Image
 
     root = Path(path)

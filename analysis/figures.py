@@ -15,6 +15,7 @@ slashes) at its foot so the reader sees it is truncated. Accuracy ticks are plai
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -513,8 +514,9 @@ def accuracy_heatmap(
     matrix: pd.DataFrame, out_dir: str | Path, name: str = "accuracy_matrix", title: str | None = None
 ) -> list[Path]:
     """An accuracy matrix as a heatmap: rows are points in time (the index, e.g. "start", "after task_b"),
-    columns the evaluated tasks, each cell annotated with its accuracy (2 decimals; NaN shows "–"), colour
-    scale fixed to 0–1 with a colour bar."""
+    columns the evaluated tasks, each cell annotated with its accuracy (2 decimals), colour scale fixed to 0–1
+    with a colour bar, and ``title`` (e.g. the setting) above it. A NaN cell (a task not scored yet) is light
+    grey and reads "n/a"."""
     if not isinstance(matrix, pd.DataFrame):
         raise ValueError(f"accuracy_heatmap needs a pandas DataFrame; got {type(matrix).__name__}")
     if matrix.empty or matrix.shape[1] == 0:
@@ -525,7 +527,9 @@ def accuracy_heatmap(
     rotate = max(len(c) for c in cols) * len(cols) > 40 or max(len(c) for c in cols) > 12
     row_label_width = 0.06 * max(len(r) for r in rows)
     width = row_label_width + 0.62 * len(cols) + 1.3
-    height = 0.9 + 0.36 * len(rows) + (0.045 * max(len(c) for c in cols) if rotate else 0.15) + (0.2 if title else 0)
+    # A long title (a setting label) wraps to the figure's width, at about 0.075 in per character.
+    lines = textwrap.wrap(title, max(int(min(max(width, MIN_WIDTH), MAX_WIDTH) / 0.075), 20)) if title else []
+    height = 0.9 + 0.36 * len(rows) + (0.045 * max(len(c) for c in cols) if rotate else 0.15) + 0.2 * len(lines)
     with paper_style():
         fig = _new_figure(width, max(height, 1.8))
         ax = fig.subplots()
@@ -537,7 +541,7 @@ def accuracy_heatmap(
                 colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color=colour)
             else:
-                ax.text(j, i, "–", ha="center", va="center", fontsize=8, color="0.3")
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="0.3")
         ax.set_xticks(range(len(cols)), labels=cols)
         ax.set_yticks(range(len(rows)), labels=rows)
         if rotate:
@@ -555,8 +559,8 @@ def accuracy_heatmap(
         bar.set_ticks(np.linspace(0, 1, 6))
         bar.ax.yaxis.set_major_formatter(FormatStrFormatter("%.1f"))
         bar.outline.set_linewidth(0.5)
-        if title:
-            ax.set_title(title)
+        if lines:
+            ax.set_title("\n".join(lines))
         return _save(fig, out_dir, name)
 
 
@@ -655,7 +659,10 @@ def _outward(ax: Axes, x: np.ndarray, y: np.ndarray, i: int, distance: float = 6
 
 
 def wise_ft_curve(curve: pd.DataFrame, out_dir: str | Path, name: str = "wise_ft") -> list[Path]:
-    """WiSE-FT weight interpolation ``θ(α) = (1 − α)·θ_pretrained + α·θ_fine-tuned``. Left: old-task and new-task
+    """WiSE-FT weight interpolation (Wortsman et al. 2022) ``θ(α) = (1 − α)·θ_pretrained + α·θ_fine-tuned`` for
+    the parameters that exist in the pretrained model (backbone, old heads, a shared head's pretrained rows);
+    parameters created for fine-tuning (a new task's own head, a shared head's rows for the new classes) keep
+    their fine-tuned values at every α, for either head layout. Left: old-task and new-task
     accuracy against α with ±1 std bands. Right: the trade-off curve (new-task accuracy on x, old-task on y, as
     in :func:`stability_plasticity`) with α annotations. ``curve`` columns: ``alpha`` (0..1), ``old_mean``,
     ``old_std``, ``new_mean``, ``new_std``, ``n``."""

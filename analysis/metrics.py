@@ -1,24 +1,30 @@
 """Forgetting metrics as pure functions over accuracy matrices.
 
 An accuracy matrix ``A`` has one row per point in time and one column per task: ``A[t, k]`` is the accuracy on
-task ``k`` measured after training stage ``t``. In the common square case, row ``t`` is measured right after
-learning task ``t``.
+task ``k`` measured at time ``t``. Each task ``k`` has a *boundary* ``b_k``: the row measured right after it was
+learned. In the square case, row ``t`` is measured right after learning task ``t`` (``b_k = k``); otherwise the
+boundaries are given, e.g. the pretraining tasks of a fine-tuning run have their boundary at the "start" row
+(before any fine-tuning update) and fine-tuning task ``k`` at the row taken when its training ended. Every matrix
+metric reads only cells at or after each task's boundary, so cells before it may be NaN (a task that was not
+scored yet); a NaN at or after a boundary is an error.
 
-Also: metrics of one task's accuracy curve over training steps (final and maximum drop, stability gap,
-retention, forgetting area, plasticity), the Pareto front of runs, reading an accuracy matrix out of a tidy
+Also: metrics of one task's accuracy curve over training steps (final and peak-to-final drop, stability gap,
+retention, forgetting area, final accuracy), the Pareto front of runs, reading an accuracy matrix out of a tidy
 table, and mean ± Student-t confidence intervals over seeds. numpy, pandas and scipy only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+Matrix = Sequence[Sequence[float]] | np.ndarray
 
-def _matrix(accuracy: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+
+def _matrix(accuracy: Matrix) -> np.ndarray:
     matrix = np.asarray(accuracy, dtype=float)
     if matrix.ndim != 2 or matrix.size == 0:
         raise ValueError(f"an accuracy matrix is 2-D and non-empty; got shape {matrix.shape}")
@@ -26,18 +32,34 @@ def _matrix(accuracy: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
 
 
 def _boundaries(matrix: np.ndarray, boundaries: Sequence[int] | None) -> list[int]:
+    """Each task's boundary row (``k`` in the square case), checked to lie in the matrix, with every cell at or
+    after it measured (not NaN)."""
     if boundaries is None:
         if matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"a non-square accuracy matrix {matrix.shape} needs the time index of each task")
-        return list(range(matrix.shape[1]))
-    if len(boundaries) != matrix.shape[1]:
+        rows = list(range(matrix.shape[1]))
+    elif len(boundaries) != matrix.shape[1]:
         raise ValueError(f"{len(boundaries)} boundaries for {matrix.shape[1]} tasks")
-    return list(boundaries)
+    else:
+        rows = [int(b) for b in boundaries]
+    for k, b in enumerate(rows):
+        if not 0 <= b < matrix.shape[0]:
+            raise ValueError(f"task {k}: boundary row {b} is outside the matrix's {matrix.shape[0]} rows")
+        if np.isnan(matrix[b:, k]).any():
+            raise ValueError(f"task {k}: accuracy missing (NaN) at or after its boundary row {b}")
+    return rows
 
 
-def forgetting_matrix(
-    accuracy: Sequence[Sequence[float]] | np.ndarray, boundaries: Sequence[int] | None = None
-) -> np.ndarray:
+def _before_last(matrix: np.ndarray, rows: list[int], what: str) -> list[int]:
+    """The tasks learned before the last row (boundary < last row); the metric averages over them."""
+    last = matrix.shape[0] - 1
+    tasks = [k for k, b in enumerate(rows) if b < last]
+    if not tasks:
+        raise ValueError(f"{what} needs a task learned before the last row; boundaries {rows}, last row {last}")
+    return tasks
+
+
+def forgetting_matrix(accuracy: Matrix, boundaries: Sequence[int] | None = None) -> np.ndarray:
     """``F[t, k] = A[b_k, k] − A[t, k]`` for ``t > b_k`` and 0 up to ``b_k``, where ``b_k`` is the time right
     after task ``k`` was learned (``k`` in the square case). The same definition as
     ``avalanche.evaluation.functional.forgetting`` (tested equal)."""
@@ -48,26 +70,40 @@ def forgetting_matrix(
     return result
 
 
-def average_forgetting(accuracy: Sequence[Sequence[float]] | np.ndarray) -> float:
-    """Chaudhry et al. 2018 (RWalk): at the last time T, the mean over tasks k < T of the largest drop,
-    ``max_{t < T} A[t, k] − A[T, k]``, using every earlier measurement (max-drop, not drop-since-learned)."""
+def average_forgetting(accuracy: Matrix, boundaries: Sequence[int] | None = None) -> float:
+    """Forgetting as Chaudhry et al. 2018 define it ("Riemannian Walk for Incremental Learning"): at the
+    last row ``T``, the mean over the tasks learned before it (``b_k < T``) of the largest drop from a task
+    boundary, ``max_{b_k ≤ t < T} A[t, k] − A[T, k]``. The peak is taken over the boundary rows from the task's
+    own boundary on (every row of the matrix is a boundary), not over every evaluation, so it does not depend
+    on how often the model was evaluated. With one fine-tuning task after pretraining (rows: start, end) it is
+    the mean final drop of the pretraining tasks."""
     matrix = _matrix(accuracy)
+    rows = _boundaries(matrix, boundaries)
     last = matrix.shape[0] - 1
-    tasks = min(last, matrix.shape[1])
-    if tasks == 0:
-        raise ValueError("forgetting needs at least two points in time")
-    drops = [matrix[k:last, k].max() - matrix[last, k] for k in range(tasks)]
+    drops = [matrix[rows[k] : last, k].max() - matrix[last, k] for k in _before_last(matrix, rows, "forgetting")]
     return float(np.mean(drops))
 
 
-def backward_transfer(accuracy: Sequence[Sequence[float]] | np.ndarray) -> float:
-    """Lopez-Paz & Ranzato 2017 (GEM): ``BWT = 1/(T−1) Σ_{k<T−1} A[T−1, k] − A[k, k]`` on a square matrix of
-    T tasks. Negative values are forgetting."""
+def backward_transfer(accuracy: Matrix, boundaries: Sequence[int] | None = None) -> float:
+    """Lopez-Paz & Ranzato 2017 (GEM, "Gradient Episodic Memory for Continual Learning"): the mean over the
+    tasks learned before the last row ``T`` of ``A[T, k] − A[b_k, k]``; on a square matrix of T tasks,
+    ``1/(T−1) Σ_{k<T−1} A[T−1, k] − A[k, k]``. Negative values are forgetting. With one fine-tuning task after
+    pretraining (rows: start, end) it is minus the mean final drop of the pretraining tasks."""
     matrix = _matrix(accuracy)
-    if matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 2:
-        raise ValueError(f"backward transfer needs a square matrix of at least 2 tasks; got {matrix.shape}")
+    rows = _boundaries(matrix, boundaries)
     last = matrix.shape[0] - 1
-    return float(np.mean([matrix[last, k] - matrix[k, k] for k in range(last)]))
+    tasks = _before_last(matrix, rows, "backward transfer")
+    return float(np.mean([matrix[last, k] - matrix[rows[k], k] for k in tasks]))
+
+
+def plasticity(accuracy: Matrix, boundaries: Sequence[int] | None = None) -> float:
+    """The mean over tasks of the accuracy right after each was learned, ``A[b_k, k]`` (the diagonal in the
+    square case; the "learning accuracy" of Riemer et al. 2019, "Learning to Learn without Forgetting by
+    Maximizing Transfer and Minimizing Interference"). Unlike the final accuracy it does not include what was
+    forgotten of a task while later tasks were learned."""
+    matrix = _matrix(accuracy)
+    rows = _boundaries(matrix, boundaries)
+    return float(np.mean([matrix[b, k] for k, b in enumerate(rows)]))
 
 
 # --- Per-task accuracy curves -------------------------------------------------------------------------------
@@ -100,11 +136,11 @@ def final_drop(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.nd
     return float(values[0] - values[-1])
 
 
-def max_drop(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> float:
-    """Best accuracy seen minus the final one: ``max_t acc[t] − acc[-1]`` over every measurement, step 0
-    included, so it is never negative (peak-to-final drop). Not quite the per-task term of Chaudhry et al. 2018
-    ("Riemannian Walk for Incremental Learning", :func:`average_forgetting`), which takes the peak over task
-    boundaries only; over every evaluation step the peak also picks up evaluation noise, so this is ≥ theirs."""
+def peak_drop(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> float:
+    """Peak-to-final drop: the best accuracy seen at ANY evaluation minus the final one, ``max_t acc[t] −
+    acc[-1]``, step 0 included, so it is never negative. This is not Chaudhry et al. 2018's forgetting
+    (:func:`average_forgetting`), which takes the peak over task boundaries only: over every evaluation the peak
+    also picks up evaluation noise and depends on how often the model was evaluated, so this is ≥ theirs."""
     _, values = _curve(steps, acc)
     return float(values.max() - values[-1])
 
@@ -140,8 +176,9 @@ def forgetting_auc(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | n
     return area / float(step_array[-1] - step_array[0])
 
 
-def plasticity(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> float:
-    """Final accuracy on the task being learned: ``acc[-1]`` (the curve of the NEW task)."""
+def final_accuracy(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> float:
+    """The accuracy at the last measurement, ``acc[-1]``. For a task of a sequence this includes what was
+    forgotten of it while later tasks were learned; the accuracy right after learning it is :func:`plasticity`."""
     _, values = _curve(steps, acc)
     return float(values[-1])
 
@@ -168,13 +205,20 @@ def pareto_front(stability: Sequence[float] | np.ndarray, plasticity: Sequence[f
     return valid & ~dominated
 
 
-def accuracy_matrix(frame: pd.DataFrame, boundaries: Sequence[tuple[str, int]]) -> pd.DataFrame:
+def accuracy_matrix(
+    frame: pd.DataFrame, boundaries: Sequence[tuple[str, int]], task_boundaries: Mapping[str, str] | None = None
+) -> pd.DataFrame:
     """An accuracy matrix read from a tidy table with columns ``step, task, acc`` (one row per task per
     evaluation step) at the given points in time. ``boundaries`` is a list of ``(label, step)`` pairs, e.g.
     ``[("start", 0), ("after digits_5_9", 190)]``. The result has one row per label (in the given order, index
     named ``boundary``) and one column per task (in order of first appearance in ``frame``, columns named
-    ``task``): ``A[label, task]`` is ``acc`` at exactly that step. A missing row or a NaN ``acc`` for a needed
-    (task, step) raises ValueError naming it; so do duplicate (step, task) rows and duplicate labels."""
+    ``task``): ``A[label, task]`` is ``acc`` at exactly that step.
+
+    ``task_boundaries`` maps a task to the label of its own boundary (the row right after it was learned). Such
+    a task may be unmeasured at rows whose step comes before that boundary's step (e.g. a class-incremental
+    task is not scored before its classes exist): those cells are NaN. Every other missing row or NaN ``acc``
+    (a task without an entry, or at or after its own boundary) raises ValueError naming the (task, step); so do
+    duplicate (step, task) rows, duplicate labels and a ``task_boundaries`` label that is not in ``boundaries``."""
     missing_columns = [column for column in ("step", "task", "acc") if column not in frame.columns]
     if missing_columns:
         raise ValueError(f"the frame lacks column(s) {missing_columns}; it has {list(frame.columns)}")
@@ -184,6 +228,11 @@ def accuracy_matrix(frame: pd.DataFrame, boundaries: Sequence[tuple[str, int]]) 
     repeated = sorted({str(label) for label in labels if labels.count(label) > 1})
     if repeated:
         raise ValueError(f"boundary labels must be unique; repeated: {repeated}")
+    steps_of = dict(boundaries)
+    unknown = {task: label for task, label in (task_boundaries or {}).items() if label not in steps_of}
+    if unknown:
+        raise ValueError(f"task boundaries {unknown} name labels that are not among {labels}")
+    learned = {task: steps_of[label] for task, label in (task_boundaries or {}).items()}
     duplicated = frame.duplicated(subset=["step", "task"], keep=False)
     if duplicated.any():
         pairs = frame.loc[duplicated, ["task", "step"]].drop_duplicates().itertuples(index=False, name=None)
@@ -195,7 +244,7 @@ def accuracy_matrix(frame: pd.DataFrame, boundaries: Sequence[tuple[str, int]]) 
         row = []
         for task in tasks:
             value = lookup.get((task, step), np.nan)
-            if pd.isna(value):
+            if pd.isna(value) and not (task in learned and step < learned[task]):
                 raise ValueError(f"no accuracy for (task, step) = ({task!r}, {step!r})")
             row.append(float(value))
         rows.append(row)

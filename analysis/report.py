@@ -3,7 +3,8 @@
 
     DIR/report.html            the report
     DIR/results.md, .tex       the results table (mean ± std over seeds, best per column in bold)
-    DIR/figures/*.pdf, *.png   forgetting curves, stability–plasticity with the Pareto front, accuracy matrix,
+    DIR/figures/*.pdf, *.png   forgetting curves, stability–plasticity with the Pareto front, accuracy matrices
+                               (final accuracies of single-task settings; one per sequence setting),
                                hyperparameter sweeps, WiSE-FT trade-off (when present)
     DIR/data/*.parquet         the tidy data every table and figure was made from
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from analysis import figures
 from analysis.load import RunSet, load_runs
 from analysis.metrics import aggregate_seeds, pareto_front
 from analysis.style import order_settings
-from analysis.summarize import accuracy_curves, run_accuracy_matrix, run_summary, setting_summary
+from analysis.summarize import accuracy_curves, run_summary, setting_accuracy_matrix, setting_summary
 from analysis.tables import latex_table, markdown_table, table_cells
 
 CONFIDENCE = 0.95
@@ -95,31 +97,34 @@ def _figures(runs: RunSet, curves: pd.DataFrame, settings: pd.DataFrame, folder:
         "Forgetting curves",
         "Accuracy of every task against fine-tuning steps (step 0 = the pretrained model): the original "
         "(pretraining) tasks on the left, the new task(s) on the right. Lines are the mean over seeds, bands "
-        "± one standard deviation.",
+        "± one standard deviation. A new task that is not scored before its own training (a shared head without "
+        "outputs for its classes yet) starts at its first evaluation.",
         figures.forgetting_curves(curves, folder, sharey=False),
     )
     points = settings.rename(
         columns={
             "old_acc_mean": "old_mean",
             "old_acc_std": "old_std",
-            "new_acc_mean": "new_mean",
-            "new_acc_std": "new_std",
+            "plasticity_mean": "new_mean",
+            "plasticity_std": "new_std",
         }
     )[["setting", "method", "n", "old_mean", "old_std", "new_mean", "new_std"]].copy()
     points["front"] = pareto_front(points["old_mean"].to_numpy(), points["new_mean"].to_numpy())
     add(
         "Stability and plasticity",
-        "Each setting's final accuracy on the old tasks (stability) against the new task (plasticity), mean ± std "
-        "over seeds. The Pareto front joins the settings no other setting beats on both.",
+        "Each setting's final accuracy on the old (pretraining) tasks (stability) against its plasticity (each new "
+        "task's accuracy right after it was learned, averaged over the new tasks; for one new task its final "
+        "accuracy), mean ± std over seeds. The Pareto front joins the settings no other setting beats on both.",
         figures.stability_plasticity(points, folder),
     )
-    matrix, text = _accuracy_matrix(runs, settings)
-    add("Accuracy matrix", text, figures.accuracy_heatmap(matrix, folder))
+    for setting, text, matrix, name in _accuracy_matrices(runs, settings):
+        title = f"Accuracy matrix: {setting}" if setting else "Accuracy matrix"
+        add(title, text, figures.accuracy_heatmap(matrix, folder, name=name, title=setting))
     for method, parameter, sweep in _sweeps(runs, settings):
         add(
             f"Sweep: {method} {parameter}",
-            f"{method}'s final old- and new-task accuracy as its {parameter} varies (mean ± std over seeds; "
-            "other settings at their defaults).",
+            f"{method}'s final old-task accuracy and its plasticity (new-task accuracy right after each new task "
+            f"was learned) as its {parameter} varies (mean ± std over seeds; other settings at their defaults).",
             figures.sweep_plot(sweep, folder, name=f"sweep_{method}_{parameter}", parameter=parameter),
         )
     wise = _wise_ft(runs)
@@ -128,39 +133,65 @@ def _figures(runs: RunSet, curves: pd.DataFrame, settings: pd.DataFrame, folder:
     else:
         add(
             "WiSE-FT trade-off",
-            "Accuracy of the weight-space interpolation (1 − α)·θ₀ + α·θ_ft between the pretrained (α = 0) and the "
-            "fine-tuned model (α = 1), mean ± std over seeds.",
+            "Accuracy of the weight-space interpolation between the pretrained (α = 0) and the fine-tuned model "
+            "(α = 1), mean ± std over seeds. The parameters that exist in the pretrained model θ₀ (the backbone, "
+            "the old tasks' heads, a shared head's pretrained rows) are interpolated, (1 − α)·θ₀ + α·θ_ft; the "
+            "parameters created for fine-tuning (a new task's own head, or a shared head's rows for the new "
+            "classes) have no pretrained value and keep their fine-tuned values at every α.",
             figures.wise_ft_curve(wise, folder),
         )
     return sections
 
 
-def _accuracy_matrix(runs: RunSet, settings: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """For task sequences, the time × task matrix of the first sequence setting (mean over its seeds); otherwise
-    settings × tasks: each setting's final accuracy per task, under a row with the accuracy before fine-tuning."""
-    sequences = runs.runs[runs.runs["task_ends"].map(lambda t: len(json.loads(t)) > 1 if isinstance(t, str) else False)]
-    if len(sequences):
-        setting = next(s for s in settings["setting"] if s in set(sequences["setting"]))
-        ids = sequences.loc[sequences["setting"] == setting, "run_id"]
-        matrix = sum(run_accuracy_matrix(runs, rid) for rid in ids) / len(ids)
-        matrix.index.name = "when measured"
-        return matrix, (
+def _accuracy_matrices(runs: RunSet, settings: pd.DataFrame) -> list[tuple[str | None, str, pd.DataFrame, str]]:
+    """``(setting, text, matrix, file name)`` of each accuracy-matrix figure: one settings × tasks matrix of the
+    final accuracies of the settings with one fine-tuning task (setting None), then one time × task matrix per
+    setting with more than one fine-tuning task (mean over its seeds, titled with the setting)."""
+    is_sequence = runs.runs["task_ends"].map(lambda t: len(json.loads(t)) > 1 if isinstance(t, str) else False)
+    sequences = [s for s in settings["setting"] if s in set(runs.runs.loc[is_sequence, "setting"])]
+    single = [s for s in settings["setting"] if s not in sequences]
+    result = [_final_matrix(runs, single)] if single else []
+    names: set[str] = set()
+    for setting in sequences:
+        ids = runs.runs.loc[is_sequence & (runs.runs["setting"] == setting), "run_id"]
+        matrix = setting_accuracy_matrix(runs, list(ids))
+        text = (
             f"Accuracy on every task (columns) at the start and after each fine-tuning task (rows) for {setting}, "
-            f"mean over {len(ids)} seed(s)."
+            f"mean over {len(ids)} seed(s). n/a: the task was not scored yet (a shared head has no outputs for its "
+            "classes before its own training starts)."
         )
-    final = runs.metrics[runs.metrics["metric"] == "acc"]
+        result.append((setting, text, matrix, _unique_name(setting, names)))
+    return result
+
+
+def _unique_name(setting: str, taken: set[str]) -> str:
+    """A file name for a setting's accuracy matrix: letters, digits, '-' and '_' only, unique in ``taken``."""
+    base = "accuracy_matrix_" + (re.sub(r"[^A-Za-z0-9-]+", "_", setting).strip("_") or "setting")
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _final_matrix(runs: RunSet, settings: list[str]) -> tuple[None, str, pd.DataFrame, str]:
+    """Settings × tasks: each setting's final accuracy per task, under a row with the accuracy before
+    fine-tuning (mean over the runs of these settings)."""
+    mine = runs.runs.loc[runs.runs["setting"].isin(settings), "run_id"]
+    final = runs.metrics[(runs.metrics["metric"] == "acc") & runs.metrics["run_id"].isin(mine)]
     last = final.groupby("run_id")["step"].transform("max")
     at_end = runs.with_runs(final[final["step"] == last])
     rows = at_end.pivot_table(index="setting", columns="task", values="value", aggfunc="mean", sort=False)
     tasks = list(dict.fromkeys(final.sort_values("role", ascending=False)["task"]))  # old tasks first
     start = final[final["step"] == final.groupby("run_id")["step"].transform("min")]
     start_row = start.groupby("task")["value"].mean().rename("before fine-tuning")
-    matrix = pd.concat([start_row.to_frame().T, rows.loc[settings["setting"]]])[tasks]
+    matrix = pd.concat([start_row.to_frame().T, rows.loc[settings]]).reindex(columns=tasks)
     matrix.index.name = "setting (final accuracy)"
-    return matrix, (
+    text = (
         "Final accuracy on every task (columns) per setting (rows, mean over seeds); the first row is the model "
-        "before fine-tuning (mean over all runs)."
+        "before fine-tuning (mean over these runs; n/a where a task was not scored before fine-tuning)."
     )
+    return None, text, matrix, "accuracy_matrix"
 
 
 def _sweeps(runs: RunSet, settings: pd.DataFrame):
@@ -188,7 +219,7 @@ def _sweeps(runs: RunSet, settings: pd.DataFrame):
         )
         summary = summary.merge(mine[["run_id", column]], on="run_id")
         old = aggregate_seeds(summary, column, "old_acc", CONFIDENCE)
-        new = aggregate_seeds(summary, column, "new_acc", CONFIDENCE)
+        new = aggregate_seeds(summary, column, "plasticity", CONFIDENCE)
         sweep = pd.DataFrame(
             {
                 "method": method,
@@ -229,13 +260,43 @@ def _wise_ft(runs: RunSet) -> pd.DataFrame | None:
 # --------------------------------------------------------------------------------------------- HTML
 
 METRIC_TEXT = [
-    ("old tasks: final acc", "final accuracy on the pretraining tasks (mean over them): stability."),
-    ("new task: final acc", "final accuracy on the new task(s): plasticity."),
-    ("forgetting (final drop)", "step-0 accuracy minus final accuracy on the pretraining tasks."),
     (
-        "forgetting (max drop)",
-        "best accuracy seen at any evaluation minus final accuracy (peak-to-final; Chaudhry et al. 2018 take the "
-        "peak over task boundaries only, which for one new task equals the final drop).",
+        "task boundaries",
+        "a run is a sequence of tasks: the pretraining tasks first (their boundary is the start, step 0, right "
+        "after pretraining), then each fine-tuning (new) task in order (its boundary is the step at which its "
+        "training ended). The accuracy matrix A[t, k] holds every task's accuracy at each boundary t.",
+    ),
+    ("old tasks: final acc", "final accuracy on the pretraining tasks (mean over them): stability."),
+    (
+        "new tasks: mean final acc",
+        "final accuracy on the new tasks, averaged over them; in a sequence it includes what was forgotten of "
+        "the earlier new tasks.",
+    ),
+    (
+        "plasticity",
+        "each new task's accuracy right after it was learned, A[after task k, k], averaged over the new tasks "
+        "(the learning accuracy of Riemer et al. 2019); shown for sequences (for one new task it equals its "
+        "final accuracy). The last new task's own value is last_task_plasticity in data/settings.parquet.",
+    ),
+    (
+        "forgetting",
+        "Chaudhry et al. 2018 (RWalk): for every task learned before the last one (the pretraining tasks and the "
+        "earlier new tasks), the highest accuracy at a task boundary from its own boundary up to (not including) "
+        "the last one, minus its final accuracy; averaged over those tasks. For one new task it is the final drop "
+        "of the pretraining tasks.",
+    ),
+    (
+        "BWT",
+        "backward transfer (Lopez-Paz & Ranzato 2017): for every task learned before the last one, its final "
+        "accuracy minus its accuracy at its own boundary (the start for the pretraining tasks); averaged. Negative "
+        "is forgetting; for one new task it is minus the final drop.",
+    ),
+    ("final drop", "step-0 accuracy minus final accuracy on the pretraining tasks."),
+    (
+        "peak-to-final drop",
+        "the best accuracy seen at any evaluation minus the final accuracy on the pretraining tasks. Not the "
+        "literature's forgetting: its peak is over every evaluation, so it depends on how often the model was "
+        "evaluated and picks up evaluation noise (it is never below the forgetting's per-task term).",
     ),
     (
         "stability gap",
@@ -244,7 +305,6 @@ METRIC_TEXT = [
     ),
     ("retention", "final accuracy divided by step-0 accuracy."),
     ("forgetting AUC", "the mean drop below the step-0 accuracy over fine-tuning (area under the forgetting curve)."),
-    ("BWT", "backward transfer over a sequence of new tasks (Lopez-Paz & Ranzato 2017); negative is forgetting."),
 ]
 
 
@@ -295,7 +355,8 @@ def _html(everything: RunSet, runs: RunSet, settings: pd.DataFrame, sections: li
         parts.append(
             f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>"
             f"<img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"
-            f"<p class='small'>Vector version: <code>{html.escape(str(pdf))}</code></p>"
+            f"<p class='small'>Vector version: <a href='{html.escape(str(pdf))}'><code>{html.escape(str(pdf))}</code>"
+            "</a></p>"
         )
     parts.append("<h2>What the metrics mean</h2><dl>")
     parts += [f"<dt>{html.escape(a)}</dt><dd>{html.escape(b)}</dd>" for a, b in METRIC_TEXT]

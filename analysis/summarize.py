@@ -2,20 +2,35 @@
 seeds (mean, sample standard deviation, Student-t 95 % interval, and the number of seeds).
 
 Roles: ``pretrain`` tasks are the model's original abilities ("old"), ``finetune`` tasks the new ones ("new").
-Per pretraining task and run (definitions and sources in :mod:`analysis.metrics`):
+A run is a sequence of tasks: the pretraining tasks first, then each fine-tuning task in order. Its accuracy
+matrix (:func:`run_accuracy_matrix`) has a row at each task boundary: "start" (step 0, right after pretraining,
+the boundary of every pretraining task) and "after <task>" at each fine-tuning task's end (``task_ends``).
+Definitions and sources in :mod:`analysis.metrics`.
+
+From each pretraining task's accuracy curve over fine-tuning steps (averaged over the pretraining tasks):
     old_acc         final accuracy
     final_drop      step-0 accuracy − final accuracy
-    max_drop        best accuracy seen − final accuracy
+    peak_drop       peak-to-final drop: best accuracy at any evaluation − final accuracy (not Chaudhry's forgetting)
     stability_gap   step-0 accuracy − lowest accuracy during fine-tuning (De Lange et al. 2023)
     retention       final accuracy / step-0 accuracy
     forgetting_auc  mean drop below the step-0 accuracy over fine-tuning (area under the forgetting curve)
-Per new task and run: new_acc, its final accuracy (plasticity). Run-level values average over the tasks of a
-role; ``bwt`` (backward transfer, Lopez-Paz & Ranzato 2017) is defined for sequences of ≥ 2 new tasks.
+From each fine-tuning task's curve (averaged over them): new_acc, the final accuracy (it includes what was
+forgotten of an earlier task of a sequence).
+From the accuracy matrix, over every task learned before the last one (pretraining tasks and earlier
+fine-tuning tasks):
+    forgetting      Chaudhry et al. 2018: max over boundary rows from the task's own boundary up to (excluding)
+                    the last row, minus the last row; for one fine-tuning task the final drop at its end
+    bwt             Lopez-Paz & Ranzato 2017: last row minus the task's own boundary row; negative is forgetting
+and over the fine-tuning tasks:
+    plasticity             accuracy right after each was learned, A[after task k, k], averaged
+    last_task_plasticity   the last fine-tuning task's accuracy at its own end
+``finetune_tasks`` counts a run's fine-tuning tasks (1 unless it is a sequence).
 """
 
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -24,24 +39,41 @@ from analysis import metrics as m
 from analysis.load import RunSet
 
 OLD_TASK_METRICS = {
-    "old_acc": lambda steps, acc: float(acc[-1]),
+    "old_acc": m.final_accuracy,
     "final_drop": m.final_drop,
-    "max_drop": m.max_drop,
+    "peak_drop": m.peak_drop,
     "stability_gap": m.stability_gap,
     "retention": m.retention,
     "forgetting_auc": m.forgetting_auc,
 }
-# (column, header, higher is better) in the order tables show them.
+
+
+class Reported(NamedTuple):
+    """A reported metric: its column, its table header, whether higher is better, and where the results table
+    shows it: "always", "sequences" (only when some setting has more than one fine-tuning task; with one task
+    it would repeat another column) or "data" (only in the data files)."""
+
+    column: str
+    header: str
+    higher: bool
+    table: str = "always"
+
+
+# In the order tables show them.
 REPORTED = [
-    ("old_acc", "old tasks: final acc", True),
-    ("new_acc", "new task: final acc", True),
-    ("final_drop", "forgetting (final drop)", False),
-    ("max_drop", "forgetting (max drop)", False),
-    ("stability_gap", "stability gap", False),
-    ("retention", "retention", True),
-    ("forgetting_auc", "forgetting AUC", False),
-    ("bwt", "BWT (sequences)", True),
+    Reported("old_acc", "old tasks: final acc", True),
+    Reported("new_acc", "new tasks: mean final acc", True),
+    Reported("plasticity", "plasticity", True, "sequences"),  # = new_acc for one fine-tuning task
+    Reported("last_task_plasticity", "last new task: plasticity", True, "data"),
+    Reported("forgetting", "forgetting", False),
+    Reported("bwt", "BWT", True),
+    Reported("final_drop", "final drop", False),
+    Reported("peak_drop", "peak-to-final drop", False),
+    Reported("stability_gap", "stability gap", False),
+    Reported("retention", "retention", True),
+    Reported("forgetting_auc", "forgetting AUC", False),
 ]
+MATRIX_METRICS = ("forgetting", "bwt", "plasticity", "last_task_plasticity")
 
 
 def accuracy_curves(runs: RunSet) -> pd.DataFrame:
@@ -51,7 +83,9 @@ def accuracy_curves(runs: RunSet) -> pd.DataFrame:
 
 
 def task_metrics(runs: RunSet) -> pd.DataFrame:
-    """One row per run and task: ``run_id, setting, method, seed, task, role, metric, value``."""
+    """One row per run, task and curve metric: ``run_id, setting, method, seed, task, role, metric, value``.
+    Each task's metrics come from its own curve, which for a task first scored later (class-incremental) starts
+    at its first evaluation."""
     rows = []
     for (run_id, task, role), curve in accuracy_curves(runs).groupby(["run_id", "task", "role"], sort=False):
         steps, acc = curve["step"].to_numpy(), curve["value"].to_numpy()
@@ -59,51 +93,103 @@ def task_metrics(runs: RunSet) -> pd.DataFrame:
             for name, fn in OLD_TASK_METRICS.items():
                 rows.append((run_id, task, role, name, _or_nan(fn, steps, acc)))
         else:
-            rows.append((run_id, task, role, "new_acc", m.plasticity(steps, acc)))
+            rows.append((run_id, task, role, "new_acc", m.final_accuracy(steps, acc)))
     frame = pd.DataFrame(rows, columns=["run_id", "task", "role", "metric", "value"])
     return runs.with_runs(frame)
 
 
 def run_summary(runs: RunSet) -> pd.DataFrame:
-    """One row per run: ``run_id, setting, method, seed`` and every reported metric, averaged over the tasks of
-    its role."""
+    """One row per run: ``run_id, setting, method, seed, finetune_tasks`` and every reported metric, the curve
+    metrics averaged over the tasks of their role."""
     per_task = task_metrics(runs)
     wide = per_task.pivot_table(index="run_id", columns="metric", values="value", aggfunc="mean", sort=False)
-    wide["bwt"] = [sequence_bwt(runs, run_id) for run_id in wide.index]
-    wide = wide.reset_index()
-    return runs.with_runs(wide)[["run_id", "setting", "method", "seed", *[c for c, _, _ in REPORTED if c in wide]]]
+    from_matrix = pd.DataFrame([matrix_metrics(runs, run_id) for run_id in wide.index], index=wide.index)
+    wide = wide.join(from_matrix).reset_index()
+    metrics = [r.column for r in REPORTED if r.column in wide]
+    return runs.with_runs(wide)[["run_id", "setting", "method", "seed", "finetune_tasks", *metrics]]
 
 
-def sequence_bwt(runs: RunSet, run_id: str) -> float:
-    """Backward transfer over a run's fine-tuning sequence, from its accuracy matrix; NaN for a single task."""
+def matrix_metrics(runs: RunSet, run_id: str) -> dict[str, float]:
+    """``finetune_tasks`` and, from the run's accuracy matrix at the task boundaries, ``forgetting``, ``bwt``,
+    ``plasticity`` and ``last_task_plasticity``; a metric that is undefined (e.g. no task learned before the
+    last one) is NaN."""
     matrix = run_accuracy_matrix(runs, run_id)
-    new_tasks = [t for t in matrix.columns if t in set(_new_tasks(runs, run_id))]
-    if matrix.shape[0] < 3 or len(new_tasks) < 2:
-        return float("nan")
-    square = matrix.iloc[1:][new_tasks].to_numpy()  # rows after each new task, columns the new tasks
-    return m.backward_transfer(square)
+    own = _run_boundaries(runs, run_id)[1]
+    rows = _rows(matrix, own)
+    values = matrix.to_numpy()
+    new = [k for k, task in enumerate(matrix.columns) if task in own]
+    result = {
+        "finetune_tasks": len(new),
+        "forgetting": _or_nan(m.average_forgetting, values, rows),
+        "bwt": _or_nan(m.backward_transfer, values, rows),
+        "plasticity": np.nan,
+        "last_task_plasticity": np.nan,
+    }
+    if new:
+        result["plasticity"] = m.plasticity(values[:, new], [rows[k] for k in new])
+        last = max(new, key=lambda k: (rows[k], k))  # the fine-tuning task learned last
+        result["last_task_plasticity"] = float(values[rows[last], last])
+    return result
 
 
 def run_accuracy_matrix(runs: RunSet, run_id: str) -> pd.DataFrame:
-    """Rows: the start and the end of each fine-tuning task; columns: every task (old first)."""
+    """Rows: the start and the end of each fine-tuning task; columns: every task (old first). A fine-tuning task
+    not scored before its own end (class-incremental: no outputs for its classes yet) is NaN there; any other
+    missing score is an error."""
+    boundaries, own = _run_boundaries(runs, run_id)
+    frame = _run_acc(runs, run_id).rename(columns={"value": "acc"})[["step", "task", "acc"]]
+    return m.accuracy_matrix(frame, boundaries, task_boundaries=own)
+
+
+def setting_accuracy_matrix(runs: RunSet, run_ids: list[str]) -> pd.DataFrame:
+    """The mean over runs (e.g. the seeds of one setting) of their accuracy matrices (:func:`run_accuracy_matrix`),
+    cell by cell; a cell no run measured stays NaN. Index named "when measured"."""
+    matrices = [run_accuracy_matrix(runs, run_id) for run_id in run_ids]
+    matrix = pd.concat(matrices).groupby(level=0, sort=False).mean()[matrices[0].columns]
+    matrix.index.name = "when measured"
+    return matrix
+
+
+def boundary_rows(runs: RunSet, run_id: str, matrix: pd.DataFrame) -> list[int]:
+    """The row of ``matrix`` (from :func:`run_accuracy_matrix`) at which each column's task was learned: 0
+    ("start") for a pretraining task, the row after it for a fine-tuning task."""
+    return _rows(matrix, _run_boundaries(runs, run_id)[1])
+
+
+def _rows(matrix: pd.DataFrame, own: dict[str, str]) -> list[int]:
+    labels = list(matrix.index)
+    return [labels.index(own[task]) if task in own else 0 for task in matrix.columns]
+
+
+def _run_boundaries(runs: RunSet, run_id: str) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """The matrix rows as ``(label, step)`` and each fine-tuning task's own row label. A fine-tuning task
+    missing from ``task_ends`` (data without task boundaries, e.g. from W&B) ends at the last row."""
     row = runs.runs.set_index("run_id").loc[run_id]
     ends = json.loads(row["task_ends"]) if isinstance(row.get("task_ends"), str) else []
-    acc = runs.metrics[(runs.metrics["run_id"] == run_id) & (runs.metrics["metric"] == "acc")]
-    if not ends:  # data without task boundaries (e.g. from W&B): one new task, ending at the last evaluation
+    acc = _run_acc(runs, run_id)
+    if not ends:  # one new task, ending at the last evaluation
         ends = [{"task": "new tasks", "step": int(acc["step"].max())}]
     boundaries = [("start", int(acc["step"].min()))] + [(f"after {e['task']}", int(e["step"])) for e in ends]
-    frame = acc.rename(columns={"value": "acc"})[["step", "task", "acc"]]
-    return m.accuracy_matrix(frame, boundaries)
+    own = {e["task"]: f"after {e['task']}" for e in ends}
+    own = {task: own.get(task, boundaries[-1][0]) for task in _new_tasks(runs, run_id)}
+    return boundaries, own
+
+
+def _run_acc(runs: RunSet, run_id: str) -> pd.DataFrame:
+    return runs.metrics[(runs.metrics["run_id"] == run_id) & (runs.metrics["metric"] == "acc")]
 
 
 def setting_summary(summary: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per setting: ``setting, method, n`` and for each metric ``<metric>_mean, _std, _ci_low, _ci_high``.
-    Settings keep the order of their first run in ``summary``."""
+    """Per setting: ``setting, method, finetune_tasks, n`` and for each metric ``<metric>_mean, _std, _n,
+    _ci_low, _ci_high``. Settings keep the order of their first run in ``summary``."""
     out = summary[["setting", "method"]].drop_duplicates("setting").reset_index(drop=True)
-    for column, _, _ in REPORTED:
+    if "finetune_tasks" in summary:
+        tasks = summary.groupby("setting", sort=False)["finetune_tasks"].max().reset_index()
+        out = out.merge(tasks, on="setting", how="left")
+    for column, *_ in REPORTED:
         if column not in summary or summary[column].isna().all():
             continue
-        # Settings without the metric (e.g. BWT for a single new task) get NaN rather than a row of nothing.
+        # Settings without the metric (e.g. no task before the last) get NaN rather than a row of nothing.
         stats = m.aggregate_seeds(summary[summary[column].notna()], "setting", column, confidence)
         stats = stats.rename(columns={k: f"{column}_{k}" for k in ("mean", "std", "n", "ci_low", "ci_high")})
         out = out.merge(stats, on="setting", how="left")
@@ -124,8 +210,8 @@ def _new_tasks(runs: RunSet, run_id: str) -> list[str]:
     return list(dict.fromkeys(acc["task"]))
 
 
-def _or_nan(fn, steps: np.ndarray, acc: np.ndarray) -> float:
+def _or_nan(fn, *args) -> float:
     try:
-        return float(fn(steps, acc))
+        return float(fn(*args))
     except ValueError:  # e.g. retention of a task that started at accuracy 0
         return float("nan")

@@ -1,6 +1,8 @@
 """Results tables in Markdown and LaTeX (booktabs): one row per setting, mean ± standard deviation over seeds
 for each metric, the number of seeds, and the best value of each column in bold (higher or lower, per metric;
-every setting that ties the best mean is bold)."""
+every setting that ties the best mean is bold). The columns are the table metrics of
+:data:`analysis.summarize.REPORTED` present in the settings frame; plasticity only when some setting has more
+than one fine-tuning task (with one task it equals the new task's final accuracy)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,17 @@ import pandas as pd
 from analysis.summarize import REPORTED
 
 
+def table_columns(settings: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    """``(column, header, higher is better)`` of each metric the table shows for ``settings``. Without a
+    ``finetune_tasks`` column every sequence metric present is shown."""
+    sequences = "finetune_tasks" not in settings or bool((settings["finetune_tasks"] > 1).any())
+    shown = {"always", "sequences"} if sequences else {"always"}
+    return [(r.column, r.header, r.higher) for r in REPORTED if r.table in shown and f"{r.column}_mean" in settings]
+
+
 def table_cells(settings: pd.DataFrame, digits: int = 3) -> tuple[list[str], list[list[str]], list[list[bool]]]:
-    """Headers, cell texts and which cells are the column's best, for the metrics present in ``settings``."""
-    columns = [(c, h, hi) for c, h, hi in REPORTED if f"{c}_mean" in settings]
+    """Headers, cell texts and which cells are the column's best, for the metrics :func:`table_columns` shows."""
+    columns = table_columns(settings)
     headers = ["setting", "n", *[h for _, h, _ in columns]]
     texts, best = [], []
     winners = {}

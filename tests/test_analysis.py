@@ -15,7 +15,7 @@ import yaml
 
 from analysis.load import load_runs, load_wandb_api, load_wandb_offline
 from analysis.summarize import run_accuracy_matrix, run_summary, setting_summary
-from analysis.tables import latex_table, markdown_table
+from analysis.tables import latex_table, markdown_table, table_cells
 
 STEPS = [0, 5, 10]
 
@@ -33,7 +33,8 @@ def make_run(
     steps: list[int] = STEPS,
     task_ends: list[dict] | None = None,
 ) -> Path:
-    """A run directory as `research run` writes it, with the given accuracy curves (one old task 'old')."""
+    """A run directory as `research run` writes it, with the given accuracy curves (one old task 'old'); a None
+    in a new task's curve is an evaluation at which that task was not scored (no row)."""
     run_dir = root / run_id
     run_dir.mkdir(parents=True)
     new_tasks = new_tasks or ["new"]
@@ -53,7 +54,7 @@ def make_run(
     (run_dir / "summary.json").write_text(json.dumps(summary))
     rows = [(s, 0, "old", "pretrain", "acc", a) for s, a in zip(steps, old, strict=True)]
     for task, curve in zip(new_tasks, curves_new, strict=True):
-        rows += [(s, 0, task, "finetune", "acc", a) for s, a in zip(steps, curve, strict=True)]
+        rows += [(s, 0, task, "finetune", "acc", a) for s, a in zip(steps, curve, strict=True) if a is not None]
     rows += [(s, 0, "old", "pretrain", "loss", 1.0 - a) for s, a in zip(steps, old, strict=True)]
     frame = pd.DataFrame(rows, columns=["step", "epoch", "task", "role", "metric", "value"])
     frame.to_parquet(run_dir / "metrics.parquet", index=False)
@@ -102,12 +103,26 @@ def test_run_summary_matches_hand_computed_values(runs_dir: Path) -> None:
     assert a0["old_acc"] == pytest.approx(0.8)
     assert a0["new_acc"] == pytest.approx(0.9)
     assert a0["final_drop"] == pytest.approx(0.1)
-    assert a0["max_drop"] == pytest.approx(0.1)  # best seen 0.9 (step 0) − 0.8
+    assert a0["peak_drop"] == pytest.approx(0.1)  # best seen 0.9 (step 0) − 0.8
     assert a0["stability_gap"] == pytest.approx(0.3)  # 0.9 − 0.6
     assert a0["retention"] == pytest.approx(0.8 / 0.9)
     # (1/10)·[5·(0 + 0.3)/2 + 5·(0.3 + 0.1)/2] = (0.75 + 1.0)/10
     assert a0["forgetting_auc"] == pytest.approx(0.175)
-    assert pd.isna(a0["bwt"])  # one new task: no backward transfer
+    # One new task: boundaries are the start (old) and step 10 (new). Forgetting and BWT cover the old task:
+    # 0.9 − 0.8 and 0.8 − 0.9. Plasticity is the new task's accuracy at its end.
+    assert a0["forgetting"] == pytest.approx(0.1)
+    assert a0["bwt"] == pytest.approx(-0.1)
+    assert a0["plasticity"] == pytest.approx(0.9) == a0["last_task_plasticity"]
+    assert a0["finetune_tasks"] == 1
+
+
+def test_forgetting_takes_the_peak_at_task_boundaries_not_at_every_evaluation(tmp_path: Path) -> None:
+    # The old task peaks at step 5, between the boundaries (start at 0, end at 10).
+    make_run(tmp_path, "p0", "finetune", 0, [0.8, 0.9, 0.7], [0.2, 0.5, 0.9])
+    row = run_summary(load_runs(tmp_path).completed()).iloc[0]
+    assert row["peak_drop"] == pytest.approx(0.2)  # 0.9 − 0.7: peak over every evaluation
+    assert row["forgetting"] == pytest.approx(0.1)  # Chaudhry et al.: 0.8 (start) − 0.7
+    assert "max_drop" not in row
 
 
 def test_setting_summary_aggregates_over_seeds(runs_dir: Path) -> None:
@@ -138,15 +153,15 @@ def test_tables_say_what_the_tidy_data_says(runs_dir: Path) -> None:
     assert r"0.750 $\pm$ 0.071" in latex
 
 
-def test_sequence_accuracy_matrix_and_bwt(tmp_path: Path) -> None:
+def test_sequence_metrics_cover_the_pretraining_tasks_by_hand(tmp_path: Path) -> None:
     steps = [0, 5, 10, 15]
     make_run(
         tmp_path,
         "s0",
         "finetune",
         0,
-        [0.9, 0.8, 0.7, 0.6],
-        [[0.1, 0.5, 0.9, 0.7], [0.2, 0.2, 0.3, 0.8]],
+        [0.8, 0.95, 0.9, 0.6],
+        [[0.1, 0.5, 0.9, 0.6], [0.2, 0.2, 0.3, 0.8]],
         new_tasks=["t1", "t2"],
         steps=steps,
         task_ends=[{"task": "t1", "step": 10}, {"task": "t2", "step": 15}],
@@ -154,9 +169,73 @@ def test_sequence_accuracy_matrix_and_bwt(tmp_path: Path) -> None:
     runs = load_runs(tmp_path).completed()
     matrix = run_accuracy_matrix(runs, "s0")
     assert list(matrix.index) == ["start", "after t1", "after t2"]
-    assert matrix.loc["after t1", "t1"] == pytest.approx(0.9) and matrix.loc["after t2", "t1"] == pytest.approx(0.7)
-    # BWT over the new tasks: A[after t2, t1] − A[after t1, t1] = 0.7 − 0.9
-    assert run_summary(runs).set_index("run_id").loc["s0", "bwt"] == pytest.approx(-0.2)
+    assert list(matrix.columns) == ["old", "t1", "t2"]
+    # old: 0.8, 0.9, 0.6; t1: 0.1, 0.9, 0.6; t2: 0.2, 0.3, 0.8 (rows start, after t1, after t2)
+    assert matrix.loc["after t1", "t1"] == pytest.approx(0.9) and matrix.loc["after t2", "t1"] == pytest.approx(0.6)
+    row = run_summary(runs).set_index("run_id").loc["s0"]
+    # Tasks learned before the last: old (boundary: start) and t1 (boundary: after t1).
+    # BWT: old 0.6 − 0.8 = −0.2, t1 0.6 − 0.9 = −0.3 → −0.25 (not t1's −0.3 alone).
+    assert row["bwt"] == pytest.approx(-0.25)
+    # Forgetting: old max(0.8, 0.9) − 0.6 = 0.3 (not the step-5 peak 0.95), t1 max(0.9) − 0.6 = 0.3 → 0.3.
+    assert row["forgetting"] == pytest.approx(0.3)
+    assert row["peak_drop"] == pytest.approx(0.35)  # old: 0.95 − 0.6
+    # Plasticity: each new task right after it was learned, (0.9 + 0.8) / 2; new_acc is the mean final
+    # accuracy (0.6 + 0.8) / 2; the last task's plasticity is t2 at its end.
+    assert row["plasticity"] == pytest.approx(0.85)
+    assert row["new_acc"] == pytest.approx(0.7)
+    assert row["last_task_plasticity"] == pytest.approx(0.8)
+    assert row["finetune_tasks"] == 2
+
+
+def make_class_incremental(root: Path, run_id: str, seed: int, t2_end: float, method: str = "finetune") -> Path:
+    """A shared-head sequence: t1 is first scored at step 5 (inside its own training, steps 0–10), t2 at 15."""
+    return make_run(
+        root,
+        run_id,
+        method,
+        seed,
+        [0.9, 0.85, 0.8, 0.75, 0.7],
+        [[None, 0.4, 0.85, 0.7, 0.6], [None, None, None, 0.5, t2_end]],
+        new_tasks=["t1", "t2"],
+        steps=[0, 5, 10, 15, 20],
+        task_ends=[{"task": "t1", "step": 10}, {"task": "t2", "step": 20}],
+    )
+
+
+def test_class_incremental_tasks_unscored_before_their_boundary(tmp_path: Path) -> None:
+    make_class_incremental(tmp_path, "ci0", 0, 0.75)
+    runs = load_runs(tmp_path).completed()
+    matrix = run_accuracy_matrix(runs, "ci0")
+    assert matrix.loc["start", ["t1", "t2"]].isna().all() and pd.isna(matrix.loc["after t1", "t2"])
+    assert matrix.loc["after t1", "t1"] == pytest.approx(0.85)
+    row = run_summary(runs).iloc[0]
+    # old: 0.9, 0.8, 0.7 at the boundaries; t1: 0.85 then 0.6; t2: 0.75.
+    assert row["forgetting"] == pytest.approx(((0.9 - 0.7) + (0.85 - 0.6)) / 2)
+    assert row["bwt"] == pytest.approx(((0.7 - 0.9) + (0.6 - 0.85)) / 2)
+    assert row["plasticity"] == pytest.approx((0.85 + 0.75) / 2)
+    assert row["new_acc"] == pytest.approx((0.6 + 0.75) / 2)
+
+
+def test_a_missing_pretraining_score_at_a_boundary_is_still_an_error(tmp_path: Path) -> None:
+    run_dir = make_class_incremental(tmp_path, "ci0", 0, 0.75)
+    frame = pd.read_parquet(run_dir / "metrics.parquet")
+    frame = frame[~((frame["task"] == "old") & (frame["step"] == 10) & (frame["metric"] == "acc"))]
+    frame.to_parquet(run_dir / "metrics.parquet", index=False)
+    with pytest.raises(ValueError, match=r"\('old', 10\)"):
+        run_accuracy_matrix(load_runs(tmp_path).completed(), "ci0")
+
+
+def test_table_headers_name_each_metric_honestly(runs_dir: Path, tmp_path: Path) -> None:
+    headers, _, _ = table_cells(setting_summary(run_summary(load_runs(runs_dir).completed())))
+    assert headers[:4] == ["setting", "n", "old tasks: final acc", "new tasks: mean final acc"]
+    assert {"forgetting", "BWT", "final drop", "peak-to-final drop"} <= set(headers)
+    assert "plasticity" not in headers  # one new task: it would repeat the new task's final accuracy
+    assert not [h for h in headers if "max drop" in h or "sequences" in h]
+    make_class_incremental(tmp_path / "seq", "ci0", 0, 0.75)
+    settings = setting_summary(run_summary(load_runs(tmp_path / "seq").completed()))
+    headers, texts, _ = table_cells(settings)
+    assert texts[0][headers.index("plasticity")] == "0.800"
+    assert settings.loc[0, "last_task_plasticity_mean"] == pytest.approx(0.75)
 
 
 def test_report_writes_tables_figures_data_and_html(runs_dir: Path, tmp_path: Path) -> None:
@@ -173,6 +252,54 @@ def test_report_writes_tables_figures_data_and_html(runs_dir: Path, tmp_path: Pa
     settings = pd.read_parquet(out / "data" / "settings.parquet")
     assert list(settings["setting"]) == ["finetune", "ewc lam=10", "ewc lam=1000"]  # method order, then natural
     assert (out / "results.md").read_text() == markdown_table(settings)
+
+
+def test_report_draws_a_titled_accuracy_matrix_per_sequence_setting(tmp_path: Path, monkeypatch) -> None:
+    from analysis import figures, report
+
+    root = tmp_path / "runs"
+    make_class_incremental(root, "f0", 0, 0.75)
+    make_class_incremental(root, "f1", 1, 0.65)
+    make_class_incremental(root, "e0", 0, 0.55, method="ewc")
+    drawn = {}
+    real = figures.accuracy_heatmap
+
+    def spy(matrix, out_dir, name="accuracy_matrix", title=None):
+        drawn[name] = (title, matrix)
+        return real(matrix, out_dir, name=name, title=title)
+
+    monkeypatch.setattr(figures, "accuracy_heatmap", spy)
+    built = report.build_report(root, tmp_path / "report")
+    assert sorted(drawn) == ["accuracy_matrix_ewc", "accuracy_matrix_finetune"]  # no settings × tasks overview
+    title, matrix = drawn["accuracy_matrix_finetune"]
+    assert title == "finetune"
+    assert matrix.loc["after t2", "t2"] == pytest.approx((0.75 + 0.65) / 2)  # mean over the two seeds
+    assert matrix.loc["start", ["t1", "t2"]].isna().all()  # unscored before its own task: n/a, not 0
+    assert drawn["accuracy_matrix_ewc"][0] == "ewc"
+    html = built.html.read_text()
+    for setting in ("finetune", "ewc"):
+        assert f"<h2>Accuracy matrix: {setting}</h2>" in html
+        assert f"href='figures/accuracy_matrix_{setting}.pdf'" in html
+        assert tmp_path / "report" / "figures" / f"accuracy_matrix_{setting}.png" in built.figures
+    assert "<th>plasticity</th>" in html  # a sequence: plasticity differs from the mean final accuracy
+
+
+def test_report_explains_the_metrics_and_wise_ft_interpolation(runs_dir: Path, tmp_path: Path) -> None:
+    from analysis.report import build_report
+
+    run_dir = make_run(runs_dir, "w0", "wise_ft", 0, [0.9, 0.5, 0.4], [0.2, 0.6, 0.9])
+    rows = [(a, "old", "pretrain", "acc", 0.9 - 0.5 * a) for a in (0.0, 0.5, 1.0)]
+    rows += [(a, "new", "finetune", "acc", 0.2 + 0.7 * a) for a in (0.0, 0.5, 1.0)]
+    method = pd.DataFrame(rows, columns=["alpha", "task", "role", "metric", "value"])
+    method.to_parquet(run_dir / "method.parquet", index=False)
+    html = build_report(runs_dir, tmp_path / "report").html.read_text()
+    assert "<h2>WiSE-FT trade-off</h2>" in html
+    assert "parameters created for fine-tuning" in html and "keep their fine-tuned values at every α" in html
+    glossary = html[html.index("What the metrics mean") :]
+    for term in ("forgetting", "BWT", "plasticity", "peak-to-final drop", "new tasks: mean final acc"):
+        assert f"<dt>{term}</dt>" in glossary
+    assert "Chaudhry et al. 2018" in glossary and "Lopez-Paz &amp; Ranzato 2017" in glossary
+    assert "max drop" not in html and "forgetting (max drop)" not in html
 
 
 def test_report_command_refuses_a_folder_without_runs(tmp_path: Path) -> None:

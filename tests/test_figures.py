@@ -151,6 +151,24 @@ def test_accuracy_heatmap(tmp_path):
     assert_written(figures.accuracy_heatmap(long, tmp_path, name="long"), tmp_path, "long")
 
 
+def test_accuracy_heatmap_titles_and_marks_unscored_cells(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name: drawn.append(fig) or [])
+    sequence = pd.DataFrame(
+        [[0.9, np.nan, np.nan], [0.8, 0.85, np.nan], [0.7, 0.6, 0.75]],
+        index=["start", "after t1", "after t2"],
+        columns=["old", "t1", "t2"],
+    )
+    figures.accuracy_heatmap(sequence, tmp_path, title="ewc lam=10")
+    (ax, _) = drawn[0].axes  # the heatmap and its colour bar
+    assert ax.get_title() == "ewc lam=10"
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("n/a") == 3 and "nan" not in texts and texts.count("0.85") == 1
+    long = "finetune " + "model.heads=shared " * 8
+    figures.accuracy_heatmap(sequence, tmp_path, title=long)
+    assert drawn[1].axes[0].get_title().count("\n") >= 1  # a long setting label wraps
+
+
 def test_sweep_plot_log_linear_and_zero(tmp_path):
     assert_written(figures.sweep_plot(make_sweep(), tmp_path), tmp_path, "sweep")
     linear = make_sweep(xs=(0.0, 0.1, 0.5, 1.0), methods=("ewc", "online_ewc"))

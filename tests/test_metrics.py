@@ -1,5 +1,6 @@
-"""Forgetting metrics: hand-computed cases and avalanche-lib's functional forgetting on random matrices; curve
-metrics, the Pareto front, accuracy matrices from tidy tables and seed aggregation on hand-computed cases."""
+"""Forgetting metrics: hand-computed cases and avalanche-lib's functional forgetting on random matrices (square,
+and with per-task boundaries and unmeasured cells before them); curve metrics, the Pareto front, accuracy
+matrices from tidy tables and seed aggregation on hand-computed cases."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from analysis.metrics import (
     aggregate_seeds,
     average_forgetting,
     backward_transfer,
+    final_accuracy,
     final_drop,
     forgetting_auc,
     forgetting_matrix,
-    max_drop,
     pareto_front,
+    peak_drop,
     plasticity,
     retention,
     seed_summary,
@@ -46,13 +48,69 @@ def test_forgetting_matrix_by_hand() -> None:
 def test_average_forgetting_by_hand() -> None:
     # Task 0: max(0.90, 0.70) − 0.60 = 0.30; task 1: max(0.80) − 0.85 = −0.05; mean = 0.125.
     assert average_forgetting(A) == pytest.approx(0.125)
-    # Max-drop uses the best earlier value, not the value right after learning:
-    assert average_forgetting([[0.5, 0.0], [0.9, 0.9], [0.4, 0.9]]) == pytest.approx(((0.9 - 0.4) + 0.0) / 2)
+    # The peak is the best value at any boundary from the task's own on, not the value right after learning:
+    tall = [[0.5, 0.0], [0.9, 0.9], [0.4, 0.9]]
+    assert average_forgetting(tall, boundaries=[0, 1]) == pytest.approx(((0.9 - 0.4) + 0.0) / 2)
+    with pytest.raises(ValueError, match="time index"):
+        average_forgetting(tall)
 
 
 def test_backward_transfer_by_hand() -> None:
     # ((0.60 − 0.90) + (0.85 − 0.80)) / 2 = −0.125
     assert backward_transfer(A) == pytest.approx(-0.125)
+    with pytest.raises(ValueError, match="before the last row"):
+        backward_transfer([[0.9]])
+
+
+def test_plasticity_is_the_accuracy_right_after_learning_by_hand() -> None:
+    # Square: the diagonal (0.90 + 0.80 + 0.95) / 3, not the last row's mean final accuracy (0.60 + 0.85 + 0.95) / 3.
+    assert plasticity(A) == pytest.approx(2.65 / 3)
+
+
+# Pretraining task p learned before fine-tuning (boundary: the start row), then fine-tuning tasks t1 and t2
+# (boundaries: the rows after each). NaN: t1 and t2 not scored before their own boundary (class-incremental).
+NAN = float("nan")
+SEQUENCE = [
+    [0.90, NAN, NAN],  # start
+    [0.95, 0.80, NAN],  # after t1
+    [0.60, 0.60, 0.70],  # after t2
+]
+SEQUENCE_BOUNDARIES = [0, 1, 2]
+
+
+def test_matrix_metrics_with_task_boundaries_by_hand() -> None:
+    # Forgetting over the tasks learned before the last (p, t1), peak over boundary rows from their own:
+    # p: max(0.90, 0.95) − 0.60 = 0.35; t1: max(0.80) − 0.60 = 0.20; mean 0.275.
+    assert average_forgetting(SEQUENCE, SEQUENCE_BOUNDARIES) == pytest.approx(0.275)
+    # BWT over p and t1, each from its own boundary: p: 0.60 − 0.90 = −0.30; t1: 0.60 − 0.80 = −0.20; mean −0.25.
+    assert backward_transfer(SEQUENCE, SEQUENCE_BOUNDARIES) == pytest.approx(-0.25)
+    # Plasticity of the fine-tuning tasks (columns t1, t2 at their own boundaries): (0.80 + 0.70) / 2.
+    fine_tuning = np.asarray(SEQUENCE)[:, 1:]
+    assert plasticity(fine_tuning, SEQUENCE_BOUNDARIES[1:]) == pytest.approx(0.75)
+    assert forgetting_matrix(SEQUENCE, SEQUENCE_BOUNDARIES)[2].tolist() == pytest.approx([0.30, 0.20, 0.0])
+
+
+def test_matrix_metrics_for_one_fine_tuning_task_are_the_final_drop_by_hand() -> None:
+    # Rows start, end; pretraining tasks p1, p2 (boundary 0), the fine-tuning task t (boundary 1, unscored at 0).
+    matrix = [[0.9, 0.8, NAN], [0.7, 0.85, 0.6]]
+    boundaries = [0, 0, 1]
+    # Mean final drop of p1, p2: ((0.9 − 0.7) + (0.8 − 0.85)) / 2 = 0.075.
+    assert average_forgetting(matrix, boundaries) == pytest.approx(0.075)
+    assert backward_transfer(matrix, boundaries) == pytest.approx(-0.075)
+    assert plasticity(np.asarray(matrix)[:, 2:], [1]) == pytest.approx(0.6)
+
+
+def test_matrix_metrics_never_read_a_cell_before_its_boundary() -> None:
+    filled = np.nan_to_num(np.asarray(SEQUENCE), nan=0.99)  # any value before a boundary changes nothing
+    for metric in (average_forgetting, backward_transfer, plasticity):
+        assert metric(filled, SEQUENCE_BOUNDARIES) == pytest.approx(metric(SEQUENCE, SEQUENCE_BOUNDARIES))
+    broken = np.asarray(SEQUENCE)
+    broken[2, 1] = NAN  # t1 unmeasured after its boundary: an error, not a silent NaN
+    for metric in (average_forgetting, backward_transfer, plasticity, forgetting_matrix):
+        with pytest.raises(ValueError, match=r"task 1: accuracy missing"):
+            metric(broken, SEQUENCE_BOUNDARIES)
+    with pytest.raises(ValueError, match="outside the matrix"):
+        plasticity(SEQUENCE, [0, 1, 3])
 
 
 def test_non_square_matrix_needs_boundaries() -> None:
@@ -75,35 +133,43 @@ def test_forgetting_and_bwt_match_avalanche_on_random_matrices(seed: int) -> Non
     assert backward_transfer(matrix) == pytest.approx(-theirs[-1, :-1].mean(), abs=1e-12)
     boundaries = sorted(rng.integers(0, size + 2, size=size).tolist())
     tall = rng.random((size + 2, size))
-    np.testing.assert_allclose(forgetting_matrix(tall, boundaries), avalanche_forgetting(tall, boundaries), atol=1e-12)
+    theirs = avalanche_forgetting(tall, boundaries)
+    np.testing.assert_allclose(forgetting_matrix(tall, boundaries), theirs, atol=1e-12)
+    # With boundaries, BWT is minus avalanche's last-row forgetting over the tasks learned before the last row,
+    # and cells before each boundary are never read.
+    before_last = np.asarray(boundaries) < size + 1
+    for k, b in enumerate(boundaries):
+        tall[:b, k] = np.nan
+    if before_last.any():
+        assert backward_transfer(tall, boundaries) == pytest.approx(-theirs[-1, before_last].mean(), abs=1e-12)
 
 
 # --- Per-task accuracy curves -------------------------------------------------------------------------------
 
-CURVE_FUNCTIONS = [final_drop, max_drop, stability_gap, retention, forgetting_auc, plasticity]
+CURVE_FUNCTIONS = [final_drop, peak_drop, stability_gap, retention, forgetting_auc, final_accuracy]
 
 
 def test_curve_that_dips_and_recovers_by_hand() -> None:
     steps, acc = [0, 10, 20, 40], [0.9, 0.6, 0.7, 0.8]
     assert final_drop(steps, acc) == pytest.approx(0.1)  # 0.9 − 0.8
-    assert max_drop(steps, acc) == pytest.approx(0.1)  # max = 0.9 (the start), 0.9 − 0.8
+    assert peak_drop(steps, acc) == pytest.approx(0.1)  # max = 0.9 (the start), 0.9 − 0.8
     assert stability_gap(steps, acc) == pytest.approx(0.3)  # 0.9 − min 0.6
     assert retention(steps, acc) == pytest.approx(0.8 / 0.9)  # 0.888…
     # Drops below the start: 0, 0.3, 0.2, 0.1 on intervals of 10, 10, 20 steps:
     # (1/40)·[10·(0+0.3)/2 + 10·(0.3+0.2)/2 + 20·(0.2+0.1)/2] = (1/40)·(1.5 + 2.5 + 3.0) = 0.175
     assert forgetting_auc(steps, acc) == pytest.approx(0.175)
-    assert plasticity(steps, acc) == pytest.approx(0.8)
+    assert final_accuracy(steps, acc) == pytest.approx(0.8)
 
 
 def test_curve_that_improves_then_drops_by_hand() -> None:
     steps, acc = [0, 5, 10], [0.5, 0.9, 0.6]
     assert final_drop(steps, acc) == pytest.approx(-0.1)  # 0.5 − 0.6: above the start at the end
-    assert max_drop(steps, acc) == pytest.approx(0.3)  # best 0.9 − final 0.6, not the final drop
+    assert peak_drop(steps, acc) == pytest.approx(0.3)  # best 0.9 − final 0.6, not the final drop
     assert stability_gap(steps, acc) == pytest.approx(0.0)  # never below 0.5
     assert retention(steps, acc) == pytest.approx(1.2)  # 0.6 / 0.5
     # Drops 0, −0.4, −0.1: (1/10)·[5·(0−0.4)/2 + 5·(−0.4−0.1)/2] = (1/10)·(−1.0 − 1.25) = −0.225
     assert forgetting_auc(steps, acc) == pytest.approx(-0.225)
-    assert plasticity(steps, acc) == pytest.approx(0.6)
+    assert final_accuracy(steps, acc) == pytest.approx(0.6)
 
 
 def test_forgetting_auc_weighs_intervals_by_length() -> None:
@@ -115,12 +181,19 @@ def test_forgetting_auc_weighs_intervals_by_length() -> None:
     assert forgetting_auc(np.array([100, 110, 130]), np.array([0.8, 0.6, 0.8])) == pytest.approx(0.1)
 
 
+def test_peak_drop_is_not_chaudhry_forgetting_by_hand() -> None:
+    # A pretraining task peaks between two evaluations of the run's only boundaries (start at step 0, end at 10).
+    steps, acc = [0, 5, 10], [0.8, 0.9, 0.7]
+    assert peak_drop(steps, acc) == pytest.approx(0.2)  # 0.9 (step 5, not a boundary) − 0.7
+    assert average_forgetting([[0.8], [0.7]], boundaries=[0]) == pytest.approx(0.1)  # boundaries only: 0.8 − 0.7
+
+
 def test_single_measurement_curve() -> None:
     assert final_drop([0], [0.7]) == 0.0
-    assert max_drop([0], [0.7]) == 0.0
+    assert peak_drop([0], [0.7]) == 0.0
     assert stability_gap([0], [0.7]) == 0.0
     assert retention([0], [0.7]) == 1.0
-    assert plasticity([0], [0.7]) == 0.7
+    assert final_accuracy([0], [0.7]) == 0.7
     with pytest.raises(ValueError, match="at least two measurements"):
         forgetting_auc([0], [0.7])
 
@@ -131,10 +204,10 @@ def test_curve_metric_orderings_on_random_curves(seed: int) -> None:
     steps = np.cumsum(rng.integers(1, 20, size=12)) - 1
     steps[0] = 0
     acc = rng.random(12)
-    # min ≤ final ≤ max, so the gap and the max-drop bound the final drop and neither is negative.
+    # min ≤ final ≤ max, so the gap and the peak-to-final drop bound the final drop and neither is negative.
     assert stability_gap(steps, acc) >= final_drop(steps, acc)
     assert stability_gap(steps, acc) >= 0
-    assert max_drop(steps, acc) >= max(final_drop(steps, acc), 0)
+    assert peak_drop(steps, acc) >= max(final_drop(steps, acc), 0)
     # The mean drop lies between the smallest drop (acc[0] − max acc) and the largest (the stability gap).
     assert acc[0] - acc.max() <= forgetting_auc(steps, acc) <= stability_gap(steps, acc)
 
@@ -228,6 +301,55 @@ def test_accuracy_matrix_names_the_missing_value() -> None:
     with_nan.loc[0, "acc"] = float("nan")
     with pytest.raises(ValueError, match=r"\('pretrain', 0\)"):
         accuracy_matrix(with_nan, [("start", 0)])
+
+
+def _class_incremental() -> pd.DataFrame:
+    # p is scored throughout; t1 (learned in steps 0–10) and t2 (10–20) only from their first evaluation during
+    # their own training (steps 5 and 15): a shared head has no outputs for their classes before.
+    return pd.DataFrame(
+        {
+            "step": [0, 5, 10, 15, 20, 5, 10, 15, 20, 15, 20],
+            "task": ["p"] * 5 + ["t1"] * 4 + ["t2"] * 2,
+            "acc": [0.9, 0.85, 0.8, 0.75, 0.7, 0.4, 0.85, 0.7, 0.6, 0.5, 0.75],
+        }
+    )
+
+
+CI_BOUNDARIES = [("start", 0), ("after t1", 10), ("after t2", 20)]
+CI_OWN = {"t1": "after t1", "t2": "after t2"}
+
+
+def test_accuracy_matrix_leaves_cells_before_a_task_boundary_empty() -> None:
+    matrix = accuracy_matrix(_class_incremental(), CI_BOUNDARIES, task_boundaries=CI_OWN)
+    np.testing.assert_allclose(
+        matrix.to_numpy(), [[0.9, NAN, NAN], [0.8, 0.85, NAN], [0.7, 0.6, 0.75]], equal_nan=True, atol=1e-12
+    )
+    # The metrics read only cells at or after each boundary: p at row 0, t1 at row 1, t2 at row 2.
+    # Forgetting: p max(0.9, 0.8) − 0.7 = 0.2, t1 0.85 − 0.6 = 0.25; BWT: p −0.2, t1 −0.25; plasticity (0.85+0.75)/2.
+    assert average_forgetting(matrix, [0, 1, 2]) == pytest.approx(0.225)
+    assert backward_transfer(matrix, [0, 1, 2]) == pytest.approx(-0.225)
+    assert plasticity(matrix[["t1", "t2"]], [1, 2]) == pytest.approx(0.8)
+    # A measured value before a task's boundary is kept.
+    scored = pd.concat([_class_incremental(), pd.DataFrame({"step": [0], "task": ["t2"], "acc": [0.1]})])
+    assert accuracy_matrix(scored, CI_BOUNDARIES, task_boundaries=CI_OWN).loc["start", "t2"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("task", "step"),
+    [("p", 10), ("t1", 10), ("t1", 20), ("t2", 20)],  # a pretraining task, or a task at/after its own boundary
+)
+def test_accuracy_matrix_still_rejects_other_missing_cells(task: str, step: int) -> None:
+    frame = _class_incremental()
+    without = frame[~((frame["task"] == task) & (frame["step"] == step))]
+    with pytest.raises(ValueError, match=rf"\('{task}', {step}\)"):
+        accuracy_matrix(without, CI_BOUNDARIES, task_boundaries=CI_OWN)
+
+
+def test_accuracy_matrix_without_task_boundaries_allows_no_gap() -> None:
+    with pytest.raises(ValueError, match=r"\('t1', 0\)"):
+        accuracy_matrix(_class_incremental(), CI_BOUNDARIES)
+    with pytest.raises(ValueError, match="not among"):
+        accuracy_matrix(_class_incremental(), CI_BOUNDARIES, task_boundaries={"t1": "after t3"})
 
 
 def test_accuracy_matrix_rejects_bad_input() -> None:

@@ -257,7 +257,9 @@ def _print_result(summary: dict, run_dir: Path) -> None:
     print(f"run {summary.get('run_id')} {summary.get('status')}: {run_dir}")
     for task, final in summary.get("final", {}).items():
         initial = summary["initial"].get(task, {})
-        print(f"  {final['role']:8s} {task:20s} acc {initial.get('acc', float('nan')):.4f} -> {final['acc']:.4f}")
+        # A class-incremental task is not scored before its own task starts (its classes have no outputs yet).
+        start = f"{initial['acc']:.4f}" if "acc" in initial else "   n/a"
+        print(f"  {final['role']:8s} {task:20s} acc {start} -> {final['acc']:.4f}")
 
 
 if __name__ == "__main__":

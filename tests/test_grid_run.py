@@ -162,6 +162,7 @@ def test_grid_runs_share_a_wandb_group_with_readable_names(tmp_path: Path, out: 
     assert {"ewc", "subgrid-0", "setting:method.lam"} <= set(info["tags"])
 
 
+@pytest.mark.slow  # whole grids in worker processes, 35-50 s each: CI runs them with -m slow
 def test_sigkill_of_a_worker_fails_only_its_run_and_the_grid_resumes(tmp_path: Path, out: Path) -> None:
     grid_file = write_grid(tmp_path / "kw.yaml", [{"method.name": "finetune"}, {"method.name": "l2sp"}], [0, 1, 2])
     grid = load_grid(grid_file, [f"out={out}"])
@@ -190,6 +191,7 @@ def test_sigkill_of_a_worker_fails_only_its_run_and_the_grid_resumes(tmp_path: P
     completed_once(out, grid.name, [r.run_id for r in grid.runs])
 
 
+@pytest.mark.slow  # whole grids in worker processes, 35-50 s each: CI runs them with -m slow
 def test_grid_killed_outright_resumes_without_duplicates(tmp_path: Path, out: Path) -> None:
     grid_file = write_grid(tmp_path / "kg.yaml", [{"method.name": "finetune"}, {"method.name": "l2sp"}], [0, 1, 2])
     grid = load_grid(grid_file, [f"out={out}"])
@@ -207,6 +209,7 @@ def test_grid_killed_outright_resumes_without_duplicates(tmp_path: Path, out: Pa
     completed_once(out, grid.name, [r.run_id for r in grid.runs])
 
 
+@pytest.mark.slow  # whole grids in worker processes, 35-50 s each: CI runs them with -m slow
 def test_two_grid_processes_on_one_out_share_the_work(tmp_path: Path) -> None:
     """Both start at once on a fresh out (no pretrained cache yet): pretraining happens once, every run
     completes exactly once, and neither process corrupts the other's files."""
@@ -226,6 +229,7 @@ def test_two_grid_processes_on_one_out_share_the_work(tmp_path: Path) -> None:
     assert skipped >= 1  # at least one process found work the other had done
 
 
+@pytest.mark.slow  # whole grids in worker processes, 35-50 s each: CI runs them with -m slow
 def test_submitit_local_executor_runs_a_grid(tmp_path: Path, out: Path) -> None:
     grid_file = write_grid(tmp_path / "sub.yaml", [{"method.name": "finetune"}, {"method.name": "l2sp"}], [0])
     proc = subprocess.run(
@@ -289,6 +293,7 @@ def test_slurm_executor_without_slurm_is_a_usage_error(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow  # whole grids in worker processes, 35-50 s each: CI runs them with -m slow
 def test_interrupting_a_grid_marks_its_runs_and_resumes(tmp_path: Path, out: Path) -> None:
     grid_file = write_grid(tmp_path / "int.yaml", [{"method.name": "finetune"}, {"method.name": "l2sp"}], [0, 1])
     grid = load_grid(grid_file, [f"out={out}"])

@@ -151,7 +151,7 @@ def test_lwf_equals_avalanche_with_a_shared_head() -> None:
     alpha, temperature = 2.0, 2.0
     torch.manual_seed(1)
     model = build_model(ModelConfig(arch="mlp", hidden=[12]), (10,), {"shared": 6})
-    model.grow_head("shared", 9, generator=torch.Generator().manual_seed(0))
+    model.resize_head("shared", 9, generator=torch.Generator().manual_seed(0))
     tasks = TaskSet(
         [_task("old", "pretrain", "shared", 6)], [_task("new", "finetune", "shared", 3)], {"shared": 9}, {"shared": 6}
     )

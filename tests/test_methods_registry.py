@@ -64,10 +64,14 @@ def _loss_term_names(cfg) -> set[str]:
     return set(method.loss_terms(model, TrainStep(batches, logits, 0)))
 
 
+@pytest.mark.parametrize("heads", ["per_task", "shared"])
 @pytest.mark.parametrize("name", method_names())
-def test_method_runs_end_to_end(name: str, make_cfg) -> None:
+def test_method_runs_end_to_end(name: str, heads: str, make_cfg) -> None:
     cfg = make_cfg(
-        f"method.name={name}", "logging.log_every_n_steps=1", "method.fisher_samples=200" if name == "ewc" else "seed=0"
+        f"method.name={name}",
+        f"model.heads={heads}",
+        "logging.log_every_n_steps=1",
+        "method.fisher_samples=200" if name == "ewc" else "seed=0",
     )
     result = run(cfg)
     summary = result.summary
@@ -238,11 +242,14 @@ def test_every_method_declares_its_neutral_setting_or_why_not(name: str) -> None
         method_config({"name": name, **neutral})  # the neutral values are valid hyperparameters
 
 
+@pytest.mark.parametrize("heads", ["per_task", "shared"])
 @pytest.mark.parametrize("name", [n for n in method_names() if method_class(n).neutral is not None and n != "finetune"])
-def test_neutral_setting_behaves_exactly_like_finetune(name: str, make_cfg) -> None:
-    """A method whose strength is zero must leave every measurement of plain fine-tuning unchanged."""
+def test_neutral_setting_behaves_exactly_like_finetune(name: str, heads: str, make_cfg) -> None:
+    """A method whose strength is zero must leave every measurement of plain fine-tuning unchanged, in both
+    head layouts."""
     neutral = [f"method.{key}={value}" for key, value in method_class(name).neutral.items()]
-    settings = ["model.dropout=0.1", "train.epochs=1", "eval.every_n_steps=4"]  # dropout: RNG use must match too
+    # dropout: RNG use must match too
+    settings = ["model.dropout=0.1", "train.epochs=1", "eval.every_n_steps=4", f"model.heads={heads}"]
     ours = run(make_cfg(f"method.name={name}", *neutral, *settings)).metrics
     reference = run(make_cfg("method.name=finetune", *settings)).metrics
     evals = ["acc", "loss"]
@@ -252,14 +259,15 @@ def test_neutral_setting_behaves_exactly_like_finetune(name: str, make_cfg) -> N
     assert ours.equals(reference), name
 
 
+@pytest.mark.parametrize("heads", ["per_task", "shared"])
 @pytest.mark.parametrize("name", method_names())
-def test_method_state_survives_a_checkpoint_round_trip(name: str, make_cfg, tmp_path: Path) -> None:
+def test_method_state_survives_a_checkpoint_round_trip(name: str, heads: str, make_cfg, tmp_path: Path) -> None:
     """state_dict → safetensors file → a fresh instance prepared on other weights → load_state_dict: the same
     state and the same loss terms as the original."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    cfg = make_cfg(f"method.name={name}")
+    cfg = make_cfg(f"method.name={name}", f"model.heads={heads}")
     tasks = build_tasks(cfg)
     method = build_method(cfg.method)
     trajectory = _trajectory(cfg, tasks)

@@ -78,3 +78,22 @@ def test_duplicate_head_is_an_error() -> None:
     model.add_head("x", 2)
     with pytest.raises(ValueError, match="already exists"):
         model.add_head("x", 3)
+
+
+def test_resize_head_keeps_its_parameters_and_old_rows() -> None:
+    """A shared head grows in place: the same Parameter objects (an optimizer built on them keeps working), the
+    known classes' rows unchanged, the new rows drawn exactly as a new seeded head's would be."""
+    model = build_model(ModelConfig(arch="mlp", hidden=[6]), (4,), {"shared": 3})
+    head = model.heads["shared"]
+    weight, bias = head.weight, head.bias
+    old_weight, old_bias = weight.detach().clone(), bias.detach().clone()
+    model.resize_head("shared", 5, torch.Generator().manual_seed(3))
+    assert model.heads["shared"].weight is weight and model.heads["shared"].bias is bias
+    assert head.out_features == 5 and weight.shape == (5, 6) and bias.shape == (5,)
+    assert torch.equal(weight[:3], old_weight) and torch.equal(bias[:3], old_bias)
+    reference = MultiHeadNet(model.backbone, 6)
+    fresh = reference.add_head("fresh", 5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(weight[3:], fresh.weight[3:]) and torch.equal(bias[3:], fresh.bias[3:])
+    assert model(torch.randn(2, 4), "shared").shape == (2, 5)
+    model.resize_head("shared", 3, torch.Generator())  # a resume replaying an earlier task
+    assert weight.shape == (3, 6) and torch.equal(weight, old_weight) and head.out_features == 3

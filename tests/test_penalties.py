@@ -95,30 +95,39 @@ def test_l2sp_is_zero_at_the_anchor() -> None:
 
 @pytest.mark.parametrize("heads", ["per_task", "shared"])
 def test_l2sp_gradient_closed_form(heads: str) -> None:
+    """α·(w − w⁰) on what the pretrained model had, β·w on what fine-tuning created (Li et al. 2018, eq. 3): a
+    new per-task head, or the rows a shared head grew for the new classes."""
     alpha, beta = 0.3, 0.05
     method, model, ctx = prepared(
         "method.name=l2sp", f"method.alpha={alpha}", f"method.beta={beta}", f"model.heads={heads}"
     )
     anchor = {n: t.clone() for n, t in method.anchor.items()}
     pretrained = [n for n in ctx.pretrained_names if n in trainable(model)]
-    new = [n for n in ctx.new_names if n in trainable(model)]
     assert sorted(anchor) == sorted(pretrained)
     if heads == "shared":
-        assert not new and "heads.shared.weight" in anchor  # the shared head is anchored, not decayed
+        old_rows = ctx.tasks.pretrain_head_sizes()["shared"]  # digits 0-4
+        assert old_rows == 5 and model.heads["shared"].out_features == 10
+        assert anchor["heads.shared.weight"].shape[0] == old_rows  # only the pretrained rows have a w⁰
+        new_rows = {"heads.shared.weight": old_rows, "heads.shared.bias": old_rows}
     else:
-        assert sorted(new) == ["heads.digits_5_9.bias", "heads.digits_5_9.weight"]
+        new_rows = {"heads.digits_5_9.bias": 0, "heads.digits_5_9.weight": 0}
     perturb(model)
     model.zero_grad()
     terms = method.loss_terms(model, NO_STEP)
-    assert terms["l2sp"].item() > 0
+    assert terms["l2sp"].item() > 0 and terms["l2_new_head"].item() > 0
     sum(terms.values()).backward()
     for name, p in model.named_parameters():
-        if name in anchor:
-            torch.testing.assert_close(p.grad, alpha * (p.detach() - anchor[name]), rtol=1e-5, atol=1e-8)
-        elif name in new:
-            torch.testing.assert_close(p.grad, beta * p.detach(), rtol=1e-5, atol=1e-8)
-        else:
+        if name not in anchor and name not in new_rows:
             assert p.grad is None, name  # frozen old heads
+            continue
+        expected = torch.zeros_like(p)
+        if name in anchor:
+            rows = len(anchor[name])
+            expected[:rows] = alpha * (p.detach()[:rows] - anchor[name])
+        if name in new_rows:
+            rows = new_rows[name]
+            expected[rows:] = beta * p.detach()[rows:]
+        torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-8)
 
 
 def test_l2sp_without_beta_has_no_head_term() -> None:

@@ -118,12 +118,18 @@ def test_every_method_resumes_to_exactly_the_uninterrupted_run(
     assert steps.is_unique and list(steps) == list(range(reference.summary["steps"]))
 
 
-@pytest.mark.parametrize("task", [0, 1], ids=["killed_in_first_task", "killed_in_second_task"])
+@pytest.mark.parametrize(
+    ("task", "heads"),
+    [(0, "per_task"), (1, "per_task"), (1, "shared")],
+    ids=["killed_in_first_task", "killed_in_second_task", "class_incremental_killed_in_second_task"],
+)
 @pytest.mark.parametrize("name", [n for n in method_names() if method_class(n).supports_sequences])
 def test_a_sequence_resumes_in_either_task(
-    name: str, task: int, make_cfg, reference_root: Path, monkeypatch: pytest.MonkeyPatch
+    name: str, task: int, heads: str, make_cfg, reference_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = [*SETTINGS, f"method.name={name}", "train.epochs=2"]
+    """Also in a class-incremental sequence, whose shared head grows at the second task: the resume replays
+    that growth before it loads the checkpoint's weights."""
+    settings = [*SETTINGS, f"method.name={name}", "train.epochs=2", f"model.heads={heads}"]
     experiment = "sequence_digits.yaml"
     reference = run(make_cfg(*settings, experiment=experiment, root=reference_root))
     first_task_steps = reference.summary["task_ends"][0]["step"]

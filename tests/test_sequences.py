@@ -54,8 +54,10 @@ def test_online_ewc_restarts_its_anchor_and_accumulates_its_fisher(make_cfg) -> 
     )
 
 
-def test_online_ewc_with_one_task_is_ewc(make_cfg) -> None:
-    settings = ["method.lam=300", "method.fisher_samples=200", "logging.log_every_n_steps=1"]
+@pytest.mark.parametrize("heads", ["per_task", "shared"])
+def test_online_ewc_with_one_task_is_ewc(heads: str, make_cfg) -> None:
+    """Exactly, in both head layouts: with a shared head online EWC used to leave the head unanchored."""
+    settings = ["method.lam=300", "method.fisher_samples=200", "logging.log_every_n_steps=1", f"model.heads={heads}"]
     online = run(make_cfg("method.name=online_ewc", *settings)).metrics
     ewc = run(make_cfg("method.name=ewc", *settings)).metrics
     online["metric"] = online.metric.str.replace("online_ewc", "ewc")

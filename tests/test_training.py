@@ -56,7 +56,7 @@ def test_step_zero_scores_are_the_pretrained_model(make_cfg, out: Path) -> None:
 
     model = pretrained_skeleton(cfg, tasks)
     load_into(model, read_state_dict(weights), str(weights))
-    expected = score(model, eval_sets(tasks.pretrain, tasks.head_sizes, "test", None, 0), cfg.eval.batch_size)
+    expected = score(model, eval_sets(tasks.pretrain, "test", None, 0), cfg.eval.batch_size)
     step0 = scores_at(result.metrics, 0)
     for task, values in expected.items():
         assert step0[task] == values  # exactly, to the last digit
@@ -68,7 +68,7 @@ def test_step_zero_scores_are_the_pretrained_model(make_cfg, out: Path) -> None:
 
     # The new task at step 0 is scored by the freshly initialised (seeded) head on the pretrained backbone.
     ft_model, _ = finetune_model(cfg, tasks, build_method(cfg.method), read_state_dict(weights))
-    everything = score(ft_model, eval_sets(tasks.all, tasks.head_sizes, "test", None, 0), cfg.eval.batch_size)
+    everything = score(ft_model, eval_sets(tasks.all, "test", None, 0), cfg.eval.batch_size)
     assert step0 == everything
 
 
@@ -443,7 +443,7 @@ def test_eval_on_a_fixed_subsample_of_the_val_split(make_cfg) -> None:
     tasks = build_tasks(cfg)
     weights = Path(result.summary["pretrained"]["path"]) / "model.safetensors"
     model, _ = finetune_model(cfg, tasks, build_method(cfg.method), read_state_dict(weights))
-    sets = eval_sets(tasks.all, tasks.head_sizes, "val", 40, cfg.data.split_seed)
+    sets = eval_sets(tasks.all, "val", 40, cfg.data.split_seed)
     assert all(len(s.y) == 40 for s in sets)
     assert scores_at(result.metrics, 0) == score(model, sets, cfg.eval.batch_size)
 

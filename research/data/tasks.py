@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
-from research.config import DataConfig, ExperimentConfig, TaskConfig
+from research.config import DataConfig, ExperimentConfig, TaskConfig, TransformConfig
 from research.data.sources import SourceData, load_source
 from research.data.transforms import apply_transform
 from research.errors import ConfigError
@@ -46,8 +47,11 @@ class Task:
 class TaskSet:
     pretrain: list[Task]
     finetune: list[Task]
-    head_sizes: dict[str, int]  # every head the model needs at fine-tuning, pretraining heads first
+    head_sizes: dict[str, int]  # every head the model needs by the end of fine-tuning, pretraining heads first
     shared_pretrain_sizes: dict[str, int] | None = None  # a shared head's size during pretraining
+    # A shared head's size while each fine-tuning task trains: the classes seen so far (pretraining tasks and
+    # fine-tuning tasks up to that one), so later tasks' classes have no outputs yet. None with per-task heads.
+    shared_sizes_per_task: list[int] | None = None
 
     @property
     def all(self) -> list[Task]:
@@ -60,6 +64,14 @@ class TaskSet:
         sizes = {h: n for h, n in self.head_sizes.items() if h in heads}
         return {**sizes, **(self.shared_pretrain_sizes or {})}
 
+    def head_sizes_at(self, index: int) -> dict[str, int]:
+        """Every head's size while fine-tuning task ``index`` trains. Per-task heads have their full size from the
+        start; a shared head has outputs only for the classes seen so far (van de Ven et al. 2022's
+        class-incremental protocol), so it grows at each task that brings new classes."""
+        if self.shared_sizes_per_task is None:
+            return dict(self.head_sizes)
+        return {**self.head_sizes, SHARED_HEAD: self.shared_sizes_per_task[index]}
+
 
 def build_tasks(cfg: ExperimentConfig) -> TaskSet:
     """Load every source once, split it once, select each task's classes, transform. Raises ConfigError."""
@@ -69,7 +81,7 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
     ]
     selected = []
     for where, role, tcfg in entries:
-        source = load_source(tcfg.source, tcfg.path, cfg.data.mnist1d_samples)
+        source = load_source(tcfg.source, tcfg.path, cfg.data.mnist1d_samples, tcfg.scale)
         class_ids = _resolve_classes(source, tcfg, where)
         selected.append((where, role, tcfg, source, class_ids))
 
@@ -82,6 +94,7 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
     # the pretrained weights never depend on what is fine-tuned later.
     union: list[tuple[str, str, str]] = []  # (source, path, class name)
     pretrain_outputs = 0
+    outputs_after: list[int] = []  # classes seen once each fine-tuning task has been added
     for _, role, tcfg, source, class_ids in selected:
         for c in class_ids:
             key = (tcfg.source, tcfg.path or "", source.class_names[c])
@@ -89,6 +102,8 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
                 union.append(key)
         if role == "pretrain":
             pretrain_outputs = len(union)
+        else:
+            outputs_after.append(len(union))
 
     shared = cfg.model.heads == "shared"
     tasks: dict[Role, list[Task]] = {"pretrain": [], "finetune": []}
@@ -105,8 +120,12 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
             head_sizes[head] = len(class_ids)
         splits = _task_splits(source, tcfg, class_ids, outputs, cfg.data, where)
         tasks[role].append(Task(tcfg.name, role, head, names, splits))
+    # Only once every task has been built, so that a config that fails gets its error alone.
+    _warn_about_shared_examples(
+        [(tcfg, tuple(source.class_names[c] for c in ids)) for _, _, tcfg, source, ids in selected]
+    )
     pretrain_heads = {SHARED_HEAD: pretrain_outputs} if shared else None
-    return TaskSet(tasks["pretrain"], tasks["finetune"], head_sizes, pretrain_heads)
+    return TaskSet(tasks["pretrain"], tasks["finetune"], head_sizes, pretrain_heads, outputs_after if shared else None)
 
 
 def _resolve_classes(source: SourceData, tcfg: TaskConfig, where: str) -> list[int]:
@@ -134,6 +153,50 @@ def _resolve_classes(source: SourceData, tcfg: TaskConfig, where: str) -> list[i
     return ids
 
 
+class SharedExamplesWarning(UserWarning):
+    """Two tasks hold the very same examples of some class (see ``_warn_about_shared_examples``)."""
+
+
+def _warn_about_shared_examples(tasks: list[tuple[TaskConfig, tuple[str, ...]]]) -> None:
+    """Warn for every pair of tasks that take a class from the same view of the same data.
+
+    Splits belong to source examples, so two tasks that take class "3" from one source hold the same examples of
+    "3" in every split, train included: pretraining on digits 0-4 and fine-tuning on 3-6 trains both tasks on the
+    same images of 3 and 4, which is rehearsal rather than new data and makes forgetting look smaller. That can
+    be meant, so it is a warning, not an error; silence it with ``PYTHONWARNINGS="ignore:shared examples"`` or
+    ``warnings.filterwarnings("ignore", category=SharedExamplesWarning)``.
+
+    Tasks whose inputs differ (another ``transform``, such as rotated digits, or another ``scale``) show the same
+    examples in another form: that is a domain shift on purpose, so they are not warned about.
+    """
+    for i, (first, first_classes) in enumerate(tasks):
+        for second, second_classes in tasks[i + 1 :]:
+            shared = [c for c in first_classes if c in second_classes]
+            if shared and _view(first) == _view(second):
+                where = f"source '{first.source}'" + (f" ({first.path})" if first.path else "")
+                form = "untransformed" if first.transform is None else f"{first.transform.kind}d alike"
+                warnings.warn(
+                    f"shared examples: tasks '{first.name}' and '{second.name}' both take classes {shared} of "
+                    f"{where}, {form}, so the same examples of those classes are in both tasks' splits, train "
+                    "included; use disjoint classes (or a transform for a domain shift) unless that is meant",
+                    SharedExamplesWarning,
+                    stacklevel=3,  # the caller of build_tasks
+                )
+
+
+def _view(tcfg: TaskConfig) -> tuple:
+    """What decides a task's inputs apart from its classes: the data behind it and how it is transformed."""
+    path = str(Path(tcfg.path).resolve()) if tcfg.path else None  # "data/x.npz" and "./data/x.npz" are one file
+    return tcfg.source, path, tcfg.scale, _effective_transform(tcfg.transform)
+
+
+def _effective_transform(transform: TransformConfig | None) -> tuple | None:
+    """A transform by what it does: a permutation's ``degrees`` and a rotation's ``seed`` are unused."""
+    if transform is None:
+        return None
+    return (transform.kind, transform.seed if transform.kind == "permute" else transform.degrees)
+
+
 def _describe_classes(names: tuple[str, ...]) -> str:
     if names == tuple(str(i) for i in range(len(names))):
         return f"0..{len(names) - 1}"
@@ -150,7 +213,8 @@ def _task_splits(
     where: str,
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """The task's examples of each split. The split belongs to the source example, not to the task, so two
-    tasks drawing from one source never see each other's test examples in training."""
+    tasks drawing from one source never see each other's test examples in training (and two tasks that take
+    the same class hold the same examples of it: ``_warn_about_shared_examples``)."""
     to_output = dict(zip(class_ids, outputs, strict=True))
     splits = {}
     for name, idx in source_splits(source, data).items():

@@ -15,6 +15,22 @@ def parameter_snapshot(model: nn.Module) -> dict[str, Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
+def extend_snapshot(start: dict[str, Tensor] | None, model: nn.Module) -> dict[str, Tensor]:
+    """``start`` with what the model gained since: parameters it lacks and rows a parameter grew (a shared head
+    meeting new classes), at their current values; the snapshot of the model when ``start`` is None."""
+    if start is None:
+        return parameter_snapshot(model)
+    extended = dict(start)
+    for name, p in model.named_parameters():
+        if name not in start:
+            extended[name] = p.detach().clone()
+        elif p.shape != start[name].shape:
+            grown = p.detach().clone()
+            grown[: start[name].shape[0]] = start[name]
+            extended[name] = grown
+    return extended
+
+
 @torch.no_grad()
 def weight_drift(model: nn.Module, start: dict[str, Tensor]) -> dict[str, dict[str, float]]:
     """Per block: ``drift_l2`` = ‖θ − θ₀‖₂ over the block's parameters, and ``drift_relative`` = that divided by

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from research.data.tasks import Task
-from research.evaluation.drift import parameter_snapshot, weight_drift
+from research.evaluation.drift import extend_snapshot, weight_drift
 from research.models.multihead import MultiHeadNet
 from research.tracking import tracked_name
 
@@ -31,19 +31,20 @@ class EvalSet:
     task: Task
     x: Tensor
     y: Tensor
-    num_classes: int
-    accuracy: MulticlassAccuracy | None = field(default=None, repr=False)  # built once, reset per evaluation
+    accuracy: MulticlassAccuracy | None = field(default=None, repr=False)  # built once per head width
 
-    def accuracy_metric(self, device: torch.device) -> MulticlassAccuracy:
-        if self.accuracy is None or self.accuracy.device != device:
-            self.accuracy = MulticlassAccuracy(num_classes=self.num_classes, average="micro").to(device)
+    def __post_init__(self) -> None:
+        self.classes_needed = int(self.y.max()) + 1 if len(self.y) else 0  # outputs the head must have
+
+    def accuracy_metric(self, num_classes: int, device: torch.device) -> MulticlassAccuracy:
+        """Micro accuracy over the head's current outputs (a shared head grows as classes arrive)."""
+        if self.accuracy is None or self.accuracy.device != device or self.accuracy.num_classes != num_classes:
+            self.accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro").to(device)
         self.accuracy.reset()
         return self.accuracy
 
 
-def eval_sets(
-    tasks: list[Task], head_sizes: dict[str, int], split: str, max_samples: int | None, seed: int
-) -> list[EvalSet]:
+def eval_sets(tasks: list[Task], split: str, max_samples: int | None, seed: int) -> list[EvalSet]:
     """Each task's evaluation split, subsampled to ``max_samples`` with a fixed seed when it is larger."""
     sets = []
     for i, task in enumerate(tasks):
@@ -52,20 +53,29 @@ def eval_sets(
             generator = torch.Generator().manual_seed(seed * 1_000 + i)
             idx = torch.randperm(len(y), generator=generator)[:max_samples].sort().values
             x, y = x[idx], y[idx]
-        sets.append(EvalSet(task, x, y, head_sizes[task.head]))
+        sets.append(EvalSet(task, x, y))
     return sets
+
+
+def scorable(model: MultiHeadNet, s: EvalSet) -> bool:
+    """Whether the model can score this task yet. In a class-incremental sequence a shared head has outputs only
+    for the classes seen so far, so a later task is scored from its own start on (van de Ven et al. 2022)."""
+    return s.task.head in model.heads and model.heads[s.task.head].out_features >= s.classes_needed
 
 
 @torch.inference_mode()
 def score(model: MultiHeadNet, sets: list[EvalSet], batch_size: int) -> dict[str, dict[str, float]]:
-    """Accuracy and mean cross-entropy of every set, in eval mode; restores every module's own mode."""
+    """Accuracy and mean cross-entropy of every set the model can score (see ``scorable``), in eval mode;
+    restores every module's own mode."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     device = next(model.parameters()).device
     results = {}
     try:
         for s in sets:
-            accuracy = s.accuracy_metric(device)
+            if not scorable(model, s):
+                continue
+            accuracy = s.accuracy_metric(model.heads[s.task.head].out_features, device)
             # A plain sum: torchmetrics' MeanMetric drops NaN batches by default, which would hide divergence.
             loss_sum = torch.zeros((), device=device)
             for start in range(0, len(s.y), batch_size):
@@ -149,8 +159,9 @@ class Evaluator(L.Callback):
         self._last_step = step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._start is None:  # drift is measured from the weights before the very first update
-            self._start = parameter_snapshot(pl_module.model)
+        # Drift is measured from the weights before the very first update; rows a shared head grew since (new
+        # classes of a later task) from their values when they were added.
+        self._start = extend_snapshot(self._start, pl_module.model)
         self.evaluate(trainer, pl_module)  # the model before this task's first update (step 0: pretrained)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
@@ -170,7 +181,7 @@ class Evaluator(L.Callback):
         epoch = epoch_of_step(self.task_step(trainer), self.steps_per_epoch, self.epoch_offset)
         flat: dict[str, float] = {}
         for s in self.sets:
-            for metric, value in results[s.task.name].items():
+            for metric, value in results.get(s.task.name, {}).items():  # a task not scorable yet has no rows
                 row = {"step": step, "epoch": epoch, "task": s.task.name, "role": s.task.role, "metric": metric}
                 self.records.append({**row, "value": value})
                 flat[tracked_name(row)] = value

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from research.data.tasks import Task, TaskSet
+from research.models.extent import Extent
 from research.models.multihead import MultiHeadNet
 
 
@@ -66,7 +67,14 @@ class FinetuneContext:
     seed: int
     batch_size: int
     pretrained_names: list[str]  # parameters that came from the pretrained model (backbone, old heads)
-    new_names: list[str]  # parameters created for fine-tuning (the new task's head)
+    new_names: list[str]  # parameters created for fine-tuning (the new tasks' heads)
+    # How many leading rows of each parameter the pretrained model had (research.models.extent): a parameter's
+    # full size, except for a shared head, which grows rows for new classes; parameters created for fine-tuning
+    # are absent. "What came pretrained" is this map, not ``pretrained_names``, wherever rows matter.
+    pretrained_rows: Extent = field(default_factory=dict)
+    # The same for the model just before the current task (before its head grew): what was pretrained or trained
+    # on an earlier task. Methods that anchor to "everything learned so far" (online EWC, SI) use this one.
+    earlier_rows: Extent = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # SI's path integral recorded during pretraining ({"omega.<param>", "start.<param>"}); None from a checkpoint.
     pretrain_path_integral: dict[str, Tensor] | None = None

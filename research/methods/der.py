@@ -47,7 +47,7 @@ class DER(Method):
     fills its own; draws are uniform without replacement from a seeded generator, the whole buffer when it
     holds fewer than ``replay_batch_size``. Student logits come from a separate forward pass in the model's
     training mode, as in the paper's code. A zero weight skips its term entirely (no draw, no forward pass),
-    so the run is fine-tuning exactly. Logged as ``loss/der``.
+    so the run is fine-tuning exactly. Logged as ``train_loss_der`` (W&B: ``train/loss_der``).
     """
 
     name = "der"
@@ -124,8 +124,8 @@ class DERPP(DER):
     Anchored: as DER (student logits on buffered pretraining examples to the pretrained model's logits), and in
     addition the student's predictions on another buffer batch to the examples' true labels (cross-entropy over
     the example's full head, as the task loss scores replayed examples). Each term has its own forward pass, as
-    in the paper's code; a zero weight skips its term (no draw, no forward pass). Logged as ``loss/der`` and
-    ``loss/der_ce``.
+    in the paper's code; a zero weight skips its term (no draw, no forward pass). Logged as ``train_loss_der`` and
+    ``train_loss_der_ce`` (W&B: ``train/loss_der``, ``train/loss_der_ce``).
     """
 
     name = "derpp"

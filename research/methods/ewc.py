@@ -33,10 +33,12 @@ class EWCConfig(MethodConfig):
 class EWC(ImportanceAnchor):
     """EWC: λ/2 Σ_i F_i (θ_i − θ*_i)².
 
-    Anchored: the parameters that came from the pretrained model, at their pretrained values θ*, weighted by
-    the diagonal Fisher F estimated on the pretraining tasks' training data (each example through its own
-    task's head), in eval mode, before the first update. The estimator is chosen by ``fisher`` and recorded
-    in the run's summary with its trace and the time it took. Logged as ``train_loss_ewc``.
+    Anchored: the parameters that came from the pretrained model and train, at their pretrained values θ*,
+    weighted by the diagonal Fisher F estimated on the pretraining tasks' training data (each example through
+    its own task's head), in eval mode, before the first update. The Fisher is that of the pretrained model
+    itself: with a shared head, its softmax runs over the pretrained classes' outputs only, and the rows the
+    head grew for the new classes get F = 0 (see ``ImportanceAnchor``). The estimator is chosen by ``fisher``
+    and recorded in the run's summary with its trace and the time it took. Logged as ``train_loss_ewc``.
 
     Versus avalanche-lib's EWCPlugin: its importance is our ``batched`` estimator (tested equal on identical
     weights and data), and its penalty is λ·Σ F (θ−θ*)² without the paper's 1/2, so our λ is twice Avalanche's
@@ -55,11 +57,11 @@ class EWC(ImportanceAnchor):
         return self.config.fisher
 
     def estimate_importance(
-        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str]
+        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str], values: dict[str, Tensor]
     ) -> tuple[dict[str, Tensor], int]:
         batches = ctx.pretrain_train_batches(self.config.fisher_batch_size, self.config.fisher_samples)
         generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
-        fisher = fisher_diagonal(model, batches, names, self.config.fisher, generator)
+        fisher = fisher_diagonal(model, batches, names, self.config.fisher, generator, values)
         return fisher, sum(len(b.y) for b in batches)
 
     @property

@@ -51,38 +51,57 @@ def fisher_diagonal(
     param_names: list[str],
     estimator: FisherEstimator = "exact",
     generator: torch.Generator | None = None,
+    values: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """Diagonal Fisher for the named parameters over ``batches`` (each scored by its own head)."""
+    """Diagonal Fisher for the named parameters over ``batches`` (each scored by its own head).
+
+    ``values`` are the parameter values at which the model is evaluated (default: its own). A value with fewer
+    rows than its parameter evaluates the model as it was before that parameter grew (a shared head with only
+    the outputs it had then; ``research.models.extent.values_at``), so the softmax runs over those outputs only
+    and the result has the value's shape. Every parameter enters detached, those not estimated as constants, so
+    the result never carries an autograd graph."""
     if estimator not in FISHER_ESTIMATORS:
         raise ValueError(f"unknown Fisher estimator '{estimator}'; valid choices: {', '.join(FISHER_ESTIMATORS)}")
-    named = dict(model.named_parameters())
-    params = {n: named[n].detach() for n in param_names}
-    buffers = dict(model.named_buffers())
+    params, constants = split_values(model, param_names, values)
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     num_params = sum(p.numel() for p in params.values())
     count = 0
     with eval_mode(model):
         for batch in batches:
             if estimator == "batched":
-                _add(fisher, _batch_mean_gradient(model, params, buffers, batch), square=True)
+                _add(fisher, _batch_mean_gradient(model, params, constants, batch), square=True)
                 count += 1
                 continue
             # per-class gradients for ``exact``: one Jacobian row per output of this head
             per_example = num_params * model.heads[batch.head].out_features  # type: ignore[index]
             for x, y in example_chunks(batch, per_example):
                 if estimator == "exact":
-                    _add(fisher, _exact_sum(model, params, buffers, batch.head, x))
+                    _add(fisher, _exact_sum(model, params, constants, batch.head, x))
                 else:
                     if estimator == "sample":
                         with torch.no_grad():
-                            probs = functional_call(model, (params, buffers), (x,), {"head": batch.head}).softmax(-1)
+                            probs = functional_call(model, (params, constants), (x,), {"head": batch.head}).softmax(-1)
                         y = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                    grads = _per_sample_gradients(model, params, buffers, batch.head, x, y)
+                    grads = _per_sample_gradients(model, params, constants, batch.head, x, y)
                     _add(fisher, {n: g.pow(2).sum(0) for n, g in grads.items()})
                 count += len(x)
     if count == 0:
         raise ValueError("cannot estimate a Fisher from no data")
-    return {n: f / count for n, f in fisher.items()}
+    return {n: (f / count).detach() for n, f in fisher.items()}
+
+
+def split_values(
+    model: nn.Module, param_names: list[str], values: dict[str, Tensor] | None = None
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(the estimated parameters, everything else ``functional_call`` needs: buffers and the other parameters),
+    all detached. ``values`` override the model's own parameters (see ``fisher_diagonal``). Passing every
+    parameter explicitly matters: one left to the module itself would be a live, trainable tensor on the forward
+    path, and the estimate would carry its autograd graph into the training loss."""
+    current = {n: p.detach() for n, p in model.named_parameters()}
+    current.update({n: v.detach() for n, v in (values or {}).items()})
+    params = {n: current[n] for n in param_names}
+    constants = {**dict(model.named_buffers()), **{n: v for n, v in current.items() if n not in params}}
+    return params, constants
 
 
 def _add(total: dict[str, Tensor], part: dict[str, Tensor], square: bool = False) -> None:
@@ -98,15 +117,15 @@ def example_chunks(batch: HeadBatch, floats_per_example: int) -> Iterable[tuple[
         yield batch.x[start : start + size], batch.y[start : start + size]
 
 
-def _log_probs_fn(model: nn.Module, buffers: dict[str, Tensor], head: str):
+def _log_probs_fn(model: nn.Module, constants: dict[str, Tensor], head: str):
     def log_probs(params: dict[str, Tensor], x: Tensor) -> Tensor:
-        logits = functional_call(model, (params, buffers), (x.unsqueeze(0),), {"head": head})
+        logits = functional_call(model, (params, constants), (x.unsqueeze(0),), {"head": head})
         return F.log_softmax(logits, dim=-1).squeeze(0)
 
     return log_probs
 
 
-def _exact_sum(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], head: str, x: Tensor):
+def _exact_sum(model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Tensor):
     """Σ_n Σ_y p(y|x_n) g_y(x_n)² for one chunk.
 
     For a linear layer z = W a + b that sees each example once, the per-example gradient of log p(y|x) is
@@ -115,17 +134,17 @@ def _exact_sum(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, T
     writing those out costs more than the arithmetic). Every other parameter (convolutions, normalisation)
     takes the general route: the per-example Jacobian of log p over classes with ``vmap(jacrev(·))``.
     """
-    closed = _linear_closed_form(model, params, buffers, head, x)
+    closed = _linear_closed_form(model, params, constants, head, x)
     rest = {n: p for n, p in params.items() if n not in closed}
     out = dict(closed)
     if rest:
         fixed = {n: p for n, p in params.items() if n not in rest}
-        out.update(_exact_sum_jacobian(model, rest, {**buffers, **fixed}, head, x))
+        out.update(_exact_sum_jacobian(model, rest, {**constants, **fixed}, head, x))
     return out
 
 
 def _linear_closed_form(
-    model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], head: str, x: Tensor
+    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Tensor
 ) -> dict[str, Tensor]:
     """The exact Fisher sums of the requested weights and biases of linear layers that take (examples,
     features) inputs and run at most once per forward pass; other parameters are left out of the result."""
@@ -146,7 +165,7 @@ def _linear_closed_form(
     try:
         with torch.enable_grad():
             inputs = x.detach().requires_grad_(True)  # makes every layer output part of the graph
-            logits = functional_call(model, (params, buffers), (inputs,), {"head": head})
+            logits = functional_call(model, (params, constants), (inputs,), {"head": head})
             log_probs = F.log_softmax(logits, dim=-1)
             usable = {n: calls[0] for n, calls in seen.items() if len(calls) == 1 and calls[0][0].dim() == 2}
             outputs = [out for _, out in usable.values()]
@@ -190,9 +209,9 @@ def _exact_sum_jacobian(
 
 
 def _per_sample_gradients(
-    model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], head: str, x: Tensor, y: Tensor
+    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Tensor, y: Tensor
 ) -> dict[str, Tensor]:
-    log_probs = _log_probs_fn(model, buffers, head)
+    log_probs = _log_probs_fn(model, constants, head)
 
     def nll(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
         # gather, not [yi]: under vmap the label is a batched tensor, which plain indexing cannot take.
@@ -202,10 +221,10 @@ def _per_sample_gradients(
 
 
 def _batch_mean_gradient(
-    model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: HeadBatch
+    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], batch: HeadBatch
 ) -> dict[str, Tensor]:
     def mean_nll(p: dict[str, Tensor]) -> Tensor:
-        logits = functional_call(model, (p, buffers), (batch.x,), {"head": batch.head})
+        logits = functional_call(model, (p, constants), (batch.x,), {"head": batch.head})
         return F.cross_entropy(logits, batch.y)
 
     return grad(mean_nll)(params)

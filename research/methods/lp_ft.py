@@ -37,9 +37,14 @@ class LPFT(Method):
     frozen throughout. Nothing is anchored by a penalty: the pretrained features are protected only by starting
     full fine-tuning with a head already fit to them, not a random one whose large early gradients distort them.
 
-    The backbone stays in the optimizer from the start (its parameter groups, learning rates and layer-wise
-    decay are built as for plain fine-tuning); its optimizer state (Adam moments, SGD momentum) starts at the
-    switch. ``probe_steps=0`` is plain fine-tuning; a probe longer than training is feature extraction. The
+    One optimizer serves both phases. The backbone is in it from the start (its parameter groups, learning rates
+    and layer-wise decay are built as for plain fine-tuning); its optimizer state (Adam moments, SGD momentum)
+    starts at the switch. The new head trains at ``train.lr`` in both phases, and its optimizer state carries
+    over from the probe into full fine-tuning (Adam's step count included), as if the probe's head were the
+    initialisation of a fine-tuning run that had already been going; Kumar et al. fit the probe separately
+    (logistic regression) and then start fine-tuning afresh, so their fine-tuning begins with no optimizer
+    state. A separate probe learning rate is not offered: the generic module owns the optimizer, and no method
+    changes its rates. ``probe_steps=0`` is plain fine-tuning; a probe longer than training is feature extraction. The
     probe is counted in updates, not epochs, so it is independent of the dataset size: use
     ``probe_steps = k · steps_per_epoch`` for a k-epoch probe.
     """

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from research.methods.base import FinetuneContext, HeadBatch, MethodConfig
-from research.methods.fisher import eval_mode, example_chunks
+from research.methods.fisher import eval_mode, example_chunks, split_values
 from research.methods.penalty import ImportanceAnchor
 from research.methods.registry import register
 from research.models.multihead import MultiHeadNet
@@ -53,14 +53,18 @@ class MASConfig(MethodConfig):
 
 
 def mas_importance(
-    model: nn.Module, batches: Iterable[HeadBatch], param_names: list[str], estimator: MASEstimator = "per_sample"
+    model: nn.Module,
+    batches: Iterable[HeadBatch],
+    param_names: list[str],
+    estimator: MASEstimator = "per_sample",
+    values: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """MAS importance Ω for the named parameters over ``batches`` (each scored by its own head), in eval mode."""
+    """MAS importance Ω for the named parameters over ``batches`` (each scored by its own head), in eval mode.
+    ``values``: the parameter values to evaluate the model at, as in ``fisher_diagonal`` (a shared head cut to
+    the outputs it had before it grew gives the pretrained model's own output norm). Never carries a graph."""
     if estimator not in MAS_ESTIMATORS:
         raise ValueError(f"unknown MAS estimator '{estimator}'; valid choices: {', '.join(MAS_ESTIMATORS)}")
-    named = dict(model.named_parameters())
-    params = {n: named[n].detach() for n in param_names}
-    buffers = dict(model.named_buffers())
+    params, constants = split_values(model, param_names, values)
     total = {n: p.new_zeros(p.shape) for n, p in params.items()}
     count = 0
     with eval_mode(model):
@@ -68,34 +72,34 @@ def mas_importance(
             if len(batch.x) == 0:
                 continue
             if estimator == "batched":
-                for n, g in _batch_mean_gradient(model, params, buffers, batch).items():
+                for n, g in _batch_mean_gradient(model, params, constants, batch).items():
                     total[n] += g.abs()
                 count += 1
                 continue
             for x, _ in example_chunks(batch, sum(p.numel() for p in params.values())):
-                for n, g in _per_sample_gradients(model, params, buffers, batch.head, x).items():
+                for n, g in _per_sample_gradients(model, params, constants, batch.head, x).items():
                     total[n] += g.abs().sum(0)
                 count += len(x)
     if count == 0:
         raise ValueError("cannot estimate a MAS importance from no data")
-    return {n: t / count for n, t in total.items()}
+    return {n: (t / count).detach() for n, t in total.items()}
 
 
 def _per_sample_gradients(
-    model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], head: str, x: Tensor
+    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Tensor
 ) -> dict[str, Tensor]:
     def squared_norm(p: dict[str, Tensor], xi: Tensor) -> Tensor:
-        logits = functional_call(model, (p, buffers), (xi.unsqueeze(0),), {"head": head})
+        logits = functional_call(model, (p, constants), (xi.unsqueeze(0),), {"head": head})
         return logits.pow(2).sum()
 
     return vmap(grad(squared_norm), in_dims=(None, 0))(params, x)
 
 
 def _batch_mean_gradient(
-    model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: HeadBatch
+    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], batch: HeadBatch
 ) -> dict[str, Tensor]:
     def mean_squared_norm(p: dict[str, Tensor]) -> Tensor:
-        logits = functional_call(model, (p, buffers), (batch.x,), {"head": batch.head})
+        logits = functional_call(model, (p, constants), (batch.x,), {"head": batch.head})
         return logits.pow(2).sum(dim=1).mean()
 
     return grad(mean_squared_norm)(params)
@@ -107,10 +111,16 @@ class MAS(ImportanceAnchor):
 
     Anchored: the parameters that came from the pretrained model and train, at their pretrained values θ*,
     weighted by Ω_i = mean over pretraining examples of |∂‖f(x)‖²/∂θ_i| (f: logits of the example's own task
-    head), estimated on the pretraining tasks' training data in eval mode before the first update. ``estimator``
-    picks the paper's per-example definition (``per_sample``) or Avalanche's minibatch one (``batched``: the
-    absolute value of minibatch-mean gradients, which partly cancel within a batch, so it is smaller and depends
-    on the batch size); see the module docstring. Logged as ``train_loss_mas``.
+    head; with a shared head, the pretrained model's own outputs, those of the pretraining classes, while the
+    rows grown for new classes get Ω = 0, see ``ImportanceAnchor``), estimated on the pretraining tasks'
+    training data in eval mode before the first update. ``estimator`` picks the paper's per-example definition
+    (``per_sample``) or Avalanche's minibatch one (``batched``: the absolute value of minibatch-mean gradients,
+    which partly cancel within a batch, so it is smaller and depends on the batch size); see the module
+    docstring. Logged as ``train_loss_mas``.
+
+    λ convention: the paper's loss is L_new + λ_paper Σ Ω (θ − θ*)² (Aljundi et al. 2018, eq. 6, no 1/2); ours
+    carries the 1/2 of every quadratic penalty here, so ``lam`` = 2 λ_paper gives the paper's penalty (and
+    Avalanche's ``lambda_reg`` is ``lam`` / 2 for the same reason).
     """
 
     name = "mas"
@@ -125,7 +135,8 @@ class MAS(ImportanceAnchor):
         return self.config.estimator
 
     def estimate_importance(
-        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str]
+        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str], values: dict[str, Tensor]
     ) -> tuple[dict[str, Tensor], int]:
         batches = ctx.pretrain_train_batches(self.config.importance_batch_size, self.config.importance_samples)
-        return mas_importance(model, batches, names, self.config.estimator), sum(len(b.y) for b in batches)
+        importance = mas_importance(model, batches, names, self.config.estimator, values)
+        return importance, sum(len(b.y) for b in batches)

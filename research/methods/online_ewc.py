@@ -3,7 +3,6 @@ running, decayed Fisher and one anchor, updated at the start of every task of a 
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 import torch
@@ -13,8 +12,9 @@ from torch import Tensor
 from research.methods.base import FinetuneContext
 from research.methods.ewc import EWCConfig
 from research.methods.fisher import fisher_diagonal
-from research.methods.penalty import ImportanceAnchor, snapshot
+from research.methods.penalty import ImportanceAnchor
 from research.methods.registry import register
+from research.models.extent import pad_rows
 from research.models.multihead import MultiHeadNet
 
 
@@ -29,11 +29,20 @@ class OnlineEWCConfig(EWCConfig):
 class OnlineEWC(ImportanceAnchor):
     """Online EWC: λ/2 Σ_i F̃_i (θ_i − θ*_i)², with F̃ ← γ·F̃ + F_new and θ* ← θ at the start of every task.
 
-    Anchored: at the start of fine-tuning task k, every parameter that trains and was trained before, at its
+    Anchored: at the start of fine-tuning task k, every parameter that trains and had a value before the task
+    (``FinetuneContext.earlier_rows``: the pretrained model for k = 0; later, everything trained so far), at its
     current value θ* (the pretrained weights for k = 0, the weights after task k−1 later). F_new is the diagonal
     Fisher of the task learned last: the pretraining tasks for k = 0, fine-tuning task k−1 afterwards (each
-    example through its own task's head, eval mode). With one fine-tuning task it is EWC; ``gamma`` = 1 keeps
-    every earlier Fisher at full weight, smaller values let old tasks fade. Logged as ``train_loss_online_ewc``.
+    example through its own task's head, eval mode), of the model as it stood before task k: with a shared
+    head, over the outputs of the classes seen so far, and rows grown for task k's new classes get F = 0 (one
+    mechanism with EWC, MAS and SI: ``ImportanceAnchor``). A shared head's rows therefore stay anchored: the
+    rows of the classes already learned are exactly what a class-incremental sequence must not forget. With
+    one fine-tuning task it is EWC, exactly, in either head layout. ``gamma`` = 1 keeps every earlier Fisher at
+    full weight, smaller values let old tasks fade. Logged as ``train_loss_online_ewc``.
+
+    λ convention: Schwarz et al. write the penalty as 1/2 ‖θ − θ*‖² weighted by γ·F*, the running Fisher decayed
+    once more (so do van de Ven et al.'s implementations); ours weights by F̃ itself, so ``lam`` = γ · λ_paper
+    gives their penalty (the same λ when γ = 1, and then also EWC's λ).
     """
 
     name = "online_ewc"
@@ -52,26 +61,30 @@ class OnlineEWC(ImportanceAnchor):
     def estimator(self) -> str:
         return self.config.fisher
 
-    def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
-        # Trained before this task: the pretrained parameters, and later everything but the new task's head.
-        current_head = {n for n, _ in model.heads[ctx.task.head].named_parameters(prefix=f"heads.{ctx.task.head}")}
-        earlier = set(ctx.pretrained_names) if ctx.task_index == 0 else {n for n, _ in model.named_parameters()}
-        names = [n for n, p in model.named_parameters() if p.requires_grad and n in earlier - current_head]
-        started = time.perf_counter()
-        learned = ctx.tasks.pretrain if ctx.task_index == 0 else [ctx.tasks.finetune[ctx.task_index - 1]]
-        batches = ctx.train_batches(learned, self.config.fisher_batch_size, self.config.fisher_samples)
+    def estimate_importance(
+        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str], values: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], int]:
+        self._learned = ctx.tasks.pretrain if ctx.task_index == 0 else [ctx.tasks.finetune[ctx.task_index - 1]]
+        batches = ctx.train_batches(self._learned, self.config.fisher_batch_size, self.config.fisher_samples)
         generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed + ctx.task_index)
-        new = fisher_diagonal(model, batches, names, self.config.fisher, generator)
+        fisher = fisher_diagonal(model, batches, names, self.config.fisher, generator, values)
+        return fisher, sum(len(b.y) for b in batches)
+
+    def accumulate(self, new: dict[str, Tensor]) -> dict[str, Tensor]:
+        """F̃ ← γ·F̃ + F_new; the earlier F̃ is zero on rows the shared head grew since."""
         gamma = self.config.gamma
-        self.importance = {n: gamma * self.importance[n] + f if n in self.importance else f for n, f in new.items()}
-        self.anchor = snapshot(model, names)
-        self._examples = sum(len(b.y) for b in batches)
-        self._seconds = time.perf_counter() - started
+        self._new_trace = float(sum(f.sum() for f in new.values()))
+        return {
+            n: gamma * pad_rows(self.importance[n], f.shape) + f if n in self.importance else f for n, f in new.items()
+        }
+
+    def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        super().prepare(model, ctx)
         self._history.append(
             {
                 "task_index": ctx.task_index,
-                "fisher_from": [t.name for t in learned],
-                "new_fisher_trace": float(sum(f.sum() for f in new.values())),
+                "fisher_from": [t.name for t in self._learned],
+                "new_fisher_trace": self._new_trace,
                 "running_fisher_trace": float(sum(f.sum() for f in self.importance.values())),
             }
         )

@@ -1,5 +1,5 @@
-"""The one quadratic penalty shared by every weight-anchoring regularizer (EWC, L2-SP, and later online
-EWC, SI and MAS), so that their forms cannot drift apart.
+"""The one quadratic penalty shared by every weight-anchoring regularizer (EWC, online EWC, L2-SP, SI and MAS),
+so that their forms cannot drift apart.
 
     quadratic_penalty(θ, θ*, Ω) = Σ_i Ω_i (θ_i − θ*_i)²
 
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from research.methods.base import FinetuneContext, Method, TrainStep
+from research.models.extent import pad_rows, values_at
 from research.models.multihead import MultiHeadNet
 
 
@@ -46,15 +47,24 @@ def snapshot(module: nn.Module, names: list[str] | None = None) -> dict[str, Ten
 
 
 class ImportanceAnchor(Method):
-    """Base of the methods that add λ/2 Σ_i Ω_i (θ_i − θ*_i)² (EWC, MAS; later SI, online EWC).
+    """Base of the methods that add λ/2 Σ_i Ω_i (θ_i − θ*_i)² (EWC, online EWC, MAS, SI).
 
-    Anchored: every parameter that came from the pretrained model and trains, at its value before the first
-    update. Ω comes from ``estimate_importance``, run once in ``prepare``; a subclass names the term, what its
-    importance is called in state dicts and summaries (``importance_name``), and where its λ and estimator live.
+    Anchored: every parameter that trains and existed before the current task (``FinetuneContext.earlier_rows``:
+    the pretrained model's parameters for the first or only task), at its value θ* then. Ω comes from
+    ``estimate_importance``, which evaluates the model as it stood before the current task grew it
+    (``research.models.extent.values_at``): a shared head keeps only the outputs it had, so a Fisher's softmax or
+    MAS's output norm is the pretrained model's own, not one that includes the new classes' random outputs. Rows
+    a shared head grew for new classes then get Ω = 0: they had no earlier value to keep, exactly as a new
+    per-task head is not anchored at all. This is the one place that decides this for every importance-based
+    method. A subclass names the term, what its importance is called in state dicts and summaries
+    (``importance_name``), where its λ and estimator live, and how a new estimate joins the old one
+    (``accumulate``; replaced by default).
     """
 
     term: ClassVar[str]
     importance_name: ClassVar[str]
+    importance: dict[str, Tensor]
+    anchor: dict[str, Tensor]
 
     def strength(self) -> float:
         return self.config.lam  # type: ignore[attr-defined]
@@ -63,22 +73,35 @@ class ImportanceAnchor(Method):
         raise NotImplementedError
 
     def estimate_importance(
-        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str]
+        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str], values: dict[str, Tensor]
     ) -> tuple[dict[str, Tensor], int]:
-        """The importance of each named parameter, and how many examples it was estimated from."""
+        """The importance of each named parameter at ``values`` (every earlier parameter, cut to its earlier
+        rows), shaped like those values, and how many examples it was estimated from."""
         raise NotImplementedError
 
+    def accumulate(self, new: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The importance to use from now on, given this task's estimate ``new`` (full-size, grown rows 0)."""
+        return new
+
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        names = [n for n in ctx.pretrained_names if n in trainable]
-        self.anchor = snapshot(model, names)
+        params = dict(model.named_parameters())
+        names = [n for n, p in params.items() if p.requires_grad and ctx.earlier_rows.get(n, 0) > 0]
         started = time.perf_counter()
-        self.importance, self._examples = self.estimate_importance(model, ctx, names)
+        estimate, self._examples = self.estimate_importance(model, ctx, names, values_at(model, ctx.earlier_rows))
+        self.importance = self.accumulate({n: pad_rows(estimate[n], params[n].shape) for n in names})
+        self.anchor = snapshot(model, names)
         self._seconds = time.perf_counter() - started
 
     def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:
         params = dict(model.named_parameters())
         return {self.term: 0.5 * self.strength() * quadratic_penalty(params, self.anchor, self.importance)}
+
+    @torch.no_grad()
+    def term_gradient(self, model: MultiHeadNet) -> dict[str, Tensor]:
+        """The gradient of this method's own term at the current weights, λ · Ω · (θ − θ*), per anchored
+        parameter: what separates the regularised gradient in ``p.grad`` from the data loss's."""
+        params = dict(model.named_parameters())
+        return {n: self.strength() * self.importance[n] * (params[n] - a) for n, a in self.anchor.items()}
 
     def info(self) -> dict[str, Any]:
         label = self.importance_name

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
@@ -14,6 +13,7 @@ from research.methods.base import FinetuneContext, MethodConfig
 from research.methods.path_integral import PathIntegral
 from research.methods.penalty import ImportanceAnchor
 from research.methods.registry import register
+from research.models.extent import pad_rows, values_at
 from research.models.multihead import MultiHeadNet
 
 
@@ -41,8 +41,11 @@ class SI(ImportanceAnchor):
     Needs the pretraining trajectory, so it cannot start from a user checkpoint (a config error says so).
 
     In a sequence of fine-tuning tasks the path integral goes on accumulating: during each task it is recorded
-    over that task's updates (the gradient of the total loss, as in Zenke et al.'s and Avalanche's code), and at
-    the start of the next task Ω += max(ω_task, 0) / (Δ_task² + ξ) and the anchor moves to the current weights.
+    over that task's updates with the gradient of the unregularised (data) loss, as in Zenke et al.'s code (the
+    penalty's own gradient is subtracted from the total; Avalanche's plugin and van de Ven et al.'s code use the
+    total gradient instead, which also credits the weights the penalty held back), and at the start of the next
+    task Ω += max(ω_task, 0) / (Δ_task² + ξ) and the anchor moves to the current weights. With a shared head
+    the rows grown for a task's new classes start at Ω = 0 and gain importance from the tasks that train them.
     """
 
     name = "si"
@@ -58,23 +61,30 @@ class SI(ImportanceAnchor):
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
         if ctx.task_index == 0:
             super().prepare(model, ctx)
-        else:  # consolidate the task just learned, then anchor at the weights it ended with
-            assert self._trajectory is not None
-            current = dict(model.named_parameters())
-            for name, omega in self._trajectory.omega.items():
-                if name in self.importance:
-                    displacement = current[name].detach() - self._trajectory.start[name]
-                    self.importance[name] = self.importance[name] + si_importance(
-                        omega, displacement, self.config.xi, self.config.clip
-                    )
-            self.anchor = {n: current[n].detach().clone() for n in self.importance}
+        else:
+            self._consolidate(model, ctx)
         # Record this task's trajectory only if another task follows.
         last = ctx.task_index == len(ctx.tasks.finetune) - 1
         self._trajectory = None if last else PathIntegral(model)
 
+    def _consolidate(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        """The task just learned adds Ω += max(ω_task, 0) / (Δ_task² + ξ), and the anchor moves to the weights it
+        ended with. Rows a shared head grows for this task's new classes get Ω = 0 (no history yet)."""
+        assert self._trajectory is not None
+        ended = values_at(model, ctx.earlier_rows)  # the weights the task ended with, before this task's growth
+        params = dict(model.named_parameters())
+        for name, importance in self.importance.items():
+            omega, start = self._trajectory.omega[name], self._trajectory.start[name]
+            gained = si_importance(omega, ended[name] - start, self.config.xi, self.config.clip)
+            self.importance[name] = pad_rows(pad_rows(importance, gained.shape) + gained, params[name].shape)
+        self.anchor = {n: params[n].detach().clone() for n in self.importance}
+
     def after_backward(self, model: MultiHeadNet, step: int) -> None:
         if self._trajectory is not None:
-            self._trajectory.before_step(model)
+            # ω integrates the data loss's gradient, not the total one: Zenke et al.'s code uses the gradient of
+            # the unregularised loss (``unreg_grads``). p.grad also holds this penalty's own gradient, known in
+            # closed form, so it is taken out exactly.
+            self._trajectory.before_step(model, exclude=self.term_gradient(model))
 
     def after_step(self, model: MultiHeadNet, step: int) -> None:
         if self._trajectory is not None:
@@ -94,29 +104,20 @@ class SI(ImportanceAnchor):
         return "path_integral"
 
     def estimate_importance(
-        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str]
+        self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str], values: dict[str, Tensor]
     ) -> tuple[dict[str, Tensor], int]:
         if ctx.pretrain_path_integral is None:
             raise ValueError("si: no pretraining path integral (a model loaded from a checkpoint has none)")
         omega, start = PathIntegral.split(ctx.pretrain_path_integral)
-        current = dict(model.named_parameters())
         importance = {}
         for name in names:
-            anchor = current[name].detach()
-            rows = omega[name].shape[0] if omega[name].dim() else None
-            pretrained = anchor[:rows] if rows is not None else anchor
-            weights = si_importance(
-                omega[name].to(anchor.device),
-                pretrained - start[name].to(anchor.device),
+            pretrained = values[name]  # the pretrained rows only; rows grown since have no history
+            importance[name] = si_importance(
+                omega[name].to(pretrained.device),
+                pretrained - start[name].to(pretrained.device),
                 self.config.xi,
                 self.config.clip,
             )
-            full = torch.zeros_like(anchor)  # rows a shared head grew at fine-tuning have no history
-            if rows is not None:
-                full[:rows] = weights
-            else:
-                full = weights
-            importance[name] = full
         return importance, 0
 
 

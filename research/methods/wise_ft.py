@@ -11,8 +11,8 @@ import torch
 from pydantic import Field, field_validator
 
 from research.methods.base import FinetuneContext, Method, MethodConfig
-from research.methods.penalty import snapshot
 from research.methods.registry import register
+from research.models.extent import values_at
 from research.models.multihead import MultiHeadNet
 
 
@@ -36,12 +36,15 @@ class WiSEFTConfig(MethodConfig):
 class WiSEFT(Method):
     """WiSE-FT: fine-tune exactly as ``finetune``, then score θ_α = (1 − α)·θ₀ + α·θ_ft at every α in ``alphas``.
 
-    Interpolated: every parameter that came from the pretrained model (backbone, old heads; a shared head's
-    pretrained rows), between its pretrained value θ₀ and its fine-tuned value. The new task's head has no
-    pretrained value (it starts from a random initialisation), so it keeps its fine-tuned weights at every α, as
-    when the paper's fine-tuned linear head sits on interpolated features. BatchNorm running statistics are
-    interpolated the same way. The sweep goes to ``method.parquet`` (alpha, task, role, metric, value) so the
-    trade-off curve can be drawn; training itself is plain fine-tuning, so its forgetting curves are finetune's.
+    Interpolated: every parameter that exists in the pretrained model θ₀ (backbone, old heads, and a shared
+    head's rows for the pretraining classes), between its pretrained value and its fine-tuned value. What was
+    created for fine-tuning has no pretrained value (it starts from a random initialisation): a new per-task
+    head, or the rows a shared head grew for the new classes. It keeps its fine-tuned values at every α, as when
+    the paper's fine-tuned linear head sits on interpolated features, so both head layouts mean the same thing
+    (α = 0 is the pretrained model plus the fine-tuned new outputs, never a random head). BatchNorm running
+    statistics are interpolated like the weights. The sweep goes to ``method.parquet`` (alpha, task, role,
+    metric, value) so the trade-off curve can be drawn; training itself is plain fine-tuning, so its forgetting
+    curves are finetune's.
     """
 
     name = "wise_ft"
@@ -50,7 +53,8 @@ class WiSEFT(Method):
     neutral = {}  # training is plain fine-tuning; the sweep only adds measurements after it
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
-        self.start = snapshot(model, ctx.pretrained_names)
+        # θ₀: the pretrained model's own parameters and rows; a shared head's grown rows are not part of it.
+        self.start = {n: t.clone() for n, t in values_at(model, ctx.pretrained_rows).items()}
         # BatchNorm running statistics belong to the pretrained model too.
         self.start_buffers = {n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()}
 
@@ -86,7 +90,8 @@ def interpolate(
     model: MultiHeadNet, start: dict[str, torch.Tensor], start_buffers: dict[str, torch.Tensor], alpha: float
 ) -> MultiHeadNet:
     """A copy of ``model`` with (1 − α)·start + α·current for every parameter and floating buffer in ``start``.
-    A parameter that grew since (a shared head with new rows) interpolates its first rows and keeps the rest."""
+    A parameter that grew since ``start`` was taken (a shared head with new rows) interpolates the rows ``start``
+    has and keeps the rest at their current values; parameters absent from ``start`` are kept whole."""
     mixed = copy.deepcopy(model)
     with torch.no_grad():
         tensors = {**dict(mixed.named_parameters()), **dict(mixed.named_buffers())}

@@ -39,19 +39,28 @@ class MultiHeadNet(nn.Module):
         self.heads[name] = head
         return head
 
-    def grow_head(self, name: str, num_outputs: int, generator: torch.Generator) -> None:
-        """Append seeded outputs to an existing head (a shared head meeting new classes); the existing rows,
-        and so the scores of the classes it already knew, are unchanged."""
-        old = self.heads[name]
-        if num_outputs < old.out_features:
-            raise ValueError(f"head '{name}' has {old.out_features} outputs; cannot shrink to {num_outputs}")
-        if num_outputs == old.out_features:
+    def resize_head(self, name: str, num_outputs: int, generator: torch.Generator) -> None:
+        """Give a head ``num_outputs`` outputs in place: its weight and bias stay the same Parameter objects, so
+        an optimizer built on them keeps working. Appended rows (a shared head meeting new classes) are drawn as
+        a new head's would be, from ``generator`` (on the CPU, then moved to the head's device); existing rows
+        keep their values, so the classes the head knew score as before. Shrinking drops the last rows; only a
+        resumed run does that, when it replays earlier tasks before loading the weights they started from."""
+        head = self.heads[name]
+        old = head.out_features
+        if num_outputs == old:
             return
-        del self.heads[name]
-        new = self.add_head(name, num_outputs, generator)
-        with torch.no_grad():
-            new.weight[: old.out_features] = old.weight
-            new.bias[: old.out_features] = old.bias
+        weight, bias = head.weight.detach(), head.bias.detach()
+        if num_outputs < old:
+            weight, bias = weight[:num_outputs].clone(), bias[:num_outputs].clone()
+        else:
+            # The same draws, in the same order, as add_head's seeded initialisation of a whole new head.
+            bound = 1.0 / self.feature_dim**0.5
+            fresh_weight = torch.empty(num_outputs, self.feature_dim).uniform_(-bound, bound, generator=generator)
+            fresh_bias = torch.empty(num_outputs).uniform_(-bound, bound, generator=generator)
+            weight = torch.cat([weight, fresh_weight[old:].to(weight)])
+            bias = torch.cat([bias, fresh_bias[old:].to(bias)])
+        head.weight.data, head.bias.data = weight, bias
+        head.out_features = num_outputs
 
     def features(self, x: Tensor) -> Tensor:
         return self.backbone(x)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -18,6 +19,7 @@ from research.data.batches import TensorBatches
 from research.data.tasks import TaskSet
 from research.evaluation.evaluator import Evaluator, epoch_of_step, eval_sets, score
 from research.methods.base import FinetuneContext, Method
+from research.models.extent import Extent, extent_of
 from research.models.multihead import MultiHeadNet
 from research.tracking import Tracker, tracked_name
 from research.training.checkpoints import load_into
@@ -34,20 +36,20 @@ def finetune_model(
     state: dict[str, Tensor] | None,
     path_integral: dict[str, Tensor] | None = None,
 ) -> tuple[MultiHeadNet, FinetuneContext]:
-    """The model ready for fine-tuning: pretrained weights (when given), a new seeded head for the new task,
-    old heads frozen (they only score their tasks), and the method's own freezing applied.
+    """The model ready for its first fine-tuning task: pretrained weights (when given), a new seeded head for
+    each new task (or the shared head grown for the first task's new classes), old heads frozen (they only score
+    their tasks), and the method's own freezing applied.
 
     Called with ``state=None`` to check a config (e.g. ``partial``'s depth) before anything is written."""
     model = pretrained_skeleton(cfg, tasks)
     if state is not None:
         load_into(model, state, "pretrained weights")
     pretrained_names = [name for name, _ in model.named_parameters()]
+    pretrained_rows = extent_of(model)
     generator = torch.Generator().manual_seed(cfg.seed)
-    for task in tasks.finetune:
+    for task in tasks.finetune:  # per-task heads exist from the start, so later tasks are scored all along
         if task.head not in model.heads:
             model.add_head(task.head, tasks.head_sizes[task.head], generator=generator)
-        else:  # a shared head: outputs for the new task's new classes, if any
-            model.grow_head(task.head, tasks.head_sizes[task.head], generator=generator)
     new_names = [name for name, _ in model.named_parameters() if name not in pretrained_names]
     context = FinetuneContext(
         model=model,
@@ -57,6 +59,7 @@ def finetune_model(
         batch_size=cfg.train.batch_size,
         pretrained_names=pretrained_names,
         new_names=new_names,
+        pretrained_rows=pretrained_rows,
         pretrain_path_integral=path_integral,
     )
     start_task(model, context, method, 0)
@@ -64,15 +67,41 @@ def finetune_model(
 
 
 def start_task(model: MultiHeadNet, context: FinetuneContext, method: Method, index: int) -> None:
-    """Make fine-tuning task ``index`` the current one: its head trains, every other head is frozen (old heads
-    only score their tasks), the backbone trains, and the method applies its own freezing."""
-    task = context.tasks.finetune[index]
+    """Make fine-tuning task ``index`` the current one: a shared head grows outputs for the classes this task
+    brings (never for later tasks' classes), its head trains, every other head is frozen (old heads only score
+    their tasks), the backbone trains, and the method applies its own freezing. ``context.earlier_rows``
+    records what existed before this task's growth."""
+    tasks = context.tasks
+    task = tasks.finetune[index]
+    context.earlier_rows = _rows_before(model, tasks, index, context.pretrained_rows)
+    for head, size in tasks.head_sizes_at(index).items():  # a no-op unless the task brings new classes
+        model.resize_head(head, size, generator=_growth_generator(context.seed, index))
     context.task = task
     context.task_index = index
     model.backbone.requires_grad_(True)
     for name, head in model.heads.items():
         head.requires_grad_(name == task.head)
     method.configure_trainable(model, context)
+
+
+def _growth_generator(seed: int, index: int) -> torch.Generator:
+    """The seeded stream of the rows a shared head grows at fine-tuning task ``index``. It depends on the run's
+    seed and the task alone, so a resumed run that replays earlier tasks' starts draws the very same rows; the
+    first task's is the run seed's own stream, as for new per-task heads."""
+    if index == 0:
+        return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+
+
+def _rows_before(model: MultiHeadNet, tasks: TaskSet, index: int, pretrained_rows: Extent) -> Extent:
+    """The extent of what had a value before fine-tuning task ``index`` (research.models.extent): the pretrained
+    model for the first task; later, the model as it stands, except the heads of this and later tasks, which
+    have never been trained (they exist from the start only so that every task can be scored)."""
+    if index == 0:
+        return dict(pretrained_rows)
+    learned = {t.head for t in tasks.pretrain + tasks.finetune[:index]}
+    untrained = tuple(f"heads.{t.head}." for t in tasks.finetune[index:] if t.head not in learned)
+    return {name: rows for name, rows in extent_of(model).items() if not name.startswith(untrained)}
 
 
 @dataclass
@@ -153,7 +182,7 @@ class FinetuneStage:
         self.cfg, self.tasks, self.method, self.model, self.context = cfg, tasks, method, model, context
         self.tracker, self.outcome, self.checkpointing, self.started = tracker, outcome, checkpointing, started
         self.evaluator = Evaluator(
-            eval_sets(tasks.all, tasks.head_sizes, cfg.eval.split, cfg.eval.max_samples, cfg.data.split_seed),
+            eval_sets(tasks.all, cfg.eval.split, cfg.eval.max_samples, cfg.data.split_seed),
             cfg.eval.every_n_steps,
             cfg.eval.batch_size,
             lambda step, scores: tracker.log(scores, step),
@@ -211,6 +240,7 @@ class FinetuneStage:
             on_train_scalars,
             step_offset=done,
             start_hook=(lambda m: self._restore(m, resume)) if resume is not None else self._prepare,
+            steps_before=step_offset,
         )
         callbacks: list[L.Callback] = [self.evaluator]  # evaluations first: a checkpoint holds its step's scores
         if self.checkpointing is not None and (cfg.checkpoint.every_n_steps or cfg.checkpoint.every_n_seconds):

@@ -37,6 +37,7 @@ class ClassifierModule(L.LightningModule):
         path_integral: PathIntegral | None = None,
         step_offset: int = 0,
         start_hook: Callable[[ClassifierModule], None] | None = None,
+        steps_before: int = 0,
     ) -> None:
         super().__init__()
         # The module runs the update itself (zero_grad, backward, step): a short, explicit per-step path,
@@ -50,8 +51,11 @@ class ClassifierModule(L.LightningModule):
         self.log_every_n_steps = log_every_n_steps
         self.scalar_sink = scalar_sink  # callable(step, {name: tensor}) or None
         self.path_integral = path_integral  # recorded during pretraining, for SI
-        # Updates of this task done before this fit (a resumed run); methods and logging count on from there.
+        # Updates of this task done before this fit (a resumed run); methods count on from there.
         self.step_offset = step_offset
+        # Updates of the fine-tuning tasks before this one: logging counts on the run's one step axis, so that
+        # ``log_every_n_steps`` means the same in a sequence as in a single task.
+        self.steps_before = steps_before
         # Replaces the method's plain ``prepare`` at fit start (the fine-tuning stage records or restores state).
         self.start_hook = start_hook
         # Blocks with nothing to train run in eval mode, so their BatchNorm statistics stay pretrained.
@@ -75,6 +79,8 @@ class ClassifierModule(L.LightningModule):
         self.train()
         if self.context is not None:
             self.context.device = self.device
+        if self.path_integral is not None:  # built with the model before Lightning moved it to its device
+            self.path_integral.to(self.device)
         if self.start_hook is not None:
             self.start_hook(self)
         elif self.method is not None and self.context is not None:
@@ -112,7 +118,7 @@ class ClassifierModule(L.LightningModule):
             terms = self.method.loss_terms(self.model, TrainStep(batches, logits, step))
         loss = task_loss + sum(terms.values()) if terms else task_loss
 
-        if step % self.log_every_n_steps == 0:
+        if (self.steps_before + step) % self.log_every_n_steps == 0:
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(f"training diverged: loss {value} at step {step}")

@@ -131,7 +131,7 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
     broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
     if broken:  # never cache a diverged model as if it were a valid starting point
         raise RunFailed(f"pretraining diverged: non-finite weights in {broken[:3]}; nothing was cached")
-    sets = {split: eval_sets(tasks.pretrain, tasks.pretrain_head_sizes(), split, None, 0) for split in ("val", "test")}
+    sets = {split: eval_sets(tasks.pretrain, split, None, 0) for split in ("val", "test")}
     metrics = {split: score(model, s, cfg.eval.batch_size) for split, s in sets.items() if all(len(e.y) for e in s)}
 
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")

@@ -113,8 +113,7 @@ def matrix_metrics(runs: RunSet, run_id: str) -> dict[str, float]:
     """``finetune_tasks`` and, from the run's accuracy matrix at the task boundaries, ``forgetting``, ``bwt``,
     ``plasticity`` and ``last_task_plasticity``; a metric that is undefined (e.g. no task learned before the
     last one) is NaN."""
-    matrix = run_accuracy_matrix(runs, run_id)
-    own = _run_boundaries(runs, run_id)[1]
+    matrix, own = _matrix_with_boundaries(runs, run_id)
     rows = _rows(matrix, own)
     values = matrix.to_numpy()
     new = [k for k, task in enumerate(matrix.columns) if task in own]
@@ -136,9 +135,14 @@ def run_accuracy_matrix(runs: RunSet, run_id: str) -> pd.DataFrame:
     """Rows: the start and the end of each fine-tuning task; columns: every task (old first). A fine-tuning task
     not scored before its own end (class-incremental: no outputs for its classes yet) is NaN there; any other
     missing score is an error."""
+    return _matrix_with_boundaries(runs, run_id)[0]
+
+
+def _matrix_with_boundaries(runs: RunSet, run_id: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """:func:`run_accuracy_matrix` and each fine-tuning task's own row label, read once."""
     boundaries, own = _run_boundaries(runs, run_id)
     frame = _run_acc(runs, run_id).rename(columns={"value": "acc"})[["step", "task", "acc"]]
-    return m.accuracy_matrix(frame, boundaries, task_boundaries=own)
+    return m.accuracy_matrix(frame, boundaries, task_boundaries=own), own
 
 
 def setting_accuracy_matrix(runs: RunSet, run_ids: list[str]) -> pd.DataFrame:
@@ -148,12 +152,6 @@ def setting_accuracy_matrix(runs: RunSet, run_ids: list[str]) -> pd.DataFrame:
     matrix = pd.concat(matrices).groupby(level=0, sort=False).mean()[matrices[0].columns]
     matrix.index.name = "when measured"
     return matrix
-
-
-def boundary_rows(runs: RunSet, run_id: str, matrix: pd.DataFrame) -> list[int]:
-    """The row of ``matrix`` (from :func:`run_accuracy_matrix`) at which each column's task was learned: 0
-    ("start") for a pretraining task, the row after it for a fine-tuning task."""
-    return _rows(matrix, _run_boundaries(runs, run_id)[1])
 
 
 def _rows(matrix: pd.DataFrame, own: dict[str, str]) -> list[int]:

@@ -9,7 +9,7 @@ from torch import Tensor
 from research.methods.base import FinetuneContext, Method, MethodConfig, TrainStep
 from research.methods.penalty import quadratic_penalty
 from research.methods.registry import register
-from research.models.extent import earlier_part, grown_part, has_grown
+from research.models.extent import earlier_part, grown_part, has_grown, rows_of
 from research.models.multihead import MultiHeadNet
 
 
@@ -54,7 +54,7 @@ class L2SP(Method):
 
     def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:
         params = dict(model.named_parameters())
-        source = {n: earlier_part(params[n], len(a) if a.dim() else 1) for n, a in self.anchor.items()}
+        source = {n: earlier_part(params[n], rows_of(a)) for n, a in self.anchor.items()}
         terms = {"l2sp": 0.5 * self.config.alpha * quadratic_penalty(source, self.anchor)}
         if self.config.beta > 0 and self.new_from:
             new = {n: grown_part(params[n], rows) for n, rows in self.new_from.items()}

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 
 from research.methods.base import FinetuneContext, Method, MethodConfig
 from research.methods.registry import register
-from research.models.extent import values_at
+from research.models.extent import earlier_part, rows_of, values_at
 from research.models.multihead import MultiHeadNet
 
 
@@ -96,8 +96,6 @@ def interpolate(
     with torch.no_grad():
         tensors = {**dict(mixed.named_parameters()), **dict(mixed.named_buffers())}
         for name, initial in {**start, **start_buffers}.items():
-            current = tensors[name]
-            rows = initial.shape[0] if initial.dim() > 0 else None
-            target = current[:rows] if rows is not None else current
+            target = earlier_part(tensors[name], rows_of(initial))
             target.copy_((1.0 - alpha) * initial + alpha * target)
     return mixed

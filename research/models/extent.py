@@ -25,10 +25,11 @@ Extent = dict[str, int]
 
 def extent_of(model: nn.Module) -> Extent:
     """Every parameter at its full size: the extent of the model as it is now."""
-    return {name: _rows(p) for name, p in model.named_parameters()}
+    return {name: rows_of(p) for name, p in model.named_parameters()}
 
 
-def _rows(tensor: Tensor) -> int:
+def rows_of(tensor: Tensor) -> int:
+    """A tensor's rows (dim 0); a 0-dim tensor counts as one row."""
     return tensor.shape[0] if tensor.dim() else 1
 
 

@@ -31,13 +31,21 @@ class MultiHeadNet(nn.Module):
             first = next(self.parameters(), None)
             device = first.device if first is not None else torch.device("cpu")
             head = nn.Linear(self.feature_dim, num_outputs, device="meta").to_empty(device=device)
-            # Same distribution as nn.Linear's default (Kaiming-uniform, bound 1/sqrt(fan_in)), seeded.
-            bound = 1.0 / self.feature_dim**0.5
+            weight, bias = self._seeded_rows(num_outputs, generator)
             with torch.no_grad():
-                head.weight.uniform_(-bound, bound, generator=generator)
-                head.bias.uniform_(-bound, bound, generator=generator)
+                head.weight.copy_(weight)
+                head.bias.copy_(bias)
         self.heads[name] = head
         return head
+
+    def _seeded_rows(self, num_outputs: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A head's initial weight and bias drawn from ``generator`` on the CPU (a CPU generator cannot fill a
+        tensor on another device): nn.Linear's default distribution, Kaiming-uniform with bound 1/sqrt(fan_in),
+        weight first, then bias."""
+        bound = 1.0 / self.feature_dim**0.5
+        weight = torch.empty(num_outputs, self.feature_dim).uniform_(-bound, bound, generator=generator)
+        bias = torch.empty(num_outputs).uniform_(-bound, bound, generator=generator)
+        return weight, bias
 
     def resize_head(self, name: str, num_outputs: int, generator: torch.Generator) -> None:
         """Give a head ``num_outputs`` outputs in place: its weight and bias stay the same Parameter objects, so
@@ -53,10 +61,8 @@ class MultiHeadNet(nn.Module):
         if num_outputs < old:
             weight, bias = weight[:num_outputs].clone(), bias[:num_outputs].clone()
         else:
-            # The same draws, in the same order, as add_head's seeded initialisation of a whole new head.
-            bound = 1.0 / self.feature_dim**0.5
-            fresh_weight = torch.empty(num_outputs, self.feature_dim).uniform_(-bound, bound, generator=generator)
-            fresh_bias = torch.empty(num_outputs).uniform_(-bound, bound, generator=generator)
+            # The rows a whole new head of this size would get from the same generator, beyond the existing ones.
+            fresh_weight, fresh_bias = self._seeded_rows(num_outputs, generator)
             weight = torch.cat([weight, fresh_weight[old:].to(weight)])
             bias = torch.cat([bias, fresh_bias[old:].to(bias)])
         head.weight.data, head.bias.data = weight, bias

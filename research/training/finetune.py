@@ -44,8 +44,8 @@ def finetune_model(
     model = pretrained_skeleton(cfg, tasks)
     if state is not None:
         load_into(model, state, "pretrained weights")
-    pretrained_names = [name for name, _ in model.named_parameters()]
     pretrained_rows = extent_of(model)
+    pretrained_names = list(pretrained_rows)
     generator = torch.Generator().manual_seed(cfg.seed)
     for task in tasks.finetune:  # per-task heads exist from the start, so later tasks are scored all along
         if task.head not in model.heads:

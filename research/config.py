@@ -14,7 +14,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +31,8 @@ from pydantic import (
 
 from research.errors import ConfigError
 
-SOURCES = ("digits", "mnist1d", "npz", "folder")
+SOURCES = ("digits", "mnist1d", "npz", "folder", "text", "relations")
+USER_SOURCES = ("npz", "folder", "text")  # sources that read the user's files from ``path``
 
 
 class Strict(BaseModel):
@@ -58,8 +59,12 @@ class TaskConfig(Strict):
     """A named classification problem drawn from one source, optionally restricted to some classes."""
 
     name: str
-    source: Literal["digits", "mnist1d", "npz", "folder"]
-    path: str | None = None  # npz file or image folder, for the user-data sources
+    source: Literal["digits", "mnist1d", "npz", "folder", "text", "relations"]
+    path: str | None = None  # npz file, image folder or text table, for the user-data sources
+    # text only: a CSV, JSONL or parquet file (or a folder written by datasets' save_to_disk) with these columns.
+    text_column: str = "text"
+    text_pair_column: str | None = None  # the second text of a pair (e.g. premise and hypothesis)
+    label_column: str = "label"
     classes: list[int | str] | None = None  # None = every class of the source
     transform: TransformConfig | None = None
     # npz only: x is divided by this (255 maps 8-bit pixels to [0, 1]); None = x as stored, integers included.
@@ -93,10 +98,15 @@ class TaskConfig(Strict):
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> TaskConfig:
-        if self.source in ("npz", "folder") and not self.path:
+        if self.source in USER_SOURCES and not self.path:
             raise ValueError(f"source '{self.source}' needs a 'path' to the user's data")
-        if self.source not in ("npz", "folder") and self.path:
-            raise ValueError(f"source '{self.source}' is built in and takes no 'path' (only npz and folder do)")
+        if self.source not in USER_SOURCES and self.path:
+            raise ValueError(f"source '{self.source}' is built in and takes no 'path' (only npz, folder and text do)")
+        column_keys = {"text_column": "text", "text_pair_column": None, "label_column": "label"}
+        if self.source != "text":
+            misplaced = [k for k, default in column_keys.items() if getattr(self, k) != default]
+            if misplaced:
+                raise ValueError(f"{misplaced[0]} applies to source 'text' only; source '{self.source}' has no columns")
         if self.classes is not None and len(self.classes) == 0:
             raise ValueError("classes must not be empty (leave it out to use every class)")
         if self.classes is not None and len(set(map(str, self.classes))) != len(self.classes):
@@ -120,15 +130,70 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    """Backbone + heads. ``heads: per_task`` gives each task its own output layer (a new head for each new
-    task, old heads kept for scoring); ``shared`` is one output layer over the union of all tasks' classes."""
+    """Backbone (``arch``: a registered family, research.models.adapters) + heads. ``heads: per_task`` gives each
+    task its own output layer (a new head for each new task, old heads kept for scoring); ``shared`` is one
+    output layer over the union of all tasks' classes. Each family reads only its own keys; any other key set
+    to a non-default value is refused."""
 
-    arch: Literal["mlp", "cnn"] = "mlp"
+    arch: str = "mlp"
     hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256], min_length=1)  # mlp: block widths
     channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], min_length=1)  # cnn: block channels
-    batchnorm: bool = False
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    batchnorm: bool = False  # mlp, cnn
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # mlp, cnn
     heads: Literal["per_task", "shared"] = "per_task"
+    # hf: a hub id or local directory (default: the packaged all-MiniLM-L6-v2); timm/torchvision: a model name.
+    name: str | None = None
+    revision: str | None = None  # hf: a hub branch, tag or commit
+    pooling: Literal["mean", "cls", "pooler"] | None = None  # hf; None: what the model card uses
+    max_length: PositiveInt = 128  # hf: tokens per text (pair), longer ones truncated
+    gradient_checkpointing: bool = False  # hf: recompute activations in the backward pass (saves memory)
+    weights: str | None = None  # timm/torchvision: a local weights file (safetensors, or weights-only torch)
+    pretrained: bool = True  # timm/torchvision: load the family's pretrained weights (when no weights file)
+    factory: str | None = None  # custom: module.path:function returning the nn.Module
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # custom: keyword arguments of the factory
+    blocks: list[str] | None = None  # custom: submodule names, bottom to top
+
+    COMMON: ClassVar[tuple[str, ...]] = ("arch", "heads")
+    BUILT_IN: ClassVar[tuple[str, ...]] = ("hidden", "channels", "batchnorm", "dropout")
+
+    @field_validator("arch")
+    @classmethod
+    def _arch_is_registered(cls, arch: str) -> str:
+        from research.models.adapters import adapter_names
+
+        if arch not in adapter_names():
+            raise ValueError(f"unknown architecture '{arch}'; valid choices: {', '.join(adapter_names())}")
+        return arch
+
+    @model_validator(mode="after")
+    def _keys_apply_to_arch(self) -> ModelConfig:
+        from research.models.adapters import adapter
+
+        family = adapter(self.arch)
+        defaults = ModelConfig.model_construct()
+        for key in type(self).model_fields:
+            if key in self.COMMON or key in family.keys:
+                continue
+            # One config may sweep model.arch over mlp and cnn, so either keeps the other's keys.
+            if not family.external and key in self.BUILT_IN:
+                continue
+            if getattr(self, key) != getattr(defaults, key, None):
+                raise ValueError(
+                    f"model.{key} does not apply to model.arch={self.arch}; its keys: "
+                    f"{', '.join(family.keys) or '(none)'}"
+                )
+        if self.arch == "custom" and not self.factory:
+            raise ValueError("model.arch=custom needs model.factory: 'module.path:function' returning an nn.Module")
+        if self.arch in ("timm", "torchvision") and not self.name:
+            raise ValueError(f"model.arch={self.arch} needs model.name (a {self.arch} model name, e.g. resnet18)")
+        return self
+
+    @property
+    def external(self) -> bool:
+        """Whether the backbone comes pretrained from outside the lab (no pretraining of ours trains it)."""
+        from research.models.adapters import adapter
+
+        return adapter(self.arch).external
 
 
 class OptimConfig(Strict):
@@ -150,17 +215,13 @@ class OptimConfig(Strict):
 class PretrainConfig(Strict):
     """The pretraining stage: trained once per distinct config (cached by hash) or loaded from a checkpoint."""
 
-    tasks: list[TaskConfig]
+    # The tasks the lab pretrains on. Optional for a model loaded from outside (model.arch hf, timm, torchvision,
+    # custom): its backbone stays as loaded and only these tasks' heads are trained, on its frozen features.
+    tasks: list[TaskConfig] = Field(default_factory=list)
     checkpoint: str | None = None  # safetensors file, or a directory holding model.safetensors
     seed: Seed = 0  # fixed independently of the run seed so every run of a grid starts from the same weights
     train: OptimConfig = Field(default_factory=lambda: OptimConfig(epochs=20))
 
-    @field_validator("tasks")
-    @classmethod
-    def _non_empty(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
-        if not tasks:
-            raise ValueError("at least one pretraining task is needed")
-        return tasks
 
 
 class FinetuneConfig(Strict):
@@ -227,6 +288,20 @@ class ExperimentConfig(Strict):
     def _eval_split_exists(self) -> ExperimentConfig:
         if self.eval.split == "val" and self.data.val_fraction == 0:
             raise ValueError("eval.split is 'val' but data.val_fraction is 0: there is no validation split")
+        return self
+
+    @model_validator(mode="after")
+    def _pretraining_tasks_when_pretrained_here(self) -> ExperimentConfig:
+        if not self.pretrain.tasks and not self.model.external:
+            raise ValueError(
+                f"pretrain.tasks: at least one pretraining task is needed for model.arch={self.model.arch}, which "
+                "is pretrained here; only a model loaded from outside (hf, timm, torchvision, custom) may go without"
+            )
+        if self.pretrain.checkpoint and self.model.external:
+            raise ValueError(
+                f"pretrain.checkpoint: model.arch={self.model.arch} loads its own weights (model.name / "
+                "model.factory / model.weights); a checkpoint applies to the built-in mlp and cnn only"
+            )
         return self
 
     @model_validator(mode="after")

@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch import Tensor
+from research.data.inputs import Inputs, count, take
 
 
 class TensorBatches:
-    """Yields tuples of aligned slices of ``tensors`` (e.g. inputs, labels, head ids), reshuffled every pass."""
+    """Yields tuples of aligned slices of ``tensors`` (e.g. inputs, labels, head ids), reshuffled every pass.
+    Inputs may be a mapping of tensors (a tokenizer's output); each batch then holds the same keys."""
 
-    def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = True, seed: int = 0) -> None:
-        if len({len(t) for t in tensors}) != 1:
+    def __init__(self, *tensors: Inputs, batch_size: int, shuffle: bool = True, seed: int = 0) -> None:
+        if len({count(t) for t in tensors}) != 1:
             raise ValueError("all tensors must have the same length")
         self.tensors = tensors
         self.batch_size = batch_size
@@ -36,21 +37,21 @@ class TensorBatches:
 
     def _starts(self) -> list[int]:
         # A last batch of a single example is folded into the one before: BatchNorm cannot train on one example.
-        n = len(self.tensors[0])
+        n = count(self.tensors[0])
         starts = list(range(0, n, self.batch_size))
         if len(starts) > 1 and n - starts[-1] == 1:
             starts.pop()
         return starts
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+    def __iter__(self) -> Iterator[tuple[Inputs, ...]]:
         tensors = self.tensors
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(len(tensors[0]), generator=generator)
-            tensors = tuple(t[order] for t in tensors)
+            order = torch.randperm(count(tensors[0]), generator=generator)
+            tensors = tuple(take(t, order) for t in tensors)
         self.epoch += 1
         starts = self._starts()
-        ends = [*starts[1:], len(tensors[0])]
+        ends = [*starts[1:], count(tensors[0])]
         skip, self._skip = self._skip, 0
         for start, end in list(zip(starts, ends, strict=True))[skip:]:
-            yield tuple(t[start:end] for t in tensors)
+            yield tuple(take(t, slice(start, end)) for t in tensors)

@@ -39,8 +39,12 @@ def task_fingerprints(tasks: list[TaskConfig]) -> dict[str, str]:
 
 
 def content_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
-    """Everything outside the config that changes a run's numbers: user data and a user checkpoint."""
+    """Everything outside the config that changes a run's numbers: user data, a user checkpoint, and the weights
+    (or code) of a model loaded from outside (research.models.adapters)."""
+    from research.models.adapters import adapter
+
     prints = task_fingerprints(cfg.pretrain.tasks + cfg.finetune.tasks)
     if cfg.pretrain.checkpoint:
         prints["checkpoint"] = path_fingerprint(cfg.pretrain.checkpoint)
+    prints.update({f"model:{k}": v for k, v in adapter(cfg.model.arch).fingerprint(cfg.model).items()})
     return prints

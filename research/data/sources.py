@@ -1,9 +1,10 @@
 """Where examples come from. Every source returns a whole pool of examples; tasks split it.
 
-Built-in sources work offline: scikit-learn's bundled 8x8 digits, and MNIST-1D generated in memory with
+Built-in sources work offline: scikit-learn's bundled 8x8 digits, MNIST-1D generated in memory with
 ``mnist1d.data.make_dataset`` (never ``get_dataset``, which downloads and writes a pickle into the working
-directory). Users bring their own data as a ``.npz`` of arrays (used as stored unless the task sets ``scale``) or a
-folder of images, one sub-folder per class (pixels scaled to [0, 1]).
+directory), and word pairs labelled by relation (``relations``, research.data.text). Users bring their own data as
+a ``.npz`` of arrays (used as stored unless the task sets ``scale``), a folder of images, one sub-folder per class
+(pixels scaled to [0, 1]), or a table of texts (``text``: CSV, JSONL, parquet or a saved ``datasets`` folder).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from research.config import SOURCES
+from research.data.text import read_text_table, relation_pairs, text_labels
 from research.errors import ConfigError
 
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -22,7 +25,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 @dataclass(frozen=True)
 class SourceData:
-    """A pool of examples: ``x`` is float32 shaped (N, C, H, W) for images, (N, C, L) for signals or (N, D)."""
+    """A pool of examples: ``x`` is float32 shaped (N, C, H, W) for images, (N, C, L) for signals or (N, D), or
+    for text sources an array of strings, (N,) for single texts or (N, 2) for text pairs."""
 
     x: np.ndarray
     y: np.ndarray  # int64 class indices into class_names
@@ -30,14 +34,24 @@ class SourceData:
 
     @property
     def is_image(self) -> bool:
-        return self.x.ndim == 4
+        return self.kind == "array" and self.x.ndim == 4
+
+    @property
+    def kind(self) -> str:
+        """``text`` (strings, tokenised by the model's tokenizer) or ``array`` (numbers)."""
+        return "text" if self.x.dtype.kind in "OUS" else "array"
 
 
 def load_source(
-    source: str, path: str | None = None, mnist1d_samples: int = 5000, scale: float | None = None
+    source: str,
+    path: str | None = None,
+    mnist1d_samples: int = 5000,
+    scale: float | None = None,
+    columns: tuple[str, str | None, str] = ("text", None, "label"),
 ) -> SourceData:
     """A source's whole pool. ``scale`` (npz only; the task key of that name) divides ``x``; the built-in sources
-    come scaled and image folders are always scaled to [0, 1], so a scale for them is refused, not ignored."""
+    come scaled and image folders are always scaled to [0, 1], so a scale for them is refused, not ignored.
+    ``columns`` (text only): the text, text-pair and label columns (research.data.text)."""
     if scale is not None and source != "npz":
         raise ConfigError(f"scale: only npz sources take a scale; source '{source}' takes none")
     if source == "digits":
@@ -49,7 +63,17 @@ def load_source(
         return _npz(str(path), scale)
     if source == "folder":
         return _image_folder(str(path))
-    raise ConfigError(f"unknown task source '{source}'; valid choices: digits, mnist1d, npz, folder")
+    if source == "text":
+        return _text_table(str(path), *columns)
+    if source == "relations":
+        return SourceData(*relation_pairs())
+    raise ConfigError(f"unknown task source '{source}'; valid choices: {', '.join(SOURCES)}")
+
+
+def _text_table(path: str, text_column: str, text_pair_column: str | None, label_column: str) -> SourceData:
+    x, labels, class_names = read_text_table(path, text_column, text_pair_column, label_column)
+    y, names = text_labels(labels, class_names, path)
+    return SourceData(x, y, names)
 
 
 @functools.cache

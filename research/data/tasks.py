@@ -18,9 +18,11 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from research.config import DataConfig, ExperimentConfig, TaskConfig, TransformConfig
+from research.data.inputs import Inputs, is_mapping, take
 from research.data.sources import SourceData, load_source
 from research.data.transforms import apply_transform
 from research.errors import ConfigError
+from research.models.adapters import InputEncoder, adapter
 
 Role = Literal["pretrain", "finetune"]
 SHARED_HEAD = "shared"
@@ -32,11 +34,13 @@ class Task:
     role: Role
     head: str
     classes: tuple[str, ...]  # class names, in the task's own order
-    splits: dict[str, tuple[Tensor, Tensor]]  # "train" | "val" | "test" -> (x, y in head coordinates)
+    splits: dict[str, tuple[Inputs, Tensor]]  # "train" | "val" | "test" -> (x, y in head coordinates)
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.splits["train"][0].shape[1:])
+    def input_shape(self) -> tuple[int, ...] | None:
+        """One example's shape for tensor inputs; None for token inputs (a mapping of tensors)."""
+        x = self.splits["train"][0]
+        return None if is_mapping(x) else tuple(x.shape[1:])
 
     def __repr__(self) -> str:
         sizes = {k: len(v[1]) for k, v in self.splits.items()}
@@ -56,6 +60,11 @@ class TaskSet:
     @property
     def all(self) -> list[Task]:
         return self.pretrain + self.finetune
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """One example's shape (every task has the same); None for token inputs."""
+        return self.all[0].input_shape
 
     def pretrain_head_sizes(self) -> dict[str, int]:
         """Heads of the pretrained model. A shared head covers only the pretraining classes then; fine-tuning
@@ -79,13 +88,21 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
         *((f"pretrain.tasks[{i}]", "pretrain", t) for i, t in enumerate(cfg.pretrain.tasks)),
         *((f"finetune.tasks[{i}]", "finetune", t) for i, t in enumerate(cfg.finetune.tasks)),
     ]
+    encoder = adapter(cfg.model.arch).input_encoder(cfg.model)
     selected = []
     for where, role, tcfg in entries:
-        source = load_source(tcfg.source, tcfg.path, cfg.data.mnist1d_samples, tcfg.scale)
+        columns = (tcfg.text_column, tcfg.text_pair_column, tcfg.label_column)
+        source = load_source(tcfg.source, tcfg.path, cfg.data.mnist1d_samples, tcfg.scale, columns)
+        if source.kind not in encoder.kinds:
+            raise ConfigError(
+                f"{where}.source: '{tcfg.source}' gives {source.kind} examples, which model.arch={cfg.model.arch} "
+                f"does not take (it takes {', '.join(encoder.kinds)}); "
+                + ("use model.arch=hf for text" if source.kind == "text" else "use a numeric source")
+            )
         class_ids = _resolve_classes(source, tcfg, where)
         selected.append((where, role, tcfg, source, class_ids))
 
-    shapes = {s.x.shape[1:] for _, _, _, s, _ in selected}
+    shapes = {_example_shape(s) for _, _, _, s, _ in selected}
     if len(shapes) > 1:
         raise ConfigError(f"tasks: all tasks must share one input shape for one model; found {sorted(shapes)}")
 
@@ -118,7 +135,7 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
             head = tcfg.name
             outputs = list(range(len(class_ids)))
             head_sizes[head] = len(class_ids)
-        splits = _task_splits(source, tcfg, class_ids, outputs, cfg.data, where)
+        splits = _task_splits(source, tcfg, class_ids, outputs, cfg.data, where, encoder)
         tasks[role].append(Task(tcfg.name, role, head, names, splits))
     # Only once every task has been built, so that a config that fails gets its error alone.
     _warn_about_shared_examples(
@@ -211,18 +228,46 @@ def _task_splits(
     outputs: list[int],
     data: DataConfig,
     where: str,
-) -> dict[str, tuple[Tensor, Tensor]]:
-    """The task's examples of each split. The split belongs to the source example, not to the task, so two
-    tasks drawing from one source never see each other's test examples in training (and two tasks that take
-    the same class hold the same examples of it: ``_warn_about_shared_examples``)."""
+    encoder: InputEncoder,
+) -> dict[str, tuple[Inputs, Tensor]]:
+    """The task's examples of each split, as model inputs. The split belongs to the source example, not to the
+    task, so two tasks drawing from one source never see each other's test examples in training (and two tasks
+    that take the same class hold the same examples of it: ``_warn_about_shared_examples``)."""
     to_output = dict(zip(class_ids, outputs, strict=True))
+    encoded = _encoded_pool(source, tcfg, encoder) if source.kind == "text" else None
     splits = {}
     for name, idx in source_splits(source, data).items():
         keep = idx[np.isin(source.y[idx], class_ids)]
-        x = apply_transform(source.x[keep], tcfg.transform, where)
         y = np.array([to_output[c] for c in source.y[keep]], dtype=np.int64)
-        splits[name] = (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
+        if encoded is not None:
+            x = take(encoded, torch.from_numpy(keep))
+        else:
+            x = encoder.encode(apply_transform(source.x[keep], tcfg.transform, where))
+        splits[name] = (x, torch.from_numpy(y))
     return splits
+
+
+# Tokenised pools, by what they depend on: the source's content and the tokenizer with its settings. Every task
+# drawing on one text source (and every run of a grid worker) tokenises it once.
+_ENCODED: dict[str, Inputs] = {}
+
+
+def _encoded_pool(source: SourceData, tcfg: TaskConfig, encoder: InputEncoder) -> Inputs:
+    from research.config import stable_hash
+    from research.data.fingerprint import path_fingerprint
+
+    content = path_fingerprint(tcfg.path) if tcfg.path else "built-in"
+    columns = (tcfg.text_column, tcfg.text_pair_column, tcfg.label_column)
+    key = stable_hash([tcfg.source, content, columns, len(source.y), encoder.identity])
+    if key not in _ENCODED:
+        _ENCODED[key] = encoder.encode(source.x)
+    return _ENCODED[key]
+
+
+def _example_shape(source: SourceData) -> tuple:
+    """What must agree between tasks of one model: the example shape of numeric sources; text is tokenised to
+    one length for every task."""
+    return ("text",) if source.kind == "text" else tuple(source.x.shape[1:])
 
 
 def source_splits(source: SourceData, data: DataConfig) -> dict[str, np.ndarray]:

@@ -13,6 +13,8 @@ from research.errors import ConfigError
 def apply_transform(x: np.ndarray, transform: TransformConfig | None, where: str) -> np.ndarray:
     if transform is None:
         return x
+    if x.dtype.kind in "OUS":
+        raise ConfigError(f"{where}.transform: {transform.kind} transforms numeric inputs; this source is text")
     if transform.kind == "permute":
         return permute_features(x, transform.seed)
     if x.ndim != 4:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from research.data.inputs import Inputs, compact, take, to_device
 from research.data.tasks import Task
 from research.evaluation.drift import extend_snapshot, weight_drift
 from research.models.multihead import MultiHeadNet
@@ -29,7 +30,7 @@ from research.tracking import tracked_name
 @dataclass
 class EvalSet:
     task: Task
-    x: Tensor
+    x: Inputs
     y: Tensor
     accuracy: MulticlassAccuracy | None = field(default=None, repr=False)  # built once per head width
 
@@ -52,7 +53,7 @@ def eval_sets(tasks: list[Task], split: str, max_samples: int | None, seed: int)
         if max_samples is not None and len(y) > max_samples:
             generator = torch.Generator().manual_seed(seed * 1_000 + i)
             idx = torch.randperm(len(y), generator=generator)[:max_samples].sort().values
-            x, y = x[idx], y[idx]
+            x, y = take(x, idx), y[idx]
         sets.append(EvalSet(task, x, y))
     return sets
 
@@ -79,7 +80,7 @@ def score(model: MultiHeadNet, sets: list[EvalSet], batch_size: int) -> dict[str
             # A plain sum: torchmetrics' MeanMetric drops NaN batches by default, which would hide divergence.
             loss_sum = torch.zeros((), device=device)
             for start in range(0, len(s.y), batch_size):
-                x = s.x[start : start + batch_size].to(device, non_blocking=True)
+                x = compact(to_device(take(s.x, slice(start, start + batch_size)), device, non_blocking=True))
                 y = s.y[start : start + batch_size].to(device, non_blocking=True)
                 logits = model(x, s.task.head)
                 accuracy.update(logits, y)

@@ -66,6 +66,8 @@ class AGEM(Method):
     """
 
     name = "agem"
+    needs_pretraining_data = True
+    why_pretraining_data = "its episodic memory holds pretraining examples"
     Config = AGEMConfig
     why_no_neutral = "the projection has no strength; it fires whenever the gradients conflict"
     config: AGEMConfig

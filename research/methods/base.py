@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
+from research.data.inputs import Inputs, compact, take, to_device
 from research.data.tasks import Task, TaskSet
 from research.models.extent import Extent
 from research.models.multihead import MultiHeadNet
@@ -41,17 +42,17 @@ class HeadBatch:
     """Examples scored by one head. ``source`` says where they came from (``new`` or ``replay``)."""
 
     head: str
-    x: Tensor
+    x: Inputs  # a tensor, or a mapping of tensors (token inputs): research.data.inputs
     y: Tensor
     source: str = "new"
 
 
-def split_by_head(heads: list[str], x: Tensor, y: Tensor, head_ids: Tensor, source: str = "new") -> list[HeadBatch]:
+def split_by_head(heads: list[str], x: Inputs, y: Tensor, head_ids: Tensor, source: str = "new") -> list[HeadBatch]:
     """Examples tagged with indices into ``heads`` as one HeadBatch per head present, in ``heads`` order."""
     if len(heads) == 1:
         return [HeadBatch(heads[0], x, y, source)]
     return [
-        HeadBatch(head, x[head_ids == i], y[head_ids == i], source)
+        HeadBatch(head, take(x, head_ids == i), y[head_ids == i], source)
         for i, head in enumerate(heads)
         if bool((head_ids == i).any())
     ]
@@ -96,12 +97,12 @@ class FinetuneContext:
             if max_samples is not None and max_samples < total:
                 keep = max(1, round(max_samples * size / total))
                 idx = torch.randperm(size, generator=generator)[:keep].sort().values
-                x, y = x[idx], y[idx]
+                x, y = take(x, idx), y[idx]
             for start in range(0, len(y), batch_size):
                 batches.append(
                     HeadBatch(
                         task.head,
-                        x[start : start + batch_size].to(self.device),
+                        compact(to_device(take(x, slice(start, start + batch_size)), self.device)),
                         y[start : start + batch_size].to(self.device),
                         "pretrain",
                     )
@@ -129,6 +130,11 @@ class Method:
     why_no_neutral: ClassVar[str] = ""  # where ``neutral`` is None: why no setting can switch the method off
     # True for methods that need the pretraining trajectory (SI), which a user checkpoint does not carry.
     needs_pretraining_trajectory: ClassVar[bool] = False
+    # What the method needs besides the new task's data: the pretraining tasks' data and heads (EWC's Fisher,
+    # replay's buffer, LwF's teacher outputs...), or nothing. A model loaded from outside has pretraining tasks
+    # only where the user gives them, and a method that needs them refuses to run without (never does nothing).
+    needs_pretraining_data: ClassVar[bool] = False
+    why_pretraining_data: ClassVar[str] = ""  # what the pretraining data is for, said in the refusal
     # True for methods whose hooks are defined for a sequence of fine-tuning tasks: ``prepare`` then runs at the
     # start of every task, with ``ctx.task`` and ``ctx.task_index`` set to the task about to be trained.
     supports_sequences: ClassVar[bool] = False

@@ -51,6 +51,8 @@ class DER(Method):
     """
 
     name = "der"
+    needs_pretraining_data = True
+    why_pretraining_data = "its buffer holds pretraining examples and their logits"
     Config = DERConfig
     neutral = {"alpha": 0.0}
     config: DERConfig

@@ -46,6 +46,8 @@ class EWC(ImportanceAnchor):
     """
 
     name = "ewc"
+    needs_pretraining_data = True
+    why_pretraining_data = "its Fisher information is estimated on the pretraining tasks"
     Config = EWCConfig
     neutral = {"lam": 0.0}
     config: EWCConfig

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 from torch.nn import functional as F
 
+from research.data.inputs import Inputs, compact, take, unsqueeze
+from research.data.inputs import count as count_examples
 from research.methods.base import HeadBatch
 
 FisherEstimator = Literal["exact", "sample", "empirical", "batched"]
@@ -84,7 +86,7 @@ def fisher_diagonal(
                         y = torch.multinomial(probs, 1, generator=generator).squeeze(1)
                     grads = _per_sample_gradients(model, params, constants, batch.head, x, y)
                     _add(fisher, {n: g.pow(2).sum(0) for n, g in grads.items()})
-                count += len(x)
+                count += count_examples(x)
     if count == 0:
         raise ValueError("cannot estimate a Fisher from no data")
     return {n: (f / count).detach() for n, f in fisher.items()}
@@ -114,18 +116,18 @@ def example_chunks(batch: HeadBatch, floats_per_example: int) -> Iterable[tuple[
     within the memory bound of 2**26 floats (256 MiB)."""
     size = max(1, _CHUNK_FLOATS // max(1, floats_per_example))
     for start in range(0, len(batch.y), size):
-        yield batch.x[start : start + size], batch.y[start : start + size]
+        yield compact(take(batch.x, slice(start, start + size))), batch.y[start : start + size]
 
 
 def _log_probs_fn(model: nn.Module, constants: dict[str, Tensor], head: str):
-    def log_probs(params: dict[str, Tensor], x: Tensor) -> Tensor:
-        logits = functional_call(model, (params, constants), (x.unsqueeze(0),), {"head": head})
+    def log_probs(params: dict[str, Tensor], x: Inputs) -> Tensor:
+        logits = functional_call(model, (params, constants), (unsqueeze(x),), {"head": head})
         return F.log_softmax(logits, dim=-1).squeeze(0)
 
     return log_probs
 
 
-def _exact_sum(model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Tensor):
+def _exact_sum(model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Inputs):
     """Σ_n Σ_y p(y|x_n) g_y(x_n)² for one chunk.
 
     For a linear layer z = W a + b that sees each example once, the per-example gradient of log p(y|x) is
@@ -144,7 +146,7 @@ def _exact_sum(model: nn.Module, params: dict[str, Tensor], constants: dict[str,
 
 
 def _linear_closed_form(
-    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Tensor
+    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Inputs
 ) -> dict[str, Tensor]:
     """The exact Fisher sums of the requested weights and biases of linear layers that take (examples,
     features) inputs and run at most once per forward pass; other parameters are left out of the result."""
@@ -157,6 +159,11 @@ def _linear_closed_form(
 
     def capture(name: str):
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            # Every parameter enters detached, so the first layers' outputs have no graph: they become graph
+            # leaves here, so that the log-probabilities can be differentiated with respect to each output
+            # (inputs such as token ids cannot require a gradient themselves).
+            if not output.requires_grad:
+                output.requires_grad_(True)
             seen[name].append((inputs[0].detach(), output))
 
         return hook
@@ -164,8 +171,7 @@ def _linear_closed_form(
     handles = [module.register_forward_hook(capture(name)) for name, module in layers.items()]
     try:
         with torch.enable_grad():
-            inputs = x.detach().requires_grad_(True)  # makes every layer output part of the graph
-            logits = functional_call(model, (params, constants), (inputs,), {"head": head})
+            logits = functional_call(model, (params, constants), (x,), {"head": head})
             log_probs = F.log_softmax(logits, dim=-1)
             usable = {n: calls[0] for n, calls in seen.items() if len(calls) == 1 and calls[0][0].dim() == 2}
             outputs = [out for _, out in usable.values()]
@@ -193,7 +199,7 @@ def _linear_closed_form(
 
 
 def _exact_sum_jacobian(
-    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Tensor
+    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Inputs
 ) -> dict[str, Tensor]:
     """Σ_n Σ_y p(y|x_n) g_y(x_n)² for ``params`` through per-example Jacobians (any layer type); ``constants``
     are the buffers and the parameters held fixed."""
@@ -209,11 +215,11 @@ def _exact_sum_jacobian(
 
 
 def _per_sample_gradients(
-    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Tensor, y: Tensor
+    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Inputs, y: Tensor
 ) -> dict[str, Tensor]:
     log_probs = _log_probs_fn(model, constants, head)
 
-    def nll(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+    def nll(p: dict[str, Tensor], xi: Inputs, yi: Tensor) -> Tensor:
         # gather, not [yi]: under vmap the label is a batched tensor, which plain indexing cannot take.
         return -log_probs(p, xi).gather(0, yi.unsqueeze(0)).squeeze(0)
 
@@ -224,7 +230,7 @@ def _batch_mean_gradient(
     model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], batch: HeadBatch
 ) -> dict[str, Tensor]:
     def mean_nll(p: dict[str, Tensor]) -> Tensor:
-        logits = functional_call(model, (p, constants), (batch.x,), {"head": batch.head})
+        logits = functional_call(model, (p, constants), (compact(batch.x),), {"head": batch.head})
         return F.cross_entropy(logits, batch.y)
 
     return grad(mean_nll)(params)

@@ -8,6 +8,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from research.data.inputs import concat, take, to_device
 from research.methods.base import FinetuneContext, HeadBatch, Method, MethodConfig, split_by_head
 from research.methods.registry import register
 from research.models.multihead import MultiHeadNet
@@ -40,6 +41,8 @@ class Joint(Method):
     """
 
     name = "joint"
+    needs_pretraining_data = True
+    why_pretraining_data = "it trains on the pretraining data alongside the new task"
     Config = JointConfig
     neutral = {"old_data_ratio": 0.0}
     config: JointConfig
@@ -53,7 +56,7 @@ class Joint(Method):
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
         pools = [(t.head, *t.splits["train"]) for t in ctx.tasks.pretrain]
         self.heads = list(dict.fromkeys(h for h, _, _ in pools))
-        self.x = torch.cat([x for _, x, _ in pools]).to(ctx.device)
+        self.x = to_device(concat([x for _, x, _ in pools]), ctx.device)
         self.y = torch.cat([y for _, _, y in pools]).to(ctx.device)
         self.head = torch.cat([torch.full((len(y),), self.heads.index(h), dtype=torch.long) for h, _, y in pools]).to(
             ctx.device
@@ -82,11 +85,11 @@ class Joint(Method):
                 self.order = torch.randperm(self.n_pretrain, generator=self.generator)
                 self.position = 0
                 self.passes += 1
-            take = min(count, self.n_pretrain - self.position)
-            chunks.append(self.order[self.position : self.position + take])
-            self.position += take
-            self.drawn += take
-            count -= take
+            n = min(count, self.n_pretrain - self.position)
+            chunks.append(self.order[self.position : self.position + n])
+            self.position += n
+            self.drawn += n
+            count -= n
         return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.long)
 
     def extra_batches(self, batch_size: int) -> list[HeadBatch]:
@@ -94,7 +97,7 @@ class Joint(Method):
         if count == 0:
             return []
         idx = self.draw(count).to(self.y.device)
-        return split_by_head(self.heads, self.x[idx], self.y[idx], self.head[idx], "joint")
+        return split_by_head(self.heads, take(self.x, idx), self.y[idx], self.head[idx], "joint")
 
     def info(self) -> dict[str, Any]:
         full, rest = divmod(self.n_new, self.batch_size)

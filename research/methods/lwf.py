@@ -11,6 +11,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from research.data.inputs import Inputs, compact
 from research.methods.base import FinetuneContext, Method, MethodConfig, TrainStep
 from research.methods.registry import register
 from research.models.multihead import MultiHeadNet
@@ -48,6 +49,8 @@ class LwF(Method):
     """
 
     name = "lwf"
+    needs_pretraining_data = True
+    why_pretraining_data = "it distils the pretraining tasks' heads"
     Config = LwFConfig
     neutral = {"alpha": 0.0, "train_old_heads": False}
     config: LwFConfig
@@ -76,16 +79,17 @@ class LwF(Method):
             return {}
         assert self.teacher is not None, "lwf: prepare() must run before loss_terms()"
         new = step.batches[0]  # the new task's batch; replayed batches (if any) are not distilled
+        x = compact(new.x)
         with torch.no_grad():
-            teacher_features = self.teacher.features(new.x)
+            teacher_features = self.teacher.features(x)
         student_features = None
-        total = new.x.new_zeros(())
+        total = new.y.new_zeros((), dtype=teacher_features.dtype)
         for head, units in self.old_units.items():
             if head == new.head:  # a shared head: the step's own logits, so no second forward
                 student = step.logits[0][:, :units]
             else:
                 if student_features is None:
-                    student_features = _features_keeping_norm_statistics(model, new.x)
+                    student_features = _features_keeping_norm_statistics(model, x)
                 student = model.heads[head](student_features)[:, :units]
             with torch.no_grad():
                 teacher = self.teacher.heads[head](teacher_features)[:, :units]
@@ -112,7 +116,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
     return F.kl_div(log_p, q, reduction="batchmean")
 
 
-def _features_keeping_norm_statistics(model: MultiHeadNet, x: Tensor) -> Tensor:
+def _features_keeping_norm_statistics(model: MultiHeadNet, x: Inputs) -> Tensor:
     """The backbone's features of ``x`` for the old heads. This is a second forward of the batch the module
     already ran: BatchNorm normalises it with the same batch statistics but must not fold them into its running
     statistics a second time, so it runs untracked (PyTorch then passes no running buffers to batch_norm).

@@ -30,6 +30,8 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from research.data.inputs import Inputs, compact, unsqueeze
+from research.data.inputs import count as count_examples
 from research.methods.base import FinetuneContext, HeadBatch, MethodConfig
 from research.methods.fisher import eval_mode, example_chunks, split_values
 from research.methods.penalty import ImportanceAnchor
@@ -69,7 +71,7 @@ def mas_importance(
     count = 0
     with eval_mode(model):
         for batch in batches:
-            if len(batch.x) == 0:
+            if len(batch.y) == 0:
                 continue
             if estimator == "batched":
                 for n, g in _batch_mean_gradient(model, params, constants, batch).items():
@@ -79,17 +81,17 @@ def mas_importance(
             for x, _ in example_chunks(batch, sum(p.numel() for p in params.values())):
                 for n, g in _per_sample_gradients(model, params, constants, batch.head, x).items():
                     total[n] += g.abs().sum(0)
-                count += len(x)
+                count += count_examples(x)
     if count == 0:
         raise ValueError("cannot estimate a MAS importance from no data")
     return {n: (t / count).detach() for n, t in total.items()}
 
 
 def _per_sample_gradients(
-    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Tensor
+    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Inputs
 ) -> dict[str, Tensor]:
-    def squared_norm(p: dict[str, Tensor], xi: Tensor) -> Tensor:
-        logits = functional_call(model, (p, constants), (xi.unsqueeze(0),), {"head": head})
+    def squared_norm(p: dict[str, Tensor], xi: Inputs) -> Tensor:
+        logits = functional_call(model, (p, constants), (unsqueeze(xi),), {"head": head})
         return logits.pow(2).sum()
 
     return vmap(grad(squared_norm), in_dims=(None, 0))(params, x)
@@ -99,7 +101,7 @@ def _batch_mean_gradient(
     model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], batch: HeadBatch
 ) -> dict[str, Tensor]:
     def mean_squared_norm(p: dict[str, Tensor]) -> Tensor:
-        logits = functional_call(model, (p, constants), (batch.x,), {"head": batch.head})
+        logits = functional_call(model, (p, constants), (compact(batch.x),), {"head": batch.head})
         return logits.pow(2).sum(dim=1).mean()
 
     return grad(mean_squared_norm)(params)
@@ -124,6 +126,8 @@ class MAS(ImportanceAnchor):
     """
 
     name = "mas"
+    needs_pretraining_data = True
+    why_pretraining_data = "its importance is estimated on the pretraining tasks' inputs"
     Config = MASConfig
     neutral = {"lam": 0.0}
     config: MASConfig

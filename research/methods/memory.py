@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from research.data.inputs import Inputs, compact, concat, flatten, take, to_device, unflatten
 from research.data.tasks import Task
 from research.methods.base import FinetuneContext
 from research.models.multihead import MultiHeadNet
@@ -23,7 +24,7 @@ class PretrainMemory:
     coordinates, and the index of each example's head in ``heads``."""
 
     heads: list[str]
-    x: Tensor
+    x: Inputs
     y: Tensor
     head: Tensor
 
@@ -32,7 +33,7 @@ class PretrainMemory:
         """Chosen from the pretraining tasks' training data exactly as ``replay`` fills its buffer (same seed,
         same selection rule), so a memory and a replay buffer of the same size hold the same examples."""
         pools = [(t.head, *t.splits["train"]) for t in ctx.tasks.pretrain]
-        x = torch.cat([x for _, x, _ in pools])
+        x = concat([x for _, x, _ in pools])
         y = torch.cat([y for _, _, y in pools])
         head_ids = torch.cat([torch.full((len(yy),), i) for i, (_, _, yy) in enumerate(pools)])
         generator = torch.Generator().manual_seed(ctx.seed)
@@ -42,7 +43,7 @@ class PretrainMemory:
             chosen = class_balanced_indices(head_ids * (int(y.max()) + 1) + y, size, generator)
         return cls(
             [h for h, _, _ in pools],
-            x[chosen].to(ctx.device),
+            to_device(take(x, chosen), ctx.device),
             y[chosen].to(ctx.device),
             head_ids[chosen].to(ctx.device),
         )
@@ -59,25 +60,25 @@ class PretrainMemory:
         continual-learning rule: earlier data survives only through the memory). ``reservoir`` continues
         Algorithm R over the stream (``seen`` examples streamed so far), so every example ever streamed is kept
         with equal probability; ``class_balanced`` rebalances over every class seen, shrinking old classes."""
-        x_new, y_new = (t.to(self.y.device) for t in task.splits["train"])
+        x_new, y_new = to_device(task.splits["train"][0], self.y.device), task.splits["train"][1].to(self.y.device)
         heads = [*self.heads, task.head]
         head_new = torch.full((len(y_new),), len(self.heads), device=self.y.device)
+        # The memory and the task's data as one pool: memory examples first, then the task's.
+        x, y, head = concat([self.x, x_new]), torch.cat([self.y, y_new]), torch.cat([self.head, head_new])
         if selection == "class_balanced":
-            x, y, head = torch.cat([self.x, x_new]), torch.cat([self.y, y_new]), torch.cat([self.head, head_new])
             chosen = class_balanced_indices((head * (int(y.max()) + 1) + y).cpu(), size, generator)
-            return PretrainMemory(heads, x[chosen], y[chosen], head[chosen])
-        x, y, head = list(self.x), list(self.y), list(self.head)
+            return PretrainMemory(heads, take(x, chosen.to(y.device)), y[chosen], head[chosen])
+        slots = list(range(len(self.y)))  # positions in the pool of what each memory slot holds
         for i in torch.randperm(len(y_new), generator=generator).tolist():
             seen += 1
-            if len(y) < size:
-                x.append(x_new[i])
-                y.append(y_new[i])
-                head.append(head_new[i])
+            if len(slots) < size:
+                slots.append(len(self.y) + i)
                 continue
             j = int(torch.randint(0, seen, (1,), generator=generator))
             if j < size:
-                x[j], y[j], head[j] = x_new[i], y_new[i], head_new[i]
-        return PretrainMemory(heads, torch.stack(x), torch.stack(y), torch.stack(head))
+                slots[j] = len(self.y) + i
+        chosen = torch.tensor(slots, dtype=torch.long, device=y.device)
+        return PretrainMemory(heads, take(x, chosen), y[chosen], head[chosen])
 
     def __len__(self) -> int:
         return len(self.y)
@@ -91,7 +92,7 @@ class PretrainMemory:
     def logits(self, model: MultiHeadNet, idx: Tensor) -> list[tuple[int, Tensor, Tensor]]:
         """``(head index, positions in idx, logits)`` per head present, each example through its own task's
         head. One backbone pass over all examples, so BatchNorm sees them as one batch (as the module does)."""
-        features = model.features(self.x[idx])
+        features = model.features(compact(take(self.x, idx)))
         head = self.head[idx]
         if len(self.heads) == 1:
             return [(0, torch.arange(len(idx), device=idx.device), model.heads[self.heads[0]](features))]
@@ -103,11 +104,11 @@ class PretrainMemory:
         return groups
 
     def state_dict(self, prefix: str) -> dict[str, Tensor]:
-        return {f"{prefix}_x": self.x, f"{prefix}_y": self.y, f"{prefix}_head": self.head}
+        return {**flatten(self.x, f"{prefix}_x"), f"{prefix}_y": self.y, f"{prefix}_head": self.head}
 
     @classmethod
     def from_state(cls, heads: list[str], state: dict[str, Tensor], prefix: str) -> PretrainMemory:
-        return cls(heads, state[f"{prefix}_x"], state[f"{prefix}_y"], state[f"{prefix}_head"])
+        return cls(heads, unflatten(state, f"{prefix}_x"), state[f"{prefix}_y"], state[f"{prefix}_head"])
 
 
 def reservoir_indices(stream_length: int, capacity: int, generator: torch.Generator) -> Tensor:

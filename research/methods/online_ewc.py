@@ -46,6 +46,8 @@ class OnlineEWC(ImportanceAnchor):
     """
 
     name = "online_ewc"
+    needs_pretraining_data = True
+    why_pretraining_data = "its Fisher information is estimated on the pretraining tasks"
     Config = OnlineEWCConfig
     config: OnlineEWCConfig
     neutral = {"lam": 0.0}

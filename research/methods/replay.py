@@ -7,6 +7,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from research.data.inputs import Inputs, take
 from research.methods.base import FinetuneContext, HeadBatch, Method, MethodConfig, split_by_head
 from research.methods.memory import PretrainMemory
 from research.methods.registry import register
@@ -34,6 +35,8 @@ class Replay(Method):
     """
 
     name = "replay"
+    needs_pretraining_data = True
+    why_pretraining_data = "its buffer holds pretraining examples"
     Config = ReplayConfig
     neutral = {"ratio": 0.0}
     config: ReplayConfig
@@ -59,7 +62,7 @@ class Replay(Method):
         return self.memory.heads
 
     @property
-    def buffer_x(self) -> Tensor:
+    def buffer_x(self) -> Inputs:
         return self.memory.x
 
     @property
@@ -83,7 +86,7 @@ class Replay(Method):
         else:  # a buffer smaller than the replay share: draw with replacement so the ratio still holds
             idx = torch.randint(0, len(self.buffer_y), (count,), generator=self.generator)
         idx = idx.to(self.buffer_y.device)
-        return split_by_head(self.heads, self.buffer_x[idx], self.buffer_y[idx], self.buffer_head[idx], "replay")
+        return split_by_head(self.heads, take(self.buffer_x, idx), self.buffer_y[idx], self.buffer_head[idx], "replay")
 
     def info(self) -> dict[str, Any]:
         classes = torch.unique(self.buffer_head * 10_000 + self.buffer_y, return_counts=True)[1]

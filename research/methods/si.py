@@ -49,6 +49,8 @@ class SI(ImportanceAnchor):
     """
 
     name = "si"
+    needs_pretraining_data = True
+    why_pretraining_data = "its importance is the path integral of pretraining"
     Config = SIConfig
     config: SIConfig
     neutral = {"lam": 0.0}

@@ -5,16 +5,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from research.data.inputs import Inputs
+from research.models.adapters.base import block_names_of, blocks_of
+
 
 class MultiHeadNet(nn.Module):
     """A backbone of blocks followed by one linear head per name.
 
-    The backbone is an ``nn.Sequential`` whose children are the "blocks" that partial unfreezing and layer-wise
-    learning rates count from the top. Heads live in a ``ModuleDict`` keyed by head name: one per task for the
+    The backbone maps a batch of inputs (a tensor, or a mapping of tensors such as a tokenizer's output) to
+    features; its "blocks" (``blocks()``, bottom to top; research.models.adapters) are what partial unfreezing and
+    layer-wise learning rates count from the top. Heads live in a ``ModuleDict`` keyed by head name: one per task for the
     per-task layout, or a single ``"shared"`` head over all classes.
     """
 
-    def __init__(self, backbone: nn.Sequential, feature_dim: int) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.feature_dim = feature_dim
@@ -68,14 +72,18 @@ class MultiHeadNet(nn.Module):
         head.weight.data, head.bias.data = weight, bias
         head.out_features = num_outputs
 
-    def features(self, x: Tensor) -> Tensor:
+    def features(self, x: Inputs) -> Tensor:
         return self.backbone(x)
 
-    def forward(self, x: Tensor, head: str) -> Tensor:
+    def forward(self, x: Inputs, head: str) -> Tensor:
         return self.heads[head](self.backbone(x))
 
     def blocks(self) -> list[nn.Module]:
-        return list(self.backbone.children())
+        """The backbone's blocks, bottom to top."""
+        return blocks_of(self.backbone)
+
+    def block_names(self) -> list[str]:
+        return block_names_of(self.backbone)
 
     def head_sizes(self) -> dict[str, int]:
         return {name: module.out_features for name, module in self.heads.items()}

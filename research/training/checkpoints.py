@@ -18,8 +18,8 @@ WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def save_weights(model: nn.Module, path: Path, prefix: str = "") -> None:
+    state = {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path))
 
 

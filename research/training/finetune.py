@@ -19,12 +19,12 @@ from research.data.batches import TensorBatches
 from research.data.tasks import TaskSet
 from research.evaluation.evaluator import Evaluator, epoch_of_step, eval_sets, score
 from research.methods.base import FinetuneContext, Method
+from research.models.adapters import adapter
 from research.models.extent import Extent, extent_of
 from research.models.multihead import MultiHeadNet
 from research.tracking import Tracker, tracked_name
-from research.training.checkpoints import load_into
 from research.training.module import ClassifierModule
-from research.training.pretrain import pretrained_skeleton
+from research.training.pretrain import load_pretrained, pretrained_skeleton
 from research.training.resume import TaskHistory, cpu_copy, rng_state, save_checkpoint, set_rng_state
 from research.training.trainer import make_trainer
 
@@ -43,7 +43,7 @@ def finetune_model(
     Called with ``state=None`` to check a config (e.g. ``partial``'s depth) before anything is written."""
     model = pretrained_skeleton(cfg, tasks)
     if state is not None:
-        load_into(model, state, "pretrained weights")
+        load_pretrained(model, state, cfg, "pretrained weights")
     pretrained_rows = extent_of(model)
     pretrained_names = list(pretrained_rows)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -113,6 +113,7 @@ class FinetuneOutcome:
     eval_seconds: float = 0.0
     evaluations: int = 0
     method_info: dict[str, Any] = field(default_factory=dict)
+    model_info: dict[str, Any] = field(default_factory=dict)  # what the backbone is (research.models.adapters)
     method_rows: list[dict[str, Any]] = field(default_factory=list)  # from Method.finish, for method.parquet
     drift: list[dict[str, Any]] = field(default_factory=list)  # weight drift per block, for diagnostics.parquet
     task_ends: list[dict[str, Any]] = field(default_factory=list)  # each fine-tuning task's last step, in order
@@ -158,6 +159,7 @@ def run_finetune(
         outcome.seconds = stage.elapsed()
         outcome.eval_seconds = stage.evaluator.seconds
         outcome.evaluations = stage.evaluator.evaluations
+    outcome.model_info = adapter(cfg.model.arch).describe(cfg.model, model.backbone)
     outcome.method_rows = method.finish(model, context, lambda m: score(m, stage.evaluator.sets, cfg.eval.batch_size))
     outcome.method_info = method.info()
     return outcome

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from research.config import OptimConfig
+from research.data.inputs import compact, concat, example_shape
 from research.methods.base import FinetuneContext, HeadBatch, Method, TrainStep, split_by_head
 from research.methods.path_integral import PathIntegral
 from research.models.multihead import MultiHeadNet
@@ -159,12 +160,12 @@ class ClassifierModule(L.LightningModule):
         """Logits per batch. One backbone pass over all examples when shapes allow, so BatchNorm sees the
         mixed batch as one batch, as it would in a single-stream training loop."""
         if len(batches) == 1:
-            return [self.model(batches[0].x, batches[0].head)]
-        if len({b.x.shape[1:] for b in batches}) == 1:
-            features = self.model.features(torch.cat([b.x for b in batches]))
+            return [self.model(compact(batches[0].x), batches[0].head)]
+        if len({example_shape(b.x) for b in batches}) == 1:
+            features = self.model.features(compact(concat([b.x for b in batches])))
             chunks = features.split([len(b.y) for b in batches])
             return [self.model.heads[b.head](f) for b, f in zip(batches, chunks, strict=True)]
-        return [self.model(b.x, b.head) for b in batches]
+        return [self.model(compact(b.x), b.head) for b in batches]
 
     # ------------------------------------------------------------------------------------------ optimizer
 

@@ -1,5 +1,10 @@
 """The pretraining stage: train once per distinct setup, cache the weights, or load a user's checkpoint.
 
+A model loaded from outside (``model.arch`` hf, timm, torchvision, custom) is its own pretrained model: its
+backbone is never trained here. Without pretraining tasks the stage has nothing to do. With pretraining tasks,
+only their heads are trained, on the loaded model's frozen features (in eval mode), so that those tasks can be
+scored before and during fine-tuning; the cache entry then holds these heads only, and its manifest says so.
+
 The cache entry is ``<out>/pretrained/<key>/`` (model.safetensors + manifest.json), where the key hashes
 everything that determines the weights: data, model, pretraining tasks and heads, optimizer and seed. An
 exclusive file lock serialises concurrent runs of a grid, and the entry appears by an atomic rename, so every
@@ -23,11 +28,13 @@ from torch import Tensor
 
 from research.config import ExperimentConfig, stable_hash
 from research.data.batches import TensorBatches
+from research.data.inputs import concat
 from research.data.fingerprint import task_fingerprints
 from research.data.tasks import TaskSet
 from research.errors import RunFailed
 from research.evaluation.evaluator import eval_sets, score
 from research.methods.path_integral import PathIntegral
+from research.models.adapters import adapter
 from research.models.build import build_model
 from research.models.multihead import MultiHeadNet
 from research.store import exclusive_lock, package_versions
@@ -55,7 +62,7 @@ class Pretrained:
 
 
 # Library versions that change the data or the training numerics; a new version means a new cache entry.
-KEY_PACKAGES = ("torch", "lightning", "numpy", "scikit-learn", "scipy", "mnist1d", "forgetting-lab")
+KEY_PACKAGES = ("torch", "lightning", "numpy", "scikit-learn", "scipy", "mnist1d", "forgetting-lab", "transformers", "timm")
 
 
 def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
@@ -65,6 +72,7 @@ def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
             "format": 2,  # 2: the entry also holds the pretraining path integral
             "versions": {name: versions.get(name) for name in KEY_PACKAGES},
             "content": task_fingerprints(cfg.pretrain.tasks),
+            "backbone": adapter(cfg.model.arch).fingerprint(cfg.model),
             "data": cfg.data.model_dump(mode="json"),
             "model": cfg.model.model_dump(mode="json"),
             "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],
@@ -77,8 +85,18 @@ def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
 
 
 def pretrained_skeleton(cfg: ExperimentConfig, tasks: TaskSet) -> MultiHeadNet:
-    """The model as pretraining leaves it: backbone plus the pretraining tasks' heads."""
-    return build_model(cfg.model, tasks.pretrain[0].input_shape, tasks.pretrain_head_sizes())
+    """The model as pretraining leaves it: backbone plus the pretraining tasks' heads. A model loaded from
+    outside comes with its weights; the built-in ones are freshly initialised here."""
+    return build_model(cfg.model, tasks.input_shape, tasks.pretrain_head_sizes())
+
+
+def load_pretrained(model: MultiHeadNet, state: dict[str, Tensor], cfg: ExperimentConfig, source: str) -> None:
+    """Pretrained weights into the skeleton: everything for the built-in models; for a model loaded from outside,
+    only the heads trained on its frozen features (its backbone is already as loaded)."""
+    if not cfg.model.external:
+        load_into(model, state, source)
+        return
+    load_into(model.heads, {k.removeprefix("heads."): v for k, v in state.items()}, source)
 
 
 def check_checkpoint(cfg: ExperimentConfig, tasks: TaskSet) -> None:
@@ -89,6 +107,11 @@ def check_checkpoint(cfg: ExperimentConfig, tasks: TaskSet) -> None:
 
 def pretrained_weights(cfg: ExperimentConfig, tasks: TaskSet) -> Pretrained:
     started = time.perf_counter()
+    if cfg.model.external and not tasks.pretrain:
+        # Nothing to pretrain: the loaded model is the pretrained model.
+        name = cfg.model.name or cfg.model.factory or cfg.model.arch
+        manifest = {"backbone": f"{name} as loaded; no pretraining tasks, so nothing was trained here"}
+        return Pretrained({}, manifest, True, time.perf_counter() - started, Path(name))
     if cfg.pretrain.checkpoint:
         path = Path(cfg.pretrain.checkpoint)
         state = read_state_dict(path)
@@ -114,9 +137,12 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
     started = time.perf_counter()
     L.seed_everything(cfg.pretrain.seed, workers=True, verbose=False)
     model = pretrained_skeleton(cfg, tasks)
+    external = cfg.model.external
+    if external:  # the loaded backbone stays as loaded; only the pretraining tasks' heads learn its features
+        model.backbone.requires_grad_(False)
     task_heads = [t.head for t in tasks.pretrain]
     heads = sorted(set(task_heads), key=task_heads.index)  # distinct; one entry when the head is shared
-    x = torch.cat([t.splits["train"][0] for t in tasks.pretrain])
+    x = concat([t.splits["train"][0] for t in tasks.pretrain])
     y = torch.cat([t.splits["train"][1] for t in tasks.pretrain])
     head_ids = torch.cat([torch.full((len(t.splits["train"][1]),), heads.index(t.head)) for t in tasks.pretrain])
     batches = TensorBatches(x, y, head_ids, batch_size=cfg.pretrain.train.batch_size, seed=cfg.pretrain.seed)
@@ -137,7 +163,7 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_weights(model, tmp / WEIGHTS_FILE)
+    save_weights(model.heads if external else model, tmp / WEIGHTS_FILE, prefix="heads." if external else "")
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in path_integral.state_dict().items()}, str(tmp / PATH_INTEGRAL_FILE)
     )
@@ -145,8 +171,14 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
         "key": key,
         "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],
         "heads": tasks.pretrain_head_sizes(),
-        "input_shape": list(tasks.pretrain[0].input_shape),
+        "input_shape": list(tasks.input_shape) if tasks.input_shape is not None else None,
         "model": cfg.model.model_dump(mode="json"),
+        "backbone": (
+            f"loaded from outside ({adapter(cfg.model.arch).describe(cfg.model, model.backbone)}), frozen: only the "
+            "pretraining tasks' heads were trained here, on its features"
+            if external
+            else "pretrained here with the heads"
+        ),
         "train": cfg.pretrain.train.model_dump(mode="json"),
         "seed": cfg.pretrain.seed,
         "steps": trainer.global_step,

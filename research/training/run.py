@@ -69,6 +69,21 @@ def check(cfg: ExperimentConfig) -> TaskSet:
             f"method.name: {method.name} needs the pretraining trajectory, which a checkpoint does not carry; "
             "leave pretrain.checkpoint empty so pretraining runs here (it is cached), or choose another method"
         )
+    if method.needs_pretraining_trajectory and cfg.model.external:
+        raise ConfigError(
+            f"method.name: {method.name} needs the trajectory of pretraining the backbone, and model.arch="
+            f"{cfg.model.arch} was pretrained elsewhere (here only pretraining heads are trained, on its frozen "
+            "features); choose another method, e.g. ewc or mas with pretrain.tasks, or l2sp without"
+        )
+    if method.needs_pretraining_data and not cfg.pretrain.tasks:
+        from research.methods import method_class, method_names
+
+        free = [n for n in method_names() if not method_class(n).needs_pretraining_data]
+        raise ConfigError(
+            f"method.name: {method.name} needs pretraining data ({method.why_pretraining_data}), and this "
+            f"model.arch={cfg.model.arch} run has no pretrain.tasks; add some (their heads are trained on the loaded "
+            f"model's frozen features) or choose a method that needs none: {', '.join(free)}"
+        )
     if len(cfg.finetune.tasks) > 1 and not method.supports_sequences:
         from research.methods import method_class, method_names
 
@@ -204,6 +219,8 @@ def _run_locked(
 
     summary.update(_results(outcome))
     summary["method_info"] = outcome.method_info
+    if outcome.model_info:
+        summary["model"] = outcome.model_info
     summary["timings"] = {
         **timings,
         "finetune_seconds": outcome.seconds,

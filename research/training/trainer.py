@@ -19,6 +19,8 @@ def make_trainer(optim: OptimConfig, device: str, progress: bool, callbacks: lis
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    # torch.func's per-example loop for attention kernels without a batching rule (Fisher, MAS on transformers).
+    warnings.filterwarnings("ignore", message=".*There is a performance drop because we have not yet implemented.*")
     return L.Trainer(
         max_epochs=optim.epochs,
         max_steps=optim.max_steps or -1,

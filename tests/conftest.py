@@ -24,6 +24,10 @@ for _var, _sub in (
 os.environ.pop("WANDB_API_KEY", None)
 os.environ.pop("WANDB_MODE", None)
 os.environ["WANDB_SILENT"] = "true"
+# Nothing downloads in tests: transformers, timm and datasets load only local files (and fail otherwise).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # One intra-op thread: the models here are tiny, and with two threads torch's spinning workers slow a step
 # down by two orders of magnitude whenever another process holds one of the two cores.
 os.environ["OMP_NUM_THREADS"] = "1"
@@ -45,6 +49,14 @@ TINY = [
     "train.epochs=2",
     "eval.every_n_steps=5",
 ]
+
+
+def tiny_for(experiment: Path) -> list[str]:
+    """``TINY`` without the settings a model loaded from outside does not take (its width is its own)."""
+    import yaml
+
+    arch = (yaml.safe_load(experiment.read_text()).get("model") or {}).get("arch", "mlp")
+    return TINY if arch in ("mlp", "cnn") else [o for o in TINY if not o.startswith("model.hidden")]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -72,7 +84,7 @@ def make_cfg(out: Path):
     from research.config import load_config
 
     def _make(*overrides: str, experiment: str = "split_digits.yaml", root: Path | None = None):
-        return load_config(EXPERIMENTS / experiment, [*TINY, f"out={root or out}", *overrides])
+        return load_config(EXPERIMENTS / experiment, [*tiny_for(EXPERIMENTS / experiment), f"out={root or out}", *overrides])
 
     return _make
 

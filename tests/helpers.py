@@ -17,12 +17,12 @@ SMALL_HEADS = {"a": 3, "b": 2}
 
 
 def prepare_method(
-    cfg: ExperimentConfig, state: dict | None = None, path_integral: dict | None = None
+    cfg: ExperimentConfig, state: dict | None = None, records: dict | None = None
 ) -> tuple[Method, MultiHeadNet, FinetuneContext, TaskSet]:
     """The method of ``cfg``, prepared on the fine-tuning model exactly as a run prepares it."""
     tasks = build_tasks(cfg)
     method = build_method(cfg.method)
-    model, ctx = finetune_model(cfg, tasks, method, state, path_integral)
+    model, ctx = finetune_model(cfg, tasks, method, state, records)
     method.prepare(model, ctx)
     return method, model, ctx, tasks
 

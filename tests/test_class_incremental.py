@@ -91,7 +91,7 @@ def test_si_gives_grown_rows_no_importance(make_cfg) -> None:
     cfg = make_cfg("method.name=si", SHARED)
     tasks = build_tasks(cfg)
     pretrained = pretrained_weights(cfg, tasks)
-    method, _, _, _ = prepare_method(cfg, pretrained.state, pretrained.path_integral)
+    method, _, _, _ = prepare_method(cfg, pretrained.state, pretrained.records)
     importance = method.importance["heads.shared.weight"]
     assert float(importance[:OLD_ROWS].sum()) > 0 and float(importance[OLD_ROWS:].abs().sum()) == 0.0
 
@@ -284,7 +284,7 @@ def test_si_path_integral_uses_the_data_loss_gradient(make_cfg) -> None:
     tasks = build_tasks(cfg)
     pretrained = pretrained_weights(cfg, tasks)
     method = build_method(cfg.method)
-    model, ctx = finetune_model(cfg, tasks, method, pretrained.state, pretrained.path_integral)
+    model, ctx = finetune_model(cfg, tasks, method, pretrained.state, pretrained.records)
     method.prepare(model, ctx)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=0.1)
@@ -328,7 +328,7 @@ def test_the_pretraining_path_integral_follows_the_model_to_its_device() -> None
 
     model = small_model()
     trajectory = PathIntegral(model)  # on the CPU, where the model was built
-    module = ClassifierModule(model, ["a", "b"], OptimConfig(), path_integral=trajectory).to(torch.device("meta"))
+    module = ClassifierModule(model, ["a", "b"], OptimConfig(), recorders={"path_integral": trajectory}).to(torch.device("meta"))
     module.on_fit_start()
     devices = {t.device for t in [*trajectory.omega.values(), *trajectory.start.values()]}
     assert devices == {next(model.parameters()).device} == {torch.device("meta")}

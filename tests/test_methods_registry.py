@@ -49,14 +49,14 @@ def _trajectory(cfg, tasks) -> dict:
     trajectory = PathIntegral(pretrained_skeleton(cfg, tasks))
     for omega in trajectory.omega.values():
         omega.uniform_(0.0, 1.0)
-    return trajectory.state_dict()
+    return {"path_integral": trajectory.state_dict()}
 
 
 def _loss_term_names(cfg) -> set[str]:
     """The names a method's ``loss_terms`` returns, asked of the method itself on one real batch."""
     tasks = build_tasks(cfg)
     method = build_method(cfg.method)
-    model, ctx = finetune_model(cfg, tasks, method, state=None, path_integral=_trajectory(cfg, tasks))
+    model, ctx = finetune_model(cfg, tasks, method, state=None, records=_trajectory(cfg, tasks))
     method.prepare(model, ctx)
     x, y = ctx.task.splits["train"]
     batches = [HeadBatch(ctx.task.head, x[:8], y[:8]), *method.extra_batches(8)]
@@ -271,14 +271,14 @@ def test_method_state_survives_a_checkpoint_round_trip(name: str, heads: str, ma
     tasks = build_tasks(cfg)
     method = build_method(cfg.method)
     trajectory = _trajectory(cfg, tasks)
-    model, ctx = finetune_model(cfg, tasks, method, state=None, path_integral=trajectory)
+    model, ctx = finetune_model(cfg, tasks, method, state=None, records=trajectory)
     method.prepare(model, ctx)
     state = method.state_dict()
     file = tmp_path / "method.safetensors"
     save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(file))
 
     other = build_method(cfg.method)
-    other_model, other_ctx = finetune_model(cfg, tasks, other, state=None, path_integral=trajectory)
+    other_model, other_ctx = finetune_model(cfg, tasks, other, state=None, records=trajectory)
     with torch.no_grad():  # prepare on different weights, so only the loaded state can make them agree
         for p in other_model.parameters():
             p.add_(0.05)

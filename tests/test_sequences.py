@@ -102,7 +102,7 @@ def test_si_importance_grows_by_the_first_tasks_path_integral(make_cfg) -> None:
     tasks = build_tasks(cfg)
     pretrained = pretrained_weights(cfg, tasks)
     method = build_method(cfg.method)
-    model, ctx = finetune_model(cfg, tasks, method, pretrained.state, pretrained.path_integral)
+    model, ctx = finetune_model(cfg, tasks, method, pretrained.state, pretrained.records)
     method.prepare(model, ctx)
     before = {n: t.clone() for n, t in method.importance.items()}
     trajectory = method._trajectory

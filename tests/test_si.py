@@ -115,7 +115,7 @@ def test_penalty_zero_at_anchor_and_gradient_is_closed_form(make_cfg) -> None:
     tasks = build_tasks(cfg)
     pretrained = pretrained_weights(cfg, tasks)
     method = build_method(cfg.method)
-    model, ctx = finetune_model(cfg, tasks, method, pretrained.state, pretrained.path_integral)
+    model, ctx = finetune_model(cfg, tasks, method, pretrained.state, pretrained.records)
     method.prepare(model, ctx)
     assert float(method.loss_terms(model, TrainStep([], [], 0))["si"].detach()) == 0.0
     with torch.no_grad():

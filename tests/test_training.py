@@ -415,7 +415,12 @@ def test_backbone_lr_scale_zero_is_rejected(make_cfg) -> None:
 # --------------------------------------------------------------------------------------------- more runs
 
 
-@pytest.mark.parametrize("experiment", sorted(p.name for p in SPLIT.parent.glob("*.yaml")))
+def _shipped(name: str):
+    """The real MiniLM experiments take tens of seconds: slow tests."""
+    return pytest.param(name, marks=pytest.mark.slow) if name.startswith("minilm") else name
+
+
+@pytest.mark.parametrize("experiment", [_shipped(p.name) for p in sorted(SPLIT.parent.glob("*.yaml"))])
 def test_every_shipped_experiment_runs_a_few_steps(experiment: str, make_cfg) -> None:
     cfg = make_cfg("pretrain.train.max_steps=3", "train.max_steps=4", "eval.every_n_steps=2", experiment=experiment)
     result = run(cfg)

@@ -77,8 +77,9 @@ class FinetuneContext:
     # on an earlier task. Methods that anchor to "everything learned so far" (online EWC, SI) use this one.
     earlier_rows: Extent = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    # SI's path integral recorded during pretraining ({"omega.<param>", "start.<param>"}); None from a checkpoint.
-    pretrain_path_integral: dict[str, Tensor] | None = None
+    # What methods recorded during pretraining, by record name (``Method.records_in_pretraining``), e.g. SI's
+    # path integral {"path_integral": {"omega.<param>", "start.<param>"}}; empty for a model not pretrained here.
+    pretrain_records: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     task_index: int = 0  # position of ``task`` in the sequence of fine-tuning tasks
 
     def pretrain_train_batches(self, batch_size: int, max_samples: int | None = None) -> list[HeadBatch]:
@@ -128,8 +129,14 @@ class Method:
     # fine-tuning (the registry-generated tests check this); None where a method has no such setting.
     neutral: ClassVar[dict[str, Any] | None] = None
     why_no_neutral: ClassVar[str] = ""  # where ``neutral`` is None: why no setting can switch the method off
-    # True for methods that need the pretraining trajectory (SI), which a user checkpoint does not carry.
-    needs_pretraining_trajectory: ClassVar[bool] = False
+    # What a method records while the lab pretrains (SI's path integral): a class built with the model being
+    # pretrained, with ``to(device)``, ``before_step(model)`` (gradients in ``p.grad``), ``after_step(model)``
+    # and ``state_dict()``. The pretraining stage runs every registered method's recorder and stores each
+    # state under ``pretraining_record`` in its cache entry; fine-tuning finds it in ``ctx.pretrain_records``.
+    # A model not pretrained here (a user checkpoint, a model loaded from outside) has no record, so such a
+    # method refuses to run on it.
+    records_in_pretraining: ClassVar[type | None] = None
+    pretraining_record: ClassVar[str] = ""
     # What the method needs besides the new task's data: the pretraining tasks' data and heads (EWC's Fisher,
     # replay's buffer, LwF's teacher outputs...), or nothing. A model loaded from outside has pretraining tasks
     # only where the user gives them, and a method that needs them refuses to run without (never does nothing).

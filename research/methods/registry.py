@@ -57,6 +57,18 @@ def method_config(raw: Any) -> MethodConfig:
         raise ConfigError(describe_validation_error(err, cls.Config, raw, prefix="method")) from None
 
 
+def pretraining_recorders() -> dict[str, type]:
+    """Every recorder the pretraining stage runs, by record name (``Method.records_in_pretraining``)."""
+    recorders: dict[str, type] = {}
+    for name in method_names():
+        cls = _METHODS[name]
+        if cls.records_in_pretraining is not None:
+            if not cls.pretraining_record:
+                raise TypeError(f"method '{name}' records during pretraining but sets no 'pretraining_record' name")
+            recorders.setdefault(cls.pretraining_record, cls.records_in_pretraining)
+    return recorders
+
+
 def build_method(raw: Any) -> Method:
     config = method_config(raw)
     return method_class(config.name)(config)

@@ -54,7 +54,8 @@ class SI(ImportanceAnchor):
     Config = SIConfig
     config: SIConfig
     neutral = {"lam": 0.0}
-    needs_pretraining_trajectory = True
+    records_in_pretraining = PathIntegral
+    pretraining_record = "path_integral"
     supports_sequences = True
     term = "si"
     importance_name = "importance"
@@ -108,9 +109,10 @@ class SI(ImportanceAnchor):
     def estimate_importance(
         self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str], values: dict[str, Tensor]
     ) -> tuple[dict[str, Tensor], int]:
-        if ctx.pretrain_path_integral is None:
+        record = ctx.pretrain_records.get(self.pretraining_record)
+        if record is None:
             raise ValueError("si: no pretraining path integral (a model loaded from a checkpoint has none)")
-        omega, start = PathIntegral.split(ctx.pretrain_path_integral)
+        omega, start = PathIntegral.split(record)
         importance = {}
         for name in names:
             pretrained = values[name]  # the pretrained rows only; rows grown since have no history

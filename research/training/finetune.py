@@ -34,7 +34,7 @@ def finetune_model(
     tasks: TaskSet,
     method: Method,
     state: dict[str, Tensor] | None,
-    path_integral: dict[str, Tensor] | None = None,
+    records: dict[str, dict[str, Tensor]] | None = None,
 ) -> tuple[MultiHeadNet, FinetuneContext]:
     """The model ready for its first fine-tuning task: pretrained weights (when given), a new seeded head for
     each new task (or the shared head grown for the first task's new classes), old heads frozen (they only score
@@ -60,7 +60,7 @@ def finetune_model(
         pretrained_names=pretrained_names,
         new_names=new_names,
         pretrained_rows=pretrained_rows,
-        pretrain_path_integral=path_integral,
+        pretrain_records=dict(records or {}),
     )
     start_task(model, context, method, 0)
     return model, context
@@ -139,7 +139,7 @@ def run_finetune(
     state: dict[str, Tensor],
     tracker: Tracker,
     outcome: FinetuneOutcome,
-    path_integral: dict[str, Tensor] | None = None,
+    records: dict[str, dict[str, Tensor]] | None = None,
     checkpointing: Checkpointing | None = None,
 ) -> FinetuneOutcome:
     """Train on each fine-tuning task in turn (one Lightning fit each) on one continuous step axis; fills
@@ -147,7 +147,7 @@ def run_finetune(
     saves checkpoints as it goes, and resumes from ``checkpointing.resume`` when one is given."""
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model, context = finetune_model(cfg, tasks, method, state, path_integral)
+    model, context = finetune_model(cfg, tasks, method, state, records)
     stage = FinetuneStage(cfg, tasks, method, model, context, tracker, outcome, checkpointing, started)
     try:
         for index in range(stage.first_task, len(tasks.finetune)):

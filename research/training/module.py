@@ -21,7 +21,6 @@ from torch.nn import functional as F
 from research.config import OptimConfig
 from research.data.inputs import compact, concat, example_shape
 from research.methods.base import FinetuneContext, HeadBatch, Method, TrainStep, split_by_head
-from research.methods.path_integral import PathIntegral
 from research.models.multihead import MultiHeadNet
 
 
@@ -35,7 +34,7 @@ class ClassifierModule(L.LightningModule):
         context: FinetuneContext | None = None,
         log_every_n_steps: int = 25,
         scalar_sink: Any = None,
-        path_integral: PathIntegral | None = None,
+        recorders: dict[str, Any] | None = None,
         step_offset: int = 0,
         start_hook: Callable[[ClassifierModule], None] | None = None,
         steps_before: int = 0,
@@ -51,7 +50,8 @@ class ClassifierModule(L.LightningModule):
         self.context = context
         self.log_every_n_steps = log_every_n_steps
         self.scalar_sink = scalar_sink  # callable(step, {name: tensor}) or None
-        self.path_integral = path_integral  # recorded during pretraining, for SI
+        # What methods record while the lab pretrains (Method.records_in_pretraining), e.g. SI's path integral.
+        self.recorders = list((recorders or {}).values())
         # Updates of this task done before this fit (a resumed run); methods count on from there.
         self.step_offset = step_offset
         # Updates of the fine-tuning tasks before this one: logging counts on the run's one step axis, so that
@@ -80,8 +80,8 @@ class ClassifierModule(L.LightningModule):
         self.train()
         if self.context is not None:
             self.context.device = self.device
-        if self.path_integral is not None:  # built with the model before Lightning moved it to its device
-            self.path_integral.to(self.device)
+        for recorder in self.recorders:  # built with the model before Lightning moved it to its device
+            recorder.to(self.device)
         if self.start_hook is not None:
             self.start_hook(self)
         elif self.method is not None and self.context is not None:
@@ -131,11 +131,11 @@ class ClassifierModule(L.LightningModule):
         self.manual_backward(loss)
         if self.method is not None:
             self.method.after_backward(self.model, step)  # e.g. A-GEM projects the gradients here
-        if self.path_integral is not None:
-            self.path_integral.before_step(self.model)
+        for recorder in self.recorders:
+            recorder.before_step(self.model)
         optimizer.step()
-        if self.path_integral is not None:
-            self.path_integral.after_step(self.model)
+        for recorder in self.recorders:
+            recorder.after_step(self.model)
         if self.method is not None:
             self.method.after_step(self.model, step)  # e.g. SI accumulates its path integral here
         return loss

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from research.data.fingerprint import task_fingerprints
 from research.data.tasks import TaskSet
 from research.errors import RunFailed
 from research.evaluation.evaluator import eval_sets, score
-from research.methods.path_integral import PathIntegral
+from research.methods.registry import pretraining_recorders
 from research.models.adapters import adapter
 from research.models.build import build_model
 from research.models.multihead import MultiHeadNet
@@ -48,7 +48,6 @@ from research.training.checkpoints import (
 from research.training.module import ClassifierModule
 from research.training.trainer import make_trainer
 
-PATH_INTEGRAL_FILE = "path_integral.safetensors"
 
 
 @dataclass
@@ -58,7 +57,9 @@ class Pretrained:
     cached: bool  # True when the weights were reused (cache hit or user checkpoint)
     seconds: float
     path: Path
-    path_integral: dict[str, Tensor] | None = None  # SI's ω and the trajectory's start; None for user checkpoints
+    # What methods recorded during pretraining, by record name (SI's "path_integral"); empty for a user checkpoint
+    # or a model loaded from outside.
+    records: dict[str, dict[str, Tensor]] = field(default_factory=dict)
 
 
 # Library versions that change the data or the training numerics; a new version means a new cache entry.
@@ -69,7 +70,8 @@ def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
     versions = package_versions()
     return stable_hash(
         {
-            "format": 2,  # 2: the entry also holds the pretraining path integral
+            "format": 3,  # 2: the entry also holds the pretraining path integral; 3: every method's record
+            "records": sorted(pretraining_recorders()),
             "versions": {name: versions.get(name) for name in KEY_PACKAGES},
             "content": task_fingerprints(cfg.pretrain.tasks),
             "backbone": adapter(cfg.model.arch).fingerprint(cfg.model),
@@ -129,8 +131,8 @@ def pretrained_weights(cfg: ExperimentConfig, tasks: TaskSet) -> Pretrained:
             _train_and_store(cfg, tasks, key, entry)
     state = read_state_dict(entry / WEIGHTS_FILE)
     manifest = json.loads((entry / MANIFEST_FILE).read_text())
-    path_integral = load_file(str(entry / PATH_INTEGRAL_FILE))
-    return Pretrained(state, manifest, cached, time.perf_counter() - started, entry, path_integral)
+    records = {name: load_file(str(entry / f"{name}.safetensors")) for name in manifest.get("records", [])}
+    return Pretrained(state, manifest, cached, time.perf_counter() - started, entry, records)
 
 
 def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Path) -> None:
@@ -146,8 +148,8 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
     y = torch.cat([t.splits["train"][1] for t in tasks.pretrain])
     head_ids = torch.cat([torch.full((len(t.splits["train"][1]),), heads.index(t.head)) for t in tasks.pretrain])
     batches = TensorBatches(x, y, head_ids, batch_size=cfg.pretrain.train.batch_size, seed=cfg.pretrain.seed)
-    path_integral = PathIntegral(model)
-    module = ClassifierModule(model, heads, cfg.pretrain.train, path_integral=path_integral)
+    recorders = {name: recorder(model) for name, recorder in pretraining_recorders().items()}
+    module = ClassifierModule(model, heads, cfg.pretrain.train, recorders=recorders)
     trainer = make_trainer(cfg.pretrain.train, cfg.device, cfg.logging.progress, [])
     try:
         trainer.fit(module, train_dataloaders=batches)
@@ -164,9 +166,8 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(model.heads if external else model, tmp / WEIGHTS_FILE, prefix="heads." if external else "")
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in path_integral.state_dict().items()}, str(tmp / PATH_INTEGRAL_FILE)
-    )
+    for name, recorder in recorders.items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in recorder.state_dict().items()}, str(tmp / f"{name}.safetensors"))
     manifest = {
         "key": key,
         "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],
@@ -181,6 +182,7 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
         ),
         "train": cfg.pretrain.train.model_dump(mode="json"),
         "seed": cfg.pretrain.seed,
+        "records": sorted(recorders),  # what methods recorded during pretraining: <name>.safetensors each
         "steps": trainer.global_step,
         "metrics": metrics,
         "seconds": time.perf_counter() - started,

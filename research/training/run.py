@@ -64,12 +64,12 @@ def check(cfg: ExperimentConfig) -> TaskSet:
     if cfg.device == "gpu" and not torch.cuda.is_available():
         raise ConfigError("device: 'gpu' was asked for but no GPU is available; valid choices here: auto, cpu")
     method = build_method(cfg.method)
-    if method.needs_pretraining_trajectory and cfg.pretrain.checkpoint:
+    if method.records_in_pretraining is not None and cfg.pretrain.checkpoint:
         raise ConfigError(
             f"method.name: {method.name} needs the pretraining trajectory, which a checkpoint does not carry; "
             "leave pretrain.checkpoint empty so pretraining runs here (it is cached), or choose another method"
         )
-    if method.needs_pretraining_trajectory and cfg.model.external:
+    if method.records_in_pretraining is not None and cfg.model.external:
         raise ConfigError(
             f"method.name: {method.name} needs the trajectory of pretraining the backbone, and model.arch="
             f"{cfg.model.arch} was pretrained elsewhere (here only pretraining heads are trained, on its frozen "
@@ -213,7 +213,7 @@ def _run_locked(
         if resume is not None:  # the new W&B run gets the history so far, so it is complete on its own
             replay_history(tracker, resume["records"], resume["drift"])
         checkpointing = Checkpointing(run_dir, rid, resume, summary["git"]["commit"])
-        run_finetune(cfg, tasks, method, pretrained.state, tracker, outcome, pretrained.path_integral, checkpointing)
+        run_finetune(cfg, tasks, method, pretrained.state, tracker, outcome, pretrained.records, checkpointing)
     except BaseException as err:  # noqa: BLE001 - recorded in summary.json, then re-raised below
         error = err
 

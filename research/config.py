@@ -102,6 +102,8 @@ class TaskConfig(Strict):
             raise ValueError(f"source '{self.source}' needs a 'path' to the user's data")
         if self.source not in USER_SOURCES and self.path:
             raise ValueError(f"source '{self.source}' is built in and takes no 'path' (only npz, folder and text do)")
+        if self.source in ("text", "relations") and self.transform is not None:
+            raise ValueError(f"{self.transform.kind} transforms numeric inputs; source '{self.source}' is text")
         column_keys = {"text_column": "text", "text_pair_column": None, "label_column": "label"}
         if self.source != "text":
             misplaced = [k for k, default in column_keys.items() if getattr(self, k) != default]
@@ -276,7 +278,7 @@ class ExperimentConfig(Strict):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    pretrain: PretrainConfig
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)  # optional for a model loaded from outside
     finetune: FinetuneConfig
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "finetune"})
     train: OptimConfig = Field(default_factory=OptimConfig)

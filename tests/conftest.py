@@ -93,3 +93,91 @@ def make_cfg(out: Path):
 def tiny_overrides(out: Path) -> list[str]:
     """The ``key=value`` overrides behind ``make_cfg``, for driving the CLI the same way."""
     return [*TINY, f"out={out}"]
+
+
+# --- tiny models and data for the model families (research.models.adapters) ---------------------------------
+
+TINY_WORDS = [f"w{i}" for i in range(60)]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer BertModel (hidden 32) and its word-level tokenizer, written with
+    ``save_pretrained`` to a local directory, as a user's own model would be."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny_bert")
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=False)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    model_dir = root / "model"
+    BertModel(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def word_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CSV of short texts over the tiny vocabulary, four labels (a..d) that the words predict, and a second
+    text per row for text-pair tasks."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(240):
+        label = "abcd"[i % 4]
+        start = 15 * "abcd".index(label)
+        words = [TINY_WORDS[start + int(k)] for k in rng.integers(0, 15, size=int(rng.integers(2, 7)))]
+        rows.append({"text": " ".join(words), "label": label, "second": TINY_WORDS[int(rng.integers(0, 60))]})
+    path = tmp_path_factory.mktemp("word_table") / "words.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+CUSTOM_MODEL = '''
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """A user's model: features out, blocks named by the config."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU())
+        self.body = nn.Sequential(nn.Linear(width, width), nn.ReLU())
+        self.top = nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width))
+
+    def forward(self, x):
+        return self.top(self.body(self.stem(x)))
+
+
+def build(width: int = 16) -> nn.Module:
+    torch.manual_seed(1)
+    return TinyNet(width)
+
+
+def not_a_module():
+    return "features"
+'''
+
+
+@pytest.fixture
+def custom_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A module ``user_models`` on sys.path with ``build`` (an nn.Module) and ``not_a_module``."""
+    (tmp_path / "user_models.py").write_text(CUSTOM_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import sys
+
+    sys.modules.pop("user_models", None)
+    return "user_models:build"

@@ -2,7 +2,9 @@
 
 Every case of the corpus below, bad experiment configs and bad grid files alike, must end with exit code 2, one
 line on stderr that names the problem (and lists the valid choices where there is a finite set), and nothing
-written: no ``out`` folder and no other new file. A pickle disguised as a checkpoint is refused without running.
+written: no ``out`` folder and no other new file. Each registered method's bad hyperparameters are generated from
+its typed ``Config`` (:func:`method_cases`), so a new method joins the corpus with no edit here. A pickle
+disguised as a checkpoint is refused without running.
 
 W&B trouble is the opposite: it never fails a run. Whether W&B fails when the run starts or part-way through,
 the run completes with every measurement, summary.json says what went wrong with W&B, and the warning is
@@ -18,16 +20,18 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
 
 import pandas as pd
 import pytest
 import yaml
+from annotated_types import Ge, Gt, Le, Lt, MinLen
 from conftest import EXPERIMENTS, TINY
 from lightning.pytorch.loggers import WandbLogger
 
 from research.cli import main
 from research.config import ModelConfig, load_config
-from research.methods import method_names
+from research.methods import method_class, method_names
 from research.models import build_model
 from research.tracking import Tracker
 from research.training import run
@@ -143,11 +147,6 @@ CASES = [
     pytest.param(
         run_with("logging.wandb=sometimes"), ["logging.wandb", "offline", "online", "disabled"], id="bad-wandb-mode"
     ),
-    pytest.param(
-        run_with("method.name=ewc", "method.fisher=exactt"),
-        ["method.fisher", "exact", "sample", "empirical", "batched"],
-        id="bad-fisher-estimator",
-    ),
     # --- values that make no sense
     pytest.param(run_with("train.lr=0"), ["train.lr", "greater than 0"], id="zero-lr"),
     pytest.param(run_with("train.lr=-0.1"), ["train.lr", "greater than 0"], id="negative-lr"),
@@ -164,81 +163,14 @@ CASES = [
         ["checkpoint.every_n_steps", "greater than or equal to 0"],
         id="neg-checkpoint-every",
     ),
-    pytest.param(
-        run_with("method.name=ewc", "method.lam=-1"), ["method.lam", "greater than or equal to 0"], id="ewc-neg-lam"
-    ),
-    pytest.param(
-        run_with("method.name=ewc", "method.fisher_samples=0"),
-        ["method.fisher_samples", "greater than 0"],
-        id="ewc-zero-samples",
-    ),
-    pytest.param(
-        run_with("method.name=online_ewc", "method.gamma=1.5"),
-        ["method.gamma", "less than or equal to 1"],
-        id="online-ewc-gamma",
-    ),
-    pytest.param(
-        run_with("method.name=replay", "method.buffer_size=0"),
-        ["method.buffer_size", "greater than 0"],
-        id="replay-zero-buffer",
-    ),
-    pytest.param(
-        run_with("method.name=replay", "method.ratio=1"), ["method.ratio", "less than 1"], id="replay-ratio-1"
-    ),
-    pytest.param(
-        run_with("method.name=agem", "method.memory_size=0"),
-        ["method.memory_size", "greater than 0"],
-        id="agem-zero-memory",
-    ),
-    pytest.param(
-        run_with("method.name=der", "method.replay_batch_size=0"),
-        ["method.replay_batch_size", "greater than 0"],
-        id="der-zero-batch",
-    ),
-    pytest.param(
-        run_with("method.name=derpp", "method.beta=-1"),
-        ["method.beta", "greater than or equal to 0"],
-        id="derpp-neg-beta",
-    ),
-    pytest.param(
-        run_with("method.name=l2sp", "method.alpha=-0.1"),
-        ["method.alpha", "greater than or equal to 0"],
-        id="l2sp-neg-alpha",
-    ),
-    pytest.param(
-        run_with("method.name=lwf", "method.temperature=0"),
-        ["method.temperature", "greater than 0"],
-        id="lwf-zero-temp",
-    ),
-    pytest.param(run_with("method.name=si", "method.xi=0"), ["method.xi", "greater than 0"], id="si-zero-xi"),
-    pytest.param(
-        run_with("method.name=mas", "method.lam=-3"), ["method.lam", "greater than or equal to 0"], id="mas-neg-lam"
-    ),
-    pytest.param(
-        run_with("method.name=partial", "method.unfreeze_top_k=-1"),
-        ["method.unfreeze_top_k", "greater than or equal to 0"],
-        id="partial-neg-k",
-    ),
+    # --- method settings a Config's declared constraints cannot express (the generated cases cover the rest)
     pytest.param(
         run_with("method.name=partial", "method.unfreeze_top_k=5"),
         ["unfreeze_top_k", "5"],
         id="partial-k-deeper-than-model",
     ),
     pytest.param(
-        run_with("method.name=lp_ft", "method.probe_steps=-1"),
-        ["method.probe_steps", "greater than or equal to 0"],
-        id="lp-ft-neg-probe",
-    ),
-    pytest.param(
         run_with("method.name=wise_ft", "method.alphas=[0.5,2]"), ["method.alphas", "[0, 1]"], id="wise-ft-alpha-2"
-    ),
-    pytest.param(
-        run_with("method.name=wise_ft", "method.alphas=[]"), ["method.alphas", "at least 1"], id="wise-ft-no-alphas"
-    ),
-    pytest.param(
-        run_with("method.name=joint", "method.old_data_ratio=1"),
-        ["method.old_data_ratio", "less than 1"],
-        id="joint-ratio-1",
     ),
     # --- tasks and data
     pytest.param(
@@ -358,7 +290,91 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("make_argv", "expected"), CASES)
+# --------------------------------------------------------------------------------------------- generated method cases
+#
+# From each registered method's typed Config: for every bound on a hyperparameter (``Field(ge=0, lt=1)``,
+# ``gt=0``...) a value just outside it, for every Literal a value that is none of its choices, for a list with a
+# ``min_length`` one item too few, and for every method an unknown key. A new method joins the corpus by
+# registering; a constraint of a kind not generated here fails ``test_every_constrained_hyperparameter_is_generated``.
+
+UNKNOWN_HYPERPARAMETER = "no_such_hyperparameter"
+NOT_A_CHOICE = "no_such_choice"
+
+
+def _constraints(field: Any) -> list[Any]:
+    """The field's own constraints, and those of an ``Annotated`` member of its type (``Annotated[int, Gt(0)] |
+    None``)."""
+    found = list(field.metadata)
+    for arg in get_args(field.annotation):
+        found += list(getattr(arg, "__metadata__", ()))
+    return found
+
+
+def _choices(annotation: Any) -> tuple[Any, ...]:
+    """The choices of a Literal annotation (or of a Literal member of a union); () for anything else."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    return tuple(c for arg in get_args(annotation) for c in _choices(arg))
+
+
+def _outside(field: Any) -> list[tuple[str, Any, list[str]]]:
+    """(case name, a value the field refuses, what the error line must say besides the key)."""
+    outside = []
+    for bound in _constraints(field):
+        if isinstance(bound, Gt):
+            outside.append((f"not-above-{bound.gt}", bound.gt, [f"greater than {bound.gt}"]))
+        elif isinstance(bound, Ge):
+            outside.append((f"below-{bound.ge}", bound.ge - 1, [f"greater than or equal to {bound.ge}"]))
+        elif isinstance(bound, Lt):
+            outside.append((f"not-below-{bound.lt}", bound.lt, [f"less than {bound.lt}"]))
+        elif isinstance(bound, Le):
+            outside.append((f"above-{bound.le}", bound.le + 1, [f"less than or equal to {bound.le}"]))
+        elif isinstance(bound, MinLen) and bound.min_length > 0:
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, list):
+                fewer = default[: bound.min_length - 1]
+                outside.append((f"fewer-than-{bound.min_length}", fewer, [f"at least {bound.min_length} item"]))
+    choices = _choices(field.annotation)
+    if choices:
+        outside.append(("not-a-choice", NOT_A_CHOICE, [str(c) for c in choices]))
+    return outside
+
+
+def _text(value: Any) -> str:
+    """A value as a ``key=value`` override writes it."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def method_cases(names: list[str] | tuple[str, ...] = METHODS) -> list[Any]:
+    """The generated bad-hyperparameter cases of these registered methods, as corpus entries."""
+    cases = []
+    for name in names:
+        config = method_class(name).Config
+        for key, field in config.model_fields.items():
+            if key == "name":
+                continue
+            for what, value, says in _outside(field):
+                cases.append(
+                    pytest.param(
+                        run_with(f"method.name={name}", f"method.{key}={_text(value)}"),
+                        [f"method.{key}", *says],
+                        id=f"{name}-{key}-{what}",
+                    )
+                )
+        cases.append(
+            pytest.param(
+                run_with(f"method.name={name}", f"method.{UNKNOWN_HYPERPARAMETER}=1"),
+                [f"method.{UNKNOWN_HYPERPARAMETER}", "unknown key", *sorted(config.model_fields)],
+                id=f"{name}-unknown-key",
+            )
+        )
+    return cases
+
+
+METHOD_CASES = method_cases()
+
+
+@pytest.mark.parametrize(("make_argv", "expected"), CASES + METHOD_CASES)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     make_argv: Callable[[Path], Argv], expected: list[str], tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -377,18 +393,24 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert listing(tmp_path) == before
 
 
-def test_every_method_is_in_the_corpus() -> None:
-    """A method added later gets its bad hyperparameter into the corpus (methods without any are exempt)."""
-    from research.methods import describe_methods
-
-    covered = {
-        arg.removeprefix("method.name=")
-        for case in CASES
-        for arg in getattr(case.values[0], "overrides", ())
-        if arg.startswith("method.name=")
+def constrained_hyperparameters(name: str) -> set[str]:
+    """The hyperparameters of a method whose Config declares a constraint or a finite set of choices."""
+    fields = method_class(name).Config.model_fields
+    return {
+        key for key, field in fields.items() if key != "name" and (_constraints(field) or _choices(field.annotation))
     }
-    with_params = {m["name"] for m in describe_methods() if m["params"]}
-    assert with_params <= covered, sorted(with_params - covered)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_constrained_hyperparameter_is_generated(name: str) -> None:
+    """Every registered method has its unknown-key case, and a case for each hyperparameter its Config constrains
+    (a constraint of a kind ``_outside`` does not know fails here: teach it, rather than leave the key out)."""
+    ids = {case.id for case in method_cases([name])}
+    assert f"{name}-unknown-key" in ids
+    covered = {
+        key for key in method_class(name).Config.model_fields if any(i.startswith(f"{name}-{key}-") for i in ids)
+    }
+    assert constrained_hyperparameters(name) <= covered, sorted(constrained_hyperparameters(name) - covered)
 
 
 # --------------------------------------------------------------------------------------------- pickles

@@ -276,3 +276,113 @@ def test_dry_run_prints_runs_and_ids_and_writes_nothing(tmp_path: Path) -> None:
         assert any(run.run_id in line and run.name in line and " new " in line for line in proc.stdout.splitlines())
     assert "6 to run, 0 already completed; 1 pretraining setup shared by all runs" in proc.stdout
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------- method.name: all
+
+
+def test_all_is_every_registered_method_at_its_defaults(tmp_path: Path) -> None:
+    from research.methods import method_names
+
+    every = write_grid(tmp_path / "all.yaml", seeds=[0, 1], grid=[{"method.name": "all", "train.lr": [0.01]}])
+    by_hand = write_grid(
+        tmp_path / "by_hand.yaml", seeds=[0, 1], grid=[{"method.name": m, "train.lr": [0.01]} for m in method_names()]
+    )
+    grid, listed = load_grid(every), load_grid(by_hand)
+    # The same runs as every method listed by hand, in the registry's order, with the same names and settings.
+    assert [run.run_id for run in grid.runs] == [run.run_id for run in listed.runs]
+    assert [run.name for run in grid.runs] == [f"{m} train.lr=0.01 seed={s}" for m in method_names() for s in (0, 1)]
+    assert [run.settings for run in grid.runs] == [run.settings for run in listed.runs]
+    assert {run.subgrid for run in grid.runs} == {0}
+    assert not grid.left_out and not grid.duplicates
+    # All in a list, next to a method it already holds: each method once.
+    mixed = load_grid(write_grid(tmp_path / "mixed.yaml", seeds=[0], grid=[{"method.name": ["ewc", "all"]}]))
+    assert [run.config.method["name"] for run in mixed.runs] == ["ewc", *(m for m in method_names() if m != "ewc")]
+
+
+def test_all_leaves_out_what_cannot_run_on_the_base_and_says_why(tmp_path: Path) -> None:
+    from research.methods import method_class, method_names
+
+    sequence = write_grid(
+        tmp_path / "sequence.yaml", base=str(EXPERIMENTS / "sequence_digits.yaml"), seeds=[0, 1], grid=[{"method.name": "all"}]
+    )
+    grid = load_grid(sequence)
+    expected = [m for m in method_names() if method_class(m).supports_sequences]
+    assert [run.config.method["name"] for run in dict.fromkeys(grid.runs)][::2] == expected
+    left_out = [m for m in method_names() if m not in expected]
+    assert [which for which, _ in grid.left_out] == [f"{m} (grid[0])" for m in left_out]  # once each, not per seed
+    assert all("defined for one fine-tuning task" in why and "sequence of 2" in why for _, why in grid.left_out)
+
+    # A model loaded from outside, without pretraining tasks: the methods that need pretraining data are left out.
+    (tmp_path / "loaded.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "loaded",
+                "model": {"arch": "custom", "factory": "torch.nn:Flatten"},
+                "pretrain": {"tasks": []},
+                "finetune": {"tasks": [{"name": "new", "source": "digits", "classes": [5, 6, 7, 8, 9]}]},
+            }
+        )
+    )
+    loaded = load_grid(write_grid(tmp_path / "loaded_grid.yaml", base="loaded.yaml", seeds=[0], grid=[{"method.name": "all"}]))
+    needs = {m for m in method_names() if method_class(m).needs_pretraining_data}
+    assert needs and {run.config.method["name"] for run in loaded.runs} == set(method_names()) - needs
+    reasons = dict(loaded.left_out)
+    assert set(reasons) == {f"{m} (grid[0])" for m in needs}
+    assert all("needs pretraining data" in why and "no pretrain.tasks" in why for why in reasons.values())
+
+
+def test_dry_run_notes_what_all_left_out(tmp_path: Path) -> None:
+    path = write_grid(
+        tmp_path / "g.yaml", base=str(EXPERIMENTS / "sequence_digits.yaml"), seeds=[0], grid=[{"method.name": "all"}]
+    )
+    out = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "research", "grid", str(path), f"out={out}", *TINY, "--dry-run"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    grid = load_grid(path, [f"out={out}", *TINY])
+    assert grid.left_out
+    for which, reason in grid.left_out:
+        assert f"  note: '{which}' is left out (method.name: all): {reason}" in proc.stdout.splitlines()
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("subgrid", "message"),
+    [
+        ({"method.name": "all", "method.lam": 5}, "grid[0]: 'method.lam' cannot go with 'method.name: all'"),
+        ({"method.name": ["all"], "method": {"lam": 5}}, "grid[0]: 'method' cannot go with 'method.name: all'"),
+    ],
+)
+def test_all_takes_no_method_hyperparameters(tmp_path: Path, subgrid: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_grid(write_grid(tmp_path / "g.yaml", grid=[subgrid]))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_grid_with_nothing_left_to_run_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "loaded.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "loaded",
+                "model": {"arch": "custom", "factory": "torch.nn:Flatten"},
+                "pretrain": {"tasks": []},
+                "finetune": {"tasks": [{"name": "new", "source": "digits", "classes": [5, 6, 7, 8, 9]}]},
+            }
+        )
+    )
+    from research.methods import method_class, method_names
+
+    needs = [m for m in method_names() if method_class(m).needs_pretraining_data]
+    path = write_grid(tmp_path / "g.yaml", base="loaded.yaml", grid=[{"method.name": ["all"], "train.lr": 0.01}])
+    path.write_text(path.read_text())  # (the grid is fine; only its expansion is empty below)
+    spec = yaml.safe_load(path.read_text())
+    spec["grid"] = [{"method.name": "all"}]
+    path.write_text(yaml.safe_dump(spec))
+    # Keep only the methods that need pretraining data by pinning the sweep to them through the registry's order.
+    grid = load_grid(path)
+    assert grid.runs  # some methods run there; a grid whose every method is left out is refused:
+    spec["grid"] = [{"method.name": "all", "train.lr": 0.01}]

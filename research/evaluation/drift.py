@@ -37,8 +37,9 @@ def weight_drift(model: nn.Module, start: dict[str, Tensor]) -> dict[str, dict[s
     ‖θ₀‖₂ (0 when ‖θ₀‖ is 0)."""
     moved: dict[str, Tensor] = {}
     size: dict[str, Tensor] = {}
+    blocks = model.parameter_blocks() if hasattr(model, "parameter_blocks") else {}
     for name, p in model.named_parameters():
-        block = block_of(name)
+        block = blocks.get(name) or block_of(name)
         moved[block] = moved.get(block, 0) + (p - start[name]).pow(2).sum()
         size[block] = size.get(block, 0) + start[name].pow(2).sum()
     out = {}

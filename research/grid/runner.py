@@ -96,6 +96,8 @@ def describe_plan(grid: Grid, pretrain_setups: int) -> str:
     )
     for name, same_as in grid.duplicates:
         lines.append(f"  note: '{name}' resolves to the same config as '{same_as}' and is run once")
+    for which, reason in grid.left_out:
+        lines.append(f"  note: '{which}' is left out (method.name: all): {reason}")
     return "\n".join(lines)
 
 
@@ -131,6 +133,8 @@ def run_grid(
     )
     for name, same_as in grid.duplicates:
         print(f"  note: {name} resolves to the same run as {same_as}", file=progress.stream)
+    for which, reason in grid.left_out:
+        print(f"  note: {which} is left out (method.name: all): {reason}", file=progress.stream)
 
     in_flight: set[str] = set()
     announced: set[str] = set()
@@ -205,6 +209,7 @@ def _expansion(grid: Grid) -> dict[str, Any]:
             for run in grid.runs
         ],
         "duplicates": [{"name": n, "same_as": s} for n, s in grid.duplicates],
+        "left_out": [{"name": n, "reason": r} for n, r in grid.left_out],
     }
 
 

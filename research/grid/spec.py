@@ -13,6 +13,12 @@ value is itself a list is written as a list of lists: ``model.hidden: [[64], [12
 ``model.hidden: [[64, 64]]`` sets one. A sub-grid that names a method different from the base experiment's
 starts from that method's defaults, so hyperparameters only ever apply to the method they belong to.
 
+``method.name: all`` sweeps every registered method (``research methods``), in the registry's order, each as a
+sub-grid naming it alone would run it; a method added later joins the grid with no edit to the file. Methods that
+cannot run on the experiment (one that needs pretraining data when it has no ``pretrain.tasks``, one defined for
+a single fine-tuning task when ``finetune.tasks`` is a sequence...) are left out, and ``Grid.left_out`` says
+which and why. Such a sub-grid sets no method hyperparameter: those belong to one method, in a sub-grid of its own.
+
 Every expanded config is validated, and its run id is the hash of the resolved config (seed included), so
 two sub-grids that resolve to the same run are one run, and rerunning a grid finds what already completed.
 """
@@ -47,6 +53,8 @@ from research.errors import ConfigError
 
 # Keys a sub-grid may not set: seeds come from ``seeds``, and all runs of a grid share one ``out``.
 NOT_IN_SUBGRIDS = ("seed", "out")
+# ``method.name: all`` in a sub-grid: every registered method.
+ALL_METHODS = "all"
 
 
 class GridFile(Strict):
@@ -112,6 +120,8 @@ class Grid:
     runs: list[GridRun]
     # Expansion points that resolved to a run already in the grid: (its name, the name of the run it repeats).
     duplicates: list[tuple[str, str]] = field(default_factory=list)
+    # Methods of a ``method.name: all`` sub-grid that cannot run on the experiment: (which, why), once each.
+    left_out: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def out(self) -> Path:
@@ -152,17 +162,69 @@ def load_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
 
     runs: dict[str, GridRun] = {}
     duplicates: list[tuple[str, str]] = []
+    left_out: list[tuple[str, str]] = []
     for index, subgrid in enumerate(spec.grid):
         where = f"{path}: grid[{index}]"
+        subgrid, every_method = registered_methods(subgrid, where)
         for settings in expand_subgrid(subgrid, where):
             for seed in spec.seeds:
                 run = _grid_run(base, settings, seed, cli, name, index, where, method_overrides)
-                if run.run_id in runs:
+                reason = cannot_run(run.config) if every_method else None
+                if reason is not None:
+                    note = (f"{run.setting} (grid[{index}])", reason)
+                    if note not in left_out:
+                        left_out.append(note)
+                elif run.run_id in runs:
                     first = runs[run.run_id]
                     duplicates.append((f"{run.name} (grid[{index}])", f"{first.name} (grid[{first.subgrid}])"))
                 else:
                     runs[run.run_id] = run
-    return Grid(name=name, path=path, runs=list(runs.values()), duplicates=duplicates)
+    if not runs:
+        why = "; ".join(f"{which}: {reason}" for which, reason in left_out)
+        raise ConfigError(f"{path}: no run can run on {base_path.name}: {why}")
+    return Grid(name=name, path=path, runs=list(runs.values()), duplicates=duplicates, left_out=left_out)
+
+
+def registered_methods(subgrid: dict[str, Any], where: str) -> tuple[dict[str, Any], bool]:
+    """The sub-grid with ``method.name: all`` (alone or in a list) replaced by every registered method, in the
+    registry's order, and whether it held one. Method hyperparameters cannot go with it: each belongs to one
+    method (a sub-grid that names it), and would be an unknown key to all the others."""
+    value = subgrid.get("method.name")
+    if not (value == ALL_METHODS or (isinstance(value, list) and ALL_METHODS in value)):
+        return subgrid, False
+    hyperparameters = [key for key in subgrid if key == "method" or key.startswith("method.")]
+    hyperparameters.remove("method.name")
+    if hyperparameters:
+        raise ConfigError(
+            f"{where}: '{hyperparameters[0]}' cannot go with 'method.name: {ALL_METHODS}', which runs every "
+            "registered method at its defaults; sweep a method's hyperparameters in a sub-grid that names it"
+        )
+    from research.methods import method_names
+
+    named = value if isinstance(value, list) else [value]
+    methods = [m for item in named for m in (method_names() if item == ALL_METHODS else [item])]
+    return {**subgrid, "method.name": list(dict.fromkeys(methods))}, True
+
+
+def cannot_run(config: ExperimentConfig) -> str | None:
+    """Why the method of ``config`` cannot run on its experiment, from what the method declares it needs (the
+    refusals research.training.run.check makes, asked before anything is built), or None where it can."""
+    from research.methods import method_class
+
+    method = method_class(config.method["name"])
+    if method.needs_pretraining_data and not config.pretrain.tasks:
+        return f"it needs pretraining data ({method.why_pretraining_data}), and the experiment has no pretrain.tasks"
+    # A record of the pretraining trajectory (SI's path integral); ``needs_pretraining_trajectory``: its old name.
+    if getattr(method, "records_in_pretraining", None) is not None or getattr(
+        method, "needs_pretraining_trajectory", False
+    ):
+        if config.pretrain.checkpoint:
+            return "it needs the pretraining trajectory, which pretrain.checkpoint does not carry"
+        if config.model.external:
+            return f"it needs the pretraining trajectory, and model.arch={config.model.arch} was pretrained elsewhere"
+    if len(config.finetune.tasks) > 1 and not method.supports_sequences:
+        return f"it is defined for one fine-tuning task, and finetune.tasks is a sequence of {len(config.finetune.tasks)}"
+    return None
 
 
 def expand_subgrid(subgrid: dict[str, Any], where: str) -> list[dict[str, Any]]:

@@ -85,5 +85,11 @@ class MultiHeadNet(nn.Module):
     def block_names(self) -> list[str]:
         return block_names_of(self.backbone)
 
+    def parameter_blocks(self) -> dict[str, str]:
+        """Each parameter's block: ``backbone.<block name>`` (``backbone.0``, ``backbone.layer_3``) or
+        ``heads.<head>``, the units weight drift is reported in."""
+        owner = {id(p): f"backbone.{name}" for name, b in zip(self.block_names(), self.blocks()) for p in b.parameters()}
+        return {n: owner.get(id(p), ".".join(n.split(".")[:2])) for n, p in self.named_parameters()}
+
     def head_sizes(self) -> dict[str, int]:
         return {name: module.out_features for name, module in self.heads.items()}

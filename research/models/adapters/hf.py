@@ -216,7 +216,12 @@ class HFAdapter(Adapter):
         if pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # unused by the features: removed rather than left untrained and anchored
         if cfg.gradient_checkpointing:
-            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5 renamed it (the old name still works there, with a warning); 4.x has the old one only.
+            kwargs = {"use_reentrant": False}
+            if hasattr(encoder, "activation_checkpointing_enable"):
+                encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         encoder.train()  # from_pretrained returns eval mode; training decides modes from here on
         return HFBackbone(encoder, pooling), int(encoder.config.hidden_size)
 

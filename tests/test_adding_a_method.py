@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+import test_bad_input as corpus  # the bad-input corpus, for the cases it generates from each method's Config
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from research.cli import main
+from research.cli import DEMO_GRID, main
 from research.data import build_tasks
+from research.grid.spec import load_grid
 from research.methods import build_method, method_names
 from research.methods.base import FinetuneContext, HeadBatch, Method, MethodConfig, TrainStep
 from research.methods.penalty import quadratic_penalty, snapshot
@@ -203,3 +205,28 @@ def test_runs_logs_its_term_forgets_less_and_neutral_is_finetune(l2_init, make_c
     assert summary["final"][old]["role"] == "pretrain"
     assert summary["final"][old]["loss"] < finetune.summary["final"][old]["loss"]
     assert not _scores(metrics).equals(_scores(finetune.metrics))
+
+
+# --------------------------------------------------------------------------------- what comes with registering
+
+
+def test_picked_up_by_the_demo_grid_and_the_bad_input_corpus(
+    l2_init, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Registering is the only edit: the demo grid (``method.name: all``) runs the method at its defaults, and the
+    bad-input corpus generates its bad hyperparameters from its typed Config; neither file names it."""
+    assert "l2_init" not in DEMO_GRID.read_text() and "l2_init" not in Path(corpus.__file__).read_text()
+
+    grid = load_grid(DEMO_GRID, [f"out={tmp_path / 'runs'}"])
+    runs = [run for run in grid.runs if run.config.method["name"] == "l2_init"]
+    assert [run.name for run in runs] == ["l2_init seed=0", "l2_init seed=1", "l2_init seed=2"]
+    assert all(run.config.method == {"name": "l2_init", "lam": 0.01} for run in runs)  # at its defaults
+    assert not grid.left_out and not grid.duplicates
+
+    generated = {case.id: case for case in corpus.method_cases(method_names())}
+    cases = [case for name, case in generated.items() if name.startswith("l2_init-")]
+    assert [case.id for case in cases] == ["l2_init-lam-below-0", "l2_init-unknown-key"]
+    assert generated["l2_init-lam-below-0"].values[1] == ["method.lam", "greater than or equal to 0"]
+    for case in cases:  # exit 2, one line naming method.<key>, nothing written: the corpus's own check
+        (tmp_path / case.id).mkdir()
+        corpus.test_bad_input_exits_2_with_one_line_and_writes_nothing(*case.values, tmp_path / case.id, capfd)

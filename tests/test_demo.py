@@ -17,7 +17,7 @@ def test_demo_grid_covers_every_method_over_three_seeds(tmp_path: Path) -> None:
     assert {run.config.method["name"] for run in grid.runs} == set(method_names())
     assert {run.seed for run in grid.runs} == {0, 1, 2}
     assert {run.config.name for run in grid.runs} == {"split_digits"}
-    assert not grid.duplicates
+    assert not grid.duplicates and not grid.left_out
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # loading a grid writes nothing
 
 

@@ -304,11 +304,14 @@ def test_all_leaves_out_what_cannot_run_on_the_base_and_says_why(tmp_path: Path)
     from research.methods import method_class, method_names
 
     sequence = write_grid(
-        tmp_path / "sequence.yaml", base=str(EXPERIMENTS / "sequence_digits.yaml"), seeds=[0, 1], grid=[{"method.name": "all"}]
+        tmp_path / "sequence.yaml",
+        base=str(EXPERIMENTS / "sequence_digits.yaml"),
+        seeds=[0, 1],
+        grid=[{"method.name": "all"}],
     )
     grid = load_grid(sequence)
     expected = [m for m in method_names() if method_class(m).supports_sequences]
-    assert [run.config.method["name"] for run in dict.fromkeys(grid.runs)][::2] == expected
+    assert list(dict.fromkeys(run.config.method["name"] for run in grid.runs)) == expected
     left_out = [m for m in method_names() if m not in expected]
     assert [which for which, _ in grid.left_out] == [f"{m} (grid[0])" for m in left_out]  # once each, not per seed
     assert all("defined for one fine-tuning task" in why and "sequence of 2" in why for _, why in grid.left_out)
@@ -324,12 +327,23 @@ def test_all_leaves_out_what_cannot_run_on_the_base_and_says_why(tmp_path: Path)
             }
         )
     )
-    loaded = load_grid(write_grid(tmp_path / "loaded_grid.yaml", base="loaded.yaml", seeds=[0], grid=[{"method.name": "all"}]))
+    loaded = load_grid(
+        write_grid(tmp_path / "loaded_grid.yaml", base="loaded.yaml", seeds=[0], grid=[{"method.name": "all"}])
+    )
     needs = {m for m in method_names() if method_class(m).needs_pretraining_data}
     assert needs and {run.config.method["name"] for run in loaded.runs} == set(method_names()) - needs
     reasons = dict(loaded.left_out)
     assert set(reasons) == {f"{m} (grid[0])" for m in needs}
     assert all("needs pretraining data" in why and "no pretrain.tasks" in why for why in reasons.values())
+
+    # From a checkpoint: no pretraining trajectory, so SI (which needs one) is left out.
+    (tmp_path / "weights.safetensors").write_bytes(b"not read when a grid is loaded")
+    spec = {"overrides": {"pretrain.checkpoint": str(tmp_path / "weights.safetensors")}, "seeds": [0]}
+    checkpoint = load_grid(write_grid(tmp_path / "checkpoint.yaml", grid=[{"method.name": "all"}], **spec))
+    assert "si (grid[0])" in dict(checkpoint.left_out) and "si" not in {
+        r.config.method["name"] for r in checkpoint.runs
+    }
+    assert "pretrain.checkpoint does not carry" in dict(checkpoint.left_out)["si (grid[0])"]
 
 
 def test_dry_run_notes_what_all_left_out(tmp_path: Path) -> None:
@@ -363,26 +377,14 @@ def test_all_takes_no_method_hyperparameters(tmp_path: Path, subgrid: dict, mess
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_grid_with_nothing_left_to_run_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "loaded.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "name": "loaded",
-                "model": {"arch": "custom", "factory": "torch.nn:Flatten"},
-                "pretrain": {"tasks": []},
-                "finetune": {"tasks": [{"name": "new", "source": "digits", "classes": [5, 6, 7, 8, 9]}]},
-            }
-        )
-    )
-    from research.methods import method_class, method_names
+def test_a_grid_with_nothing_left_to_run_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain fine-tuning runs everywhere, so only a stand-in check can leave every method out."""
+    import research.grid.spec as spec
 
-    needs = [m for m in method_names() if method_class(m).needs_pretraining_data]
-    path = write_grid(tmp_path / "g.yaml", base="loaded.yaml", grid=[{"method.name": ["all"], "train.lr": 0.01}])
-    path.write_text(path.read_text())  # (the grid is fine; only its expansion is empty below)
-    spec = yaml.safe_load(path.read_text())
-    spec["grid"] = [{"method.name": "all"}]
-    path.write_text(yaml.safe_dump(spec))
-    # Keep only the methods that need pretraining data by pinning the sweep to them through the registry's order.
-    grid = load_grid(path)
-    assert grid.runs  # some methods run there; a grid whose every method is left out is refused:
-    spec["grid"] = [{"method.name": "all", "train.lr": 0.01}]
+    monkeypatch.setattr(spec, "cannot_run", lambda config: "no room here")
+    with pytest.raises(ConfigError) as err:
+        load_grid(write_grid(tmp_path / "g.yaml", grid=[{"method.name": "all"}]))
+    message = str(err.value)
+    assert "g.yaml: nothing to run on split_digits.yaml, every method is left out: agem (grid[0]): no room" in message
+    assert "; finetune (grid[0]): no room here;" in message
+    assert "\n" not in message

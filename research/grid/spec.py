@@ -181,7 +181,7 @@ def load_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
                     runs[run.run_id] = run
     if not runs:
         why = "; ".join(f"{which}: {reason}" for which, reason in left_out)
-        raise ConfigError(f"{path}: no run can run on {base_path.name}: {why}")
+        raise ConfigError(f"{path}: nothing to run on {base_path.name}, every method is left out: {why}")
     return Grid(name=name, path=path, runs=list(runs.values()), duplicates=duplicates, left_out=left_out)
 
 
@@ -223,7 +223,9 @@ def cannot_run(config: ExperimentConfig) -> str | None:
         if config.model.external:
             return f"it needs the pretraining trajectory, and model.arch={config.model.arch} was pretrained elsewhere"
     if len(config.finetune.tasks) > 1 and not method.supports_sequences:
-        return f"it is defined for one fine-tuning task, and finetune.tasks is a sequence of {len(config.finetune.tasks)}"
+        return (
+            f"it is defined for one fine-tuning task, and finetune.tasks is a sequence of {len(config.finetune.tasks)}"
+        )
     return None
 
 

@@ -212,8 +212,10 @@ class FinetuneStage:
         batches = TensorBatches(
             x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size, seed=cfg.seed
         )
-        batches.resume_at(done)
-        steps_per_epoch = len(batches)
+        accumulate = cfg.train.accumulate_grad_batches
+        steps_per_epoch = -(-len(batches) // accumulate)  # updates per epoch: the last one takes what is left
+        epochs_done, updates_into_epoch = divmod(done, steps_per_epoch)
+        batches.resume_at(epochs_done * len(batches) + updates_into_epoch * accumulate)
         total = steps_per_epoch * cfg.train.epochs
         if cfg.train.max_steps:
             total = min(total, cfg.train.max_steps)
@@ -243,6 +245,7 @@ class FinetuneStage:
             step_offset=done,
             start_hook=(lambda m: self._restore(m, resume)) if resume is not None else self._prepare,
             steps_before=step_offset,
+            resume_skip=updates_into_epoch * accumulate,
         )
         callbacks: list[L.Callback] = [self.evaluator]  # evaluations first: a checkpoint holds its step's scores
         if self.checkpointing is not None and (cfg.checkpoint.every_n_steps or cfg.checkpoint.every_n_seconds):
@@ -349,7 +352,7 @@ class _Saver(L.Callback):
         task_step = self.done + trainer.global_step
         due_by_steps = every.every_n_steps > 0 and task_step % every.every_n_steps == 0
         due_by_time = 0 < every.every_n_seconds <= time.monotonic() - self.last_saved
-        if (due_by_steps or due_by_time) and task_step < self.total:
+        if (due_by_steps or due_by_time) and task_step < self.total and pl_module.at_update:
             self.stage.save_checkpoint(trainer, self.index, task_step)
             self.last_saved = time.monotonic()
 

@@ -38,6 +38,7 @@ class ClassifierModule(L.LightningModule):
         step_offset: int = 0,
         start_hook: Callable[[ClassifierModule], None] | None = None,
         steps_before: int = 0,
+        resume_skip: int = 0,
     ) -> None:
         super().__init__()
         # The module runs the update itself (zero_grad, backward, step): a short, explicit per-step path,
@@ -54,6 +55,10 @@ class ClassifierModule(L.LightningModule):
         self.recorders = list((recorders or {}).values())
         # Updates of this task done before this fit (a resumed run); methods count on from there.
         self.step_offset = step_offset
+        # Batches of the resumed epoch that the checkpoint's updates already used (gradient accumulation only).
+        self.resume_skip = resume_skip
+        self.at_update = True  # whether the last batch ended an update (checkpoints are taken only there)
+        self._pending: dict[str, Tensor] = {}  # an accumulated update's scalars so far
         # Updates of the fine-tuning tasks before this one: logging counts on the run's one step axis, so that
         # ``log_every_n_steps`` means the same in a sequence as in a single task.
         self.steps_before = steps_before
@@ -101,8 +106,22 @@ class ClassifierModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------ step
 
+    def _group(self, batch_idx: int) -> tuple[bool, bool, int]:
+        """(first batch of an update, last batch of it, batches in it) under gradient accumulation. The last
+        update of an epoch takes the batches that are left. A resumed fit's first epoch starts after the batches
+        already done (``resume_skip``), at an update's boundary."""
+        k = self.optim.accumulate_grad_batches
+        if k == 1:
+            return True, True, 1
+        position = batch_idx + (self.resume_skip if self.current_epoch == 0 else 0)
+        per_epoch = self.trainer.num_training_batches  # the whole epoch's batches (a resumed one yields fewer)
+        start = position - position % k
+        size = min(k, per_epoch - start)
+        return position == start, position == start + size - 1, size
+
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         step = self.step_offset + self.global_step  # updates so far: this step's will be number step + 1
+        first, last, group = self._group(batch_idx)
         x, y, head_ids = batch
         batches = split_by_head(self.heads, x, y, head_ids)
         if self.method is not None:
@@ -119,16 +138,27 @@ class ClassifierModule(L.LightningModule):
             terms = self.method.loss_terms(self.model, TrainStep(batches, logits, step))
         loss = task_loss + sum(terms.values()) if terms else task_loss
 
-        if (self.steps_before + step) % self.log_every_n_steps == 0:
+        logging_step = (self.steps_before + step) % self.log_every_n_steps == 0
+        if group > 1:  # scalars of an accumulated update: the mean over its batches, recorded at its last one
+            scalars = self._scalars(loss, task_loss, terms, batches, losses) if logging_step else {}
+            self._pending = {n: self._pending.get(n, 0) + v / group for n, v in scalars.items()} if not first else {
+                n: v / group for n, v in scalars.items()
+            }
+        if logging_step and last:
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(f"training diverged: loss {value} at step {step}")
             if self.scalar_sink is not None:
-                self._record_scalars(step, loss, task_loss, terms, batches, losses)
+                scalars = self._pending if group > 1 else self._scalars(loss, task_loss, terms, batches, losses)
+                self.scalar_sink(step, scalars)
 
         optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(loss)
+        if first:
+            optimizer.zero_grad()
+        self.manual_backward(loss / group if group > 1 else loss)
+        self.at_update = last
+        if not last:
+            return loss
         if self.method is not None:
             self.method.after_backward(self.model, step)  # e.g. A-GEM projects the gradients here
         for recorder in self.recorders:
@@ -140,21 +170,20 @@ class ClassifierModule(L.LightningModule):
             self.method.after_step(self.model, step)  # e.g. SI accumulates its path integral here
         return loss
 
-    def _record_scalars(
+    def _scalars(
         self,
-        step: int,
         loss: Tensor,
         task_loss: Tensor,
         terms: dict[str, Tensor],
         batches: list[HeadBatch],
         losses: list[Tensor],
-    ) -> None:
+    ) -> dict[str, Tensor]:
         scalars = {"loss": loss.detach(), "loss_task": task_loss.detach()}
         scalars.update({f"loss_{name}": value.detach() for name, value in terms.items()})
         for source in sorted({b.source for b in batches}) if losses else []:  # mixed batches: each part's loss
             parts = [(lo, len(b.y)) for lo, b in zip(losses, batches, strict=True) if b.source == source]
             scalars[f"loss_task_{source}"] = sum(lo for lo, _ in parts).detach() / sum(n for _, n in parts)
-        self.scalar_sink(step, scalars)
+        return scalars
 
     def _forward(self, batches: list[HeadBatch]) -> list[Tensor]:
         """Logits per batch. One backbone pass over all examples when shapes allow, so BatchNorm sees the

@@ -63,6 +63,11 @@ def check(cfg: ExperimentConfig) -> TaskSet:
         raise ConfigError(f"out: {cfg.out} exists and is not a directory")
     if cfg.device == "gpu" and not torch.cuda.is_available():
         raise ConfigError("device: 'gpu' was asked for but no GPU is available; valid choices here: auto, cpu")
+    for where, train in (("train", cfg.train), ("pretrain.train", cfg.pretrain.train)):
+        if train.precision == "16-mixed" and (cfg.device == "cpu" or not torch.cuda.is_available()):
+            raise ConfigError(
+                f"{where}.precision: 16-mixed needs a GPU (CPU autocast has no float16); valid here: 32, bf16-mixed"
+            )
     method = build_method(cfg.method)
     if method.records_in_pretraining is not None and cfg.pretrain.checkpoint:
         raise ConfigError(

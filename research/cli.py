@@ -203,11 +203,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import importlib
+
     from research.config import load_config
     from research.training import run
 
+    runner = importlib.import_module("research.training.run")  # the module (research.training.run is the function)
     cfg = load_config(args.config, args.overrides)
+    runner.FROM_COMMAND_LINE = True  # DDP's further processes are this very command, started again by Lightning
     result = run(cfg, force=args.force)
+    if result.summary.get("status") == "worker":  # one of DDP's further processes: rank 0 reports the run
+        return 0
     if result.skipped:
         print(f"already completed: {result.run_dir} (use --force to rerun)")
     _print_result(result.summary, result.run_dir)
@@ -233,8 +239,11 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     for method in describe_methods():
         print(method["name"])
         print(textwrap.fill(method["summary"], width=110, initial_indent="    ", subsequent_indent="    "))
-        if method["sequences"]:
-            print("    (supports fine-tuning sequences)")
+        supports = [what for what, key in (("fine-tuning sequences", "sequences"), ("ddp", "ddp")) if method[key]]
+        if supports:
+            print(f"    (supports {' and '.join(supports)})")
+        if method["needs"]:
+            print(f"    (needs {method['needs']})")
         for p in method["params"]:
             print(f"    {p['name']:<22} {p['type']:<28} default {p['default']!r:<12} {p['help']}")
         if not method["params"]:

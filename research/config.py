@@ -217,7 +217,9 @@ class OptimConfig(Strict):
     # Gradients of this many consecutive batches are summed into one update (each batch's loss / k), so an
     # optimizer step sees batch_size · k examples; steps, evaluations and logging count updates.
     accumulate_grad_batches: PositiveInt = 1
-    devices: PositiveInt = 1  # processes (one per device) of a distributed run
+    # Distributed data parallel (fine-tuning only; started from `research run`, which Lightning runs once more per
+    # extra process): each process takes its share of every batch, gradients are averaged, rank 0 writes.
+    devices: PositiveInt = 1
     strategy: Literal["auto", "ddp"] = "auto"
 
     @field_validator("precision", mode="before")
@@ -226,19 +228,21 @@ class OptimConfig(Strict):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
-    def _distributed_is_not_there_yet(self) -> OptimConfig:
-        # Multi-process training needs every method's buffers and estimates to agree across processes and one
-        # writer for the run store; until that exists, a request for it is refused rather than half-honoured.
-        if self.strategy == "ddp" or self.devices > 1:
-            raise ValueError(
-                "train.strategy=ddp / train.devices > 1: distributed training is not implemented yet; valid: "
-                "train.devices=1 with train.strategy=auto (use a grid's workers to run several runs in parallel)"
-            )
+    def _several_devices_need_ddp(self) -> OptimConfig:
+        if self.devices > 1 and self.strategy != "ddp":
+            raise ValueError(f"devices={self.devices} needs strategy=ddp (the only multi-process strategy here)")
         return self
 
 
 class PretrainConfig(Strict):
     """The pretraining stage: trained once per distinct config (cached by hash) or loaded from a checkpoint."""
+
+    @field_validator("train")
+    @classmethod
+    def _pretraining_in_one_process(cls, train: OptimConfig) -> OptimConfig:
+        if train.strategy == "ddp" or train.devices > 1:
+            raise ValueError("train: pretraining runs in one process; distributed training applies to fine-tuning")
+        return train
 
     # The tasks the lab pretrains on. Optional for a model loaded from outside (model.arch hf, timm, torchvision,
     # custom): its backbone stays as loaded and only these tasks' heads are trained, on its frozen features.
@@ -246,7 +250,6 @@ class PretrainConfig(Strict):
     checkpoint: str | None = None  # safetensors file, or a directory holding model.safetensors
     seed: Seed = 0  # fixed independently of the run seed so every run of a grid starts from the same weights
     train: OptimConfig = Field(default_factory=lambda: OptimConfig(epochs=20))
-
 
 
 class FinetuneConfig(Strict):

@@ -84,7 +84,9 @@ def make_cfg(out: Path):
     from research.config import load_config
 
     def _make(*overrides: str, experiment: str = "split_digits.yaml", root: Path | None = None):
-        return load_config(EXPERIMENTS / experiment, [*tiny_for(EXPERIMENTS / experiment), f"out={root or out}", *overrides])
+        return load_config(
+            EXPERIMENTS / experiment, [*tiny_for(EXPERIMENTS / experiment), f"out={root or out}", *overrides]
+        )
 
     return _make
 

@@ -26,7 +26,9 @@ def test_an_unknown_arch_names_the_choices() -> None:
         ModelConfig(arch="resnet")
 
 
-@pytest.mark.parametrize(("arch", "key", "value"), [("mlp", "pooling", "mean"), ("hf", "hidden", [8]), ("cnn", "factory", "a:b")])
+@pytest.mark.parametrize(
+    ("arch", "key", "value"), [("mlp", "pooling", "mean"), ("hf", "hidden", [8]), ("cnn", "factory", "a:b")]
+)
 def test_a_key_of_another_family_is_refused(arch: str, key: str, value) -> None:
     with pytest.raises(ValueError, match=f"model.{key} does not apply to model.arch={arch}"):
         ModelConfig(arch=arch, **{key: value})
@@ -98,9 +100,9 @@ def test_hf_default_pooling_follows_the_model_card(tiny_bert: Path, tmp_path: Pa
 
 def test_hf_loads_a_local_directory_and_refuses_a_missing_one(tiny_bert: Path, tmp_path: Path) -> None:
     adapter("hf").check(ModelConfig(arch="hf", name=str(tiny_bert)))
-    with pytest.raises(ConfigError, match="model.name: local directory not found"):
+    with pytest.raises(ConfigError, match=r"model.name: local directory not found"):
         adapter("hf").check(ModelConfig(arch="hf", name=str(tmp_path / "nowhere")))
-    with pytest.raises(ConfigError, match="model.name: cannot load"):  # offline: not in the local hub cache
+    with pytest.raises(ConfigError, match=r"model.name: cannot load"):  # offline: not in the local hub cache
         adapter("hf").check(ModelConfig(arch="hf", name="someone/not-a-cached-model"))
 
 
@@ -135,7 +137,9 @@ def test_hf_fingerprint_follows_the_weights(tiny_bert: Path, tmp_path: Path) -> 
 
 
 def test_custom_model_with_named_blocks(custom_model: str) -> None:
-    model = build_model(ModelConfig(arch="custom", factory=custom_model, blocks=["stem", "body", "top"]), (1, 8, 8), {"t": 3})
+    model = build_model(
+        ModelConfig(arch="custom", factory=custom_model, blocks=["stem", "body", "top"]), (1, 8, 8), {"t": 3}
+    )
     assert model.block_names() == ["stem", "body", "top"] and model.feature_dim == 16
     assert model(torch.zeros(4, 1, 8, 8), "t").shape == (4, 3)
 
@@ -163,12 +167,12 @@ def test_custom_model_problems_are_config_errors(custom_model: str, factory: str
 
 
 def test_custom_needs_a_factory() -> None:
-    with pytest.raises(ValueError, match="model.arch=custom needs model.factory"):
+    with pytest.raises(ValueError, match=r"model.arch=custom needs model.factory"):
         ModelConfig(arch="custom")
 
 
 def test_a_pretrain_checkpoint_is_refused_for_a_model_loaded_from_outside(tiny_bert: Path) -> None:
-    with pytest.raises(ConfigError, match="pretrain.checkpoint: model.arch=hf loads its own weights"):
+    with pytest.raises(ConfigError, match=r"pretrain.checkpoint: model.arch=hf loads its own weights"):
         validate_config(
             {
                 "model": {"arch": "hf", "name": str(tiny_bert)},
@@ -179,7 +183,9 @@ def test_a_pretrain_checkpoint_is_refused_for_a_model_loaded_from_outside(tiny_b
 
 
 def test_the_builtin_models_still_need_pretraining_tasks() -> None:
-    with pytest.raises(ConfigError, match="pretrain.tasks: at least one pretraining task is needed for model.arch=mlp"):
+    with pytest.raises(
+        ConfigError, match=r"pretrain.tasks: at least one pretraining task is needed for model.arch=mlp"
+    ):
         validate_config({"finetune": {"tasks": [{"name": "d", "source": "digits"}]}})
 
 

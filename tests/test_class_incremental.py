@@ -328,7 +328,9 @@ def test_the_pretraining_path_integral_follows_the_model_to_its_device() -> None
 
     model = small_model()
     trajectory = PathIntegral(model)  # on the CPU, where the model was built
-    module = ClassifierModule(model, ["a", "b"], OptimConfig(), recorders={"path_integral": trajectory}).to(torch.device("meta"))
+    module = ClassifierModule(model, ["a", "b"], OptimConfig(), recorders={"path_integral": trajectory}).to(
+        torch.device("meta")
+    )
     module.on_fit_start()
     devices = {t.device for t in [*trajectory.omega.values(), *trajectory.start.values()]}
     assert devices == {next(model.parameters()).device} == {torch.device("meta")}

@@ -71,7 +71,9 @@ def custom_config(factory: str, out: Path, method: str = "finetune", pretrain: b
 def family(request, tiny_bert: Path, word_table: Path, out: Path, tmp_path: Path, monkeypatch):
     """A function (method, pretrain, **model keys) -> config, for each external family."""
     if request.param == "hf":
-        return lambda method="finetune", pretrain=True, **kw: hf_config(tiny_bert, word_table, out, method, pretrain, **kw)
+        return lambda method="finetune", pretrain=True, **kw: hf_config(
+            tiny_bert, word_table, out, method, pretrain, **kw
+        )
     factory = request.getfixturevalue("custom_model")
     return lambda method="finetune", pretrain=True, **kw: custom_config(factory, out, method, pretrain, **kw)
 
@@ -166,7 +168,9 @@ def test_every_adapter_through_partial_unfreezing_and_layer_wise_rates(
     assert last[names[-1]] > 0 and last[f"heads.{tasks.finetune[0].head}"] > 0
 
     lr_cfg = make(method="finetune")
-    lr_cfg = validate_config({**lr_cfg.model_dump(mode="json"), "train": {"lr": 0.1, "backbone_lr_scale": 0.5, "lr_decay": 0.1}})
+    lr_cfg = validate_config(
+        {**lr_cfg.model_dump(mode="json"), "train": {"lr": 0.1, "backbone_lr_scale": 0.5, "lr_decay": 0.1}}
+    )
     model, _ = finetune_model(lr_cfg, build_tasks(lr_cfg), build_method(lr_cfg.method), state=None)
     groups = parameter_groups(model, lr_cfg.train)
     n = len(model.blocks())

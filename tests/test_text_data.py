@@ -69,7 +69,7 @@ def test_table_problems_are_config_errors(tmp_path: Path, write, columns, messag
 
 def test_unknown_file_types_and_split_dictionaries_are_refused(tmp_path: Path) -> None:
     (tmp_path / "t.xlsx").write_text("x")
-    with pytest.raises(ConfigError, match="unknown file type '.xlsx'"):
+    with pytest.raises(ConfigError, match=r"unknown file type '.xlsx'"):
         load_source("text", str(tmp_path / "t.xlsx"))
     import datasets
 
@@ -143,7 +143,9 @@ def test_text_for_a_model_without_a_tokenizer_is_refused(word_table: Path) -> No
             "finetune": {"tasks": [{"name": "t", "source": "text", "path": str(word_table)}]},
         }
     )
-    with pytest.raises(ConfigError, match=r"finetune.tasks\[0\].source: 'text' gives text examples, which model.arch=mlp"):
+    with pytest.raises(
+        ConfigError, match=r"finetune.tasks\[0\].source: 'text' gives text examples, which model.arch=mlp"
+    ):
         build_tasks(cfg)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+
 from research.data.inputs import Inputs, count, take
 
 

@@ -88,7 +88,10 @@ def compact(x: Inputs) -> Inputs:
     length = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
     if length == mask.shape[1]:
         return x
-    return {key: value[:, :length] if value.dim() >= 2 and value.shape[1] == mask.shape[1] else value for key, value in x.items()}
+    return {
+        key: value[:, :length] if value.dim() >= 2 and value.shape[1] == mask.shape[1] else value
+        for key, value in x.items()
+    }
 
 
 def flatten(x: Inputs, prefix: str) -> dict[str, Tensor]:

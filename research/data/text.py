@@ -94,7 +94,9 @@ def _read_table(path: str) -> tuple[pd.DataFrame, dict[str, list[str]]]:
             return pd.read_json(file, lines=True), {}
         return pd.read_parquet(file), {}
     except (ValueError, OSError, pd.errors.ParserError) as err:
-        raise ConfigError(f"text source {path}: cannot read it as {kind} ({' '.join(str(err).split())[:200]})") from None
+        raise ConfigError(
+            f"text source {path}: cannot read it as {kind} ({' '.join(str(err).split())[:200]})"
+        ) from None
 
 
 def _read_saved_dataset(folder: Path) -> tuple[pd.DataFrame, dict[str, list[str]]]:

@@ -214,10 +214,7 @@ def cannot_run(config: ExperimentConfig) -> str | None:
     method = method_class(config.method["name"])
     if method.needs_pretraining_data and not config.pretrain.tasks:
         return f"it needs pretraining data ({method.why_pretraining_data}), and the experiment has no pretrain.tasks"
-    # A record of the pretraining trajectory (SI's path integral); ``needs_pretraining_trajectory``: its old name.
-    if getattr(method, "records_in_pretraining", None) is not None or getattr(
-        method, "needs_pretraining_trajectory", False
-    ):
+    if method.records_in_pretraining is not None:  # it records the pretraining trajectory (SI's path integral)
         if config.pretrain.checkpoint:
             return "it needs the pretraining trajectory, which pretrain.checkpoint does not carry"
         if config.model.external:

@@ -66,6 +66,7 @@ class AGEM(Method):
     """
 
     name = "agem"
+    supports_ddp = True
     needs_pretraining_data = True
     why_pretraining_data = "its episodic memory holds pretraining examples"
     Config = AGEMConfig

@@ -145,6 +145,12 @@ class Method:
     # True for methods whose hooks are defined for a sequence of fine-tuning tasks: ``prepare`` then runs at the
     # start of every task, with ``ctx.task`` and ``ctx.task_index`` set to the task about to be trained.
     supports_sequences: ClassVar[bool] = False
+    # True for methods that are correct under DDP (train.strategy=ddp): every process prepares the same state
+    # (importances, anchors, buffers and memories computed from the same data with the same seeds), draws the
+    # same extra examples and takes its share of them, and the hooks see gradients already averaged. A method
+    # that changes what trains during a fit (LP-FT) is not: DDP fixes the set of synchronised parameters when
+    # it wraps the model.
+    supports_ddp: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

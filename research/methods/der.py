@@ -51,6 +51,7 @@ class DER(Method):
     """
 
     name = "der"
+    supports_ddp = True
     needs_pretraining_data = True
     why_pretraining_data = "its buffer holds pretraining examples and their logits"
     Config = DERConfig

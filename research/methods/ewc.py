@@ -46,6 +46,7 @@ class EWC(ImportanceAnchor):
     """
 
     name = "ewc"
+    supports_ddp = True
     needs_pretraining_data = True
     why_pretraining_data = "its Fisher information is estimated on the pretraining tasks"
     Config = EWCConfig

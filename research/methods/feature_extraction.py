@@ -21,6 +21,7 @@ class FeatureExtraction(Method):
     """
 
     name = "feature_extraction"
+    supports_ddp = True
     Config = FeatureExtractionConfig
     supports_sequences = True
     why_no_neutral = "freezing the backbone is the method itself"

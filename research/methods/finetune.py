@@ -20,6 +20,7 @@ class Finetune(Method):
     """
 
     name = "finetune"
+    supports_ddp = True
     Config = FinetuneConfig
     supports_sequences = True
     neutral = {}  # it is the reference itself

@@ -41,6 +41,7 @@ class Joint(Method):
     """
 
     name = "joint"
+    supports_ddp = True
     needs_pretraining_data = True
     why_pretraining_data = "it trains on the pretraining data alongside the new task"
     Config = JointConfig

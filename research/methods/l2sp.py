@@ -34,6 +34,7 @@ class L2SP(Method):
     """
 
     name = "l2sp"
+    supports_ddp = True
     Config = L2SPConfig
     neutral = {"alpha": 0.0, "beta": 0.0}
     config: L2SPConfig

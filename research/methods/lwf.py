@@ -49,6 +49,7 @@ class LwF(Method):
     """
 
     name = "lwf"
+    supports_ddp = True
     needs_pretraining_data = True
     why_pretraining_data = "it distils the pretraining tasks' heads"
     Config = LwFConfig

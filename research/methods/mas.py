@@ -126,6 +126,7 @@ class MAS(ImportanceAnchor):
     """
 
     name = "mas"
+    supports_ddp = True
     needs_pretraining_data = True
     why_pretraining_data = "its importance is estimated on the pretraining tasks' inputs"
     Config = MASConfig

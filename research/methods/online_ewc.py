@@ -46,6 +46,7 @@ class OnlineEWC(ImportanceAnchor):
     """
 
     name = "online_ewc"
+    supports_ddp = True
     needs_pretraining_data = True
     why_pretraining_data = "its Fisher information is estimated on the pretraining tasks"
     Config = OnlineEWCConfig

@@ -24,6 +24,7 @@ class Partial(Method):
     """
 
     name = "partial"
+    supports_ddp = True
     Config = PartialConfig
     supports_sequences = True
     why_no_neutral = "the number of blocks that makes it full fine-tuning depends on the model"

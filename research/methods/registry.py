@@ -99,6 +99,14 @@ def describe_methods() -> list[dict[str, Any]]:
                 "summary": " ".join(first_paragraph.split()),
                 "params": params,
                 "sequences": cls.supports_sequences,
+                "ddp": cls.supports_ddp,
+                "needs": (
+                    "the pretraining trajectory (not from a checkpoint or a model loaded from outside)"
+                    if cls.records_in_pretraining is not None
+                    else "pretraining data: " + cls.why_pretraining_data
+                    if cls.needs_pretraining_data
+                    else ""
+                ),
             }
         )
     return rows

@@ -35,6 +35,7 @@ class Replay(Method):
     """
 
     name = "replay"
+    supports_ddp = True
     needs_pretraining_data = True
     why_pretraining_data = "its buffer holds pretraining examples"
     Config = ReplayConfig

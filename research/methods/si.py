@@ -49,6 +49,7 @@ class SI(ImportanceAnchor):
     """
 
     name = "si"
+    supports_ddp = True
     needs_pretraining_data = True
     why_pretraining_data = "its importance is the path integral of pretraining"
     Config = SIConfig

@@ -48,6 +48,7 @@ class WiSEFT(Method):
     """
 
     name = "wise_ft"
+    supports_ddp = True
     Config = WiSEFTConfig
     config: WiSEFTConfig
     neutral = {}  # training is plain fine-tuning; the sweep only adds measurements after it

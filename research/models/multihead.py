@@ -14,8 +14,8 @@ class MultiHeadNet(nn.Module):
 
     The backbone maps a batch of inputs (a tensor, or a mapping of tensors such as a tokenizer's output) to
     features; its "blocks" (``blocks()``, bottom to top; research.models.adapters) are what partial unfreezing and
-    layer-wise learning rates count from the top. Heads live in a ``ModuleDict`` keyed by head name: one per task for the
-    per-task layout, or a single ``"shared"`` head over all classes.
+    layer-wise learning rates count from the top. Heads live in a ``ModuleDict`` keyed by head name: one per task
+    for the per-task layout, or a single ``"shared"`` head over all classes.
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
@@ -88,7 +88,11 @@ class MultiHeadNet(nn.Module):
     def parameter_blocks(self) -> dict[str, str]:
         """Each parameter's block: ``backbone.<block name>`` (``backbone.0``, ``backbone.layer_3``) or
         ``heads.<head>``, the units weight drift is reported in."""
-        owner = {id(p): f"backbone.{name}" for name, b in zip(self.block_names(), self.blocks()) for p in b.parameters()}
+        owner = {
+            id(p): f"backbone.{name}"
+            for name, b in zip(self.block_names(), self.blocks(), strict=True)
+            for p in b.parameters()
+        }
         return {n: owner.get(id(p), ".".join(n.split(".")[:2])) for n, p in self.named_parameters()}
 
     def head_sizes(self) -> dict[str, int]:

@@ -5,6 +5,7 @@ Nothing here unpickles arbitrary objects, so a pickle disguised as a checkpoint 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -54,8 +55,13 @@ def _load_failure(err: Exception) -> str:
     advises loading with ``weights_only=False``, exactly what must not happen to an untrusted file)."""
     if isinstance(err, EOFError):
         return "the file is empty or truncated"
+    text = str(err)
+    # torch names what it refused after "WeightsUnpickler error:", inside the paragraph of advice.
+    reason = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", text)
+    if reason:
+        return " ".join(reason.group(1).split())[:200]
     boilerplate = ("Weights only load failed", "Check the documentation of torch.load")
-    paragraphs = [p for p in str(err).split("\n\n") if p.strip() and not p.strip().startswith(boilerplate)]
+    paragraphs = [p for p in text.split("\n\n") if p.strip() and not p.strip().startswith(boilerplate)]
     return " ".join(" ".join(paragraphs).split())[:200] or type(err).__name__
 
 

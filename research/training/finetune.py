@@ -130,6 +130,7 @@ class Checkpointing:
     run_id: str
     resume: dict[str, Any] | None = None
     commit: str | None = None  # the code's git commit, kept in each checkpoint
+    save: bool = True  # False in a DDP run's further processes: rank 0 saves
 
 
 def run_finetune(
@@ -248,7 +249,8 @@ class FinetuneStage:
             resume_skip=updates_into_epoch * accumulate,
         )
         callbacks: list[L.Callback] = [self.evaluator]  # evaluations first: a checkpoint holds its step's scores
-        if self.checkpointing is not None and (cfg.checkpoint.every_n_steps or cfg.checkpoint.every_n_seconds):
+        saving = self.checkpointing is not None and self.checkpointing.save
+        if saving and (cfg.checkpoint.every_n_steps or cfg.checkpoint.every_n_seconds):
             callbacks.append(_Saver(self, index, done, total))
         # What is left of the task: the epochs from the one the checkpoint fell in, and the remaining steps.
         remaining = cfg.train.model_copy(

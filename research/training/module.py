@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from research.config import OptimConfig
-from research.data.inputs import compact, concat, example_shape
+from research.data.inputs import compact, concat, example_shape, take
 from research.methods.base import FinetuneContext, HeadBatch, Method, TrainStep, split_by_head
 from research.models.multihead import MultiHeadNet
 
@@ -126,6 +126,8 @@ class ClassifierModule(L.LightningModule):
         batches = split_by_head(self.heads, x, y, head_ids)
         if self.method is not None:
             batches += self.method.extra_batches(len(y))
+        if self.trainer.world_size > 1:
+            batches = self._share(batches)
         logits = self._forward(batches)
         losses: list[Tensor] = []  # summed per batch; only needed when several batches are mixed
         if len(batches) == 1:  # the common case, kept to the same ops as a plain training loop
@@ -141,15 +143,19 @@ class ClassifierModule(L.LightningModule):
         logging_step = (self.steps_before + step) % self.log_every_n_steps == 0
         if group > 1:  # scalars of an accumulated update: the mean over its batches, recorded at its last one
             scalars = self._scalars(loss, task_loss, terms, batches, losses) if logging_step else {}
-            self._pending = {n: self._pending.get(n, 0) + v / group for n, v in scalars.items()} if not first else {
-                n: v / group for n, v in scalars.items()
-            }
+            self._pending = (
+                {n: self._pending.get(n, 0) + v / group for n, v in scalars.items()}
+                if not first
+                else {n: v / group for n, v in scalars.items()}
+            )
         if logging_step and last:
-            value = float(loss.detach())
+            scalars = self._reduced(
+                self._pending if group > 1 else self._scalars(loss, task_loss, terms, batches, losses)
+            )
+            value = float(scalars["loss"])
             if not math.isfinite(value):
                 raise FloatingPointError(f"training diverged: loss {value} at step {step}")
             if self.scalar_sink is not None:
-                scalars = self._pending if group > 1 else self._scalars(loss, task_loss, terms, batches, losses)
                 self.scalar_sink(step, scalars)
 
         optimizer = self.optimizers()
@@ -169,6 +175,21 @@ class ClassifierModule(L.LightningModule):
         if self.method is not None:
             self.method.after_step(self.model, step)  # e.g. SI accumulates its path integral here
         return loss
+
+    def _share(self, batches: list[HeadBatch]) -> list[HeadBatch]:
+        """This process's share of every batch under DDP: examples rank, rank + world, … of the global batch
+        (the new examples and the method's extra ones, which every process draws alike). The gradients DDP
+        averages are then those of the global batch, exactly when the shares are equal in size."""
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        share = slice(rank, None, world)
+        shared = [HeadBatch(b.head, take(b.x, share), b.y[share], b.source) for b in batches]
+        return [b for i, b in enumerate(shared) if i == 0 or len(b.y)]  # a small extra batch may leave none here
+
+    def _reduced(self, scalars: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Training scalars averaged over the processes (logging steps only): those of the global batch."""
+        if self.trainer.world_size == 1:
+            return scalars
+        return {name: self.trainer.strategy.reduce(value, reduce_op="mean") for name, value in scalars.items()}
 
     def _scalars(
         self,

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from research.config import ExperimentConfig, stable_hash
 from research.data.batches import TensorBatches
-from research.data.inputs import concat
 from research.data.fingerprint import task_fingerprints
+from research.data.inputs import concat
 from research.data.tasks import TaskSet
 from research.errors import RunFailed
 from research.evaluation.evaluator import eval_sets, score
@@ -49,7 +49,6 @@ from research.training.module import ClassifierModule
 from research.training.trainer import make_trainer
 
 
-
 @dataclass
 class Pretrained:
     state: dict[str, Tensor]
@@ -63,7 +62,17 @@ class Pretrained:
 
 
 # Library versions that change the data or the training numerics; a new version means a new cache entry.
-KEY_PACKAGES = ("torch", "lightning", "numpy", "scikit-learn", "scipy", "mnist1d", "forgetting-lab", "transformers", "timm")
+KEY_PACKAGES = (
+    "torch",
+    "lightning",
+    "numpy",
+    "scikit-learn",
+    "scipy",
+    "mnist1d",
+    "forgetting-lab",
+    "transformers",
+    "timm",
+)
 
 
 def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
@@ -167,7 +176,10 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
     tmp.mkdir(parents=True)
     save_weights(model.heads if external else model, tmp / WEIGHTS_FILE, prefix="heads." if external else "")
     for name, recorder in recorders.items():
-        save_file({k: v.detach().cpu().contiguous() for k, v in recorder.state_dict().items()}, str(tmp / f"{name}.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in recorder.state_dict().items()},
+            str(tmp / f"{name}.safetensors"),
+        )
     manifest = {
         "key": key,
         "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],

@@ -26,6 +26,7 @@ from research.data.fingerprint import content_fingerprints
 from research.data.tasks import TaskSet, build_tasks
 from research.errors import ConfigError, RunBusy, RunFailed
 from research.methods import build_method
+from research.models.adapters import adapter
 from research.store import (
     exclusive_lock,
     git_commit,
@@ -42,6 +43,15 @@ from research.tracking import Tracker, tracked_name
 from research.training.finetune import Checkpointing, FinetuneOutcome, finetune_model, run_finetune
 from research.training.pretrain import Pretrained, check_checkpoint, pretrained_weights
 from research.training.resume import load_checkpoint, remove_checkpoint
+
+# Set by `research run`. A DDP run's further processes are started by Lightning running the very command that
+# started the first one again; a run started from Python (a notebook, a grid worker) has no such command.
+FROM_COMMAND_LINE = False
+
+
+def distributed_rank() -> int:
+    """This process's rank in a DDP run (0 in a process Lightning did not start, and in the first one)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if os.environ.get("WORLD_SIZE") else 0
 
 
 @dataclass
@@ -68,6 +78,7 @@ def check(cfg: ExperimentConfig) -> TaskSet:
             raise ConfigError(
                 f"{where}.precision: 16-mixed needs a GPU (CPU autocast has no float16); valid here: 32, bf16-mixed"
             )
+    adapter(cfg.model.arch).check(cfg.model)  # the model can be found: a directory, a name, a factory
     method = build_method(cfg.method)
     if method.records_in_pretraining is not None and cfg.pretrain.checkpoint:
         raise ConfigError(
@@ -89,6 +100,21 @@ def check(cfg: ExperimentConfig) -> TaskSet:
             f"model.arch={cfg.model.arch} run has no pretrain.tasks; add some (their heads are trained on the loaded "
             f"model's frozen features) or choose a method that needs none: {', '.join(free)}"
         )
+    if cfg.train.strategy == "ddp":
+        from research.methods import method_class, method_names
+
+        if not method.supports_ddp:
+            safe = [n for n in method_names() if method_class(n).supports_ddp]
+            raise ConfigError(
+                f"train.strategy: method {method.name} is not correct under ddp (what it trains changes during a fit, "
+                f"which DDP cannot follow); methods that are: {', '.join(safe)}"
+            )
+        if not FROM_COMMAND_LINE:
+            raise ConfigError(
+                "train.strategy: ddp runs start from the command line (`research run CONFIG train.strategy=ddp "
+                "train.devices=N`): Lightning starts each further process by running that command again, which a "
+                "run started from Python or a grid worker does not have"
+            )
     if len(cfg.finetune.tasks) > 1 and not method.supports_sequences:
         from research.methods import method_class, method_names
 
@@ -117,6 +143,8 @@ def run(cfg: ExperimentConfig, force: bool = False, wait: bool = True) -> RunRes
     tasks = check(cfg)
     rid = run_id(cfg, content_fingerprints(cfg))
     run_dir = Path(cfg.out) / rid
+    if distributed_rank() > 0:
+        return _run_distributed_worker(cfg, tasks, rid, run_dir, force)
     with exclusive_lock(run_lock_path(Path(cfg.out), rid), wait=wait):
         if is_completed(run_dir) and not force:
             return RunResult(rid, run_dir, read_summary(run_dir) or {}, skipped=True)
@@ -266,6 +294,21 @@ def _run_locked(
     write_json(run_dir / "summary.json", summary)
     remove_checkpoint(run_dir)  # after the summary: a kill in between leaves a completed run, never a lost one
     return RunResult(rid, run_dir, summary)
+
+
+def _run_distributed_worker(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, force: bool) -> RunResult:
+    """One of a DDP run's further processes: the same fine-tuning on its share of every batch, from the same
+    checkpoint as rank 0 when it resumes, writing nothing (rank 0 holds the run directory's lock, writes the run
+    store and W&B, and saves the checkpoints)."""
+    resume = None if force else load_checkpoint(run_dir, rid)
+    pretrained = pretrained_weights(cfg, tasks)  # rank 0 pretrained (or found the cache) before it started us
+    tracker = Tracker("disabled", run_dir, cfg.logging.project, rid, {}, job_type="", tags=[])
+    checkpointing = Checkpointing(run_dir, rid, resume, save=False)
+    outcome = FinetuneOutcome()
+    run_finetune(
+        cfg, tasks, build_method(cfg.method), pretrained.state, tracker, outcome, pretrained.records, checkpointing
+    )
+    return RunResult(rid, run_dir, {"status": "worker", "rank": distributed_rank()}, skipped=True)
 
 
 def replay_history(tracker: Tracker, records: list[dict[str, Any]], drift: list[dict[str, Any]]) -> None:

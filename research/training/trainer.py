@@ -6,6 +6,7 @@ import logging
 import warnings
 
 import lightning as L
+from lightning.pytorch.strategies import DDPStrategy
 
 from research.config import OptimConfig
 
@@ -21,7 +22,12 @@ def make_trainer(optim: OptimConfig, device: str, progress: bool, callbacks: lis
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     # torch.func's per-example loop for attention kernels without a batching rule (Fisher, MAS on transformers).
     warnings.filterwarnings("ignore", message=".*There is a performance drop because we have not yet implemented.*")
+    strategy: str | DDPStrategy = "auto"
+    if optim.strategy == "ddp":
+        # Unused trainable parameters (a head with no example in some step) must not stall the gradient sync.
+        strategy = DDPStrategy(find_unused_parameters=True)  # gloo on CPUs, nccl on GPUs
     return L.Trainer(
+        strategy=strategy,
         max_epochs=optim.epochs,
         max_steps=optim.max_steps or -1,
         accelerator=device,

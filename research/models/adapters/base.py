@@ -89,7 +89,9 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
     if not name or not isinstance(name, str):
         raise TypeError(f"{cls.__qualname__} must set a class attribute 'name'")
     if name in _ADAPTERS and _ADAPTERS[name] is not cls:
-        raise ValueError(f"adapter name '{name}' is registered twice ({_ADAPTERS[name].__module__} and {cls.__module__})")
+        raise ValueError(
+            f"adapter name '{name}' is registered twice ({_ADAPTERS[name].__module__} and {cls.__module__})"
+        )
     _ADAPTERS[name] = cls
     return cls
 

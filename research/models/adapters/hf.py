@@ -149,10 +149,23 @@ def _transformer_layers(encoder: nn.Module) -> list[nn.Module]:
     )
 
 
-def default_pooling(source: str, config: Any) -> str:
+def _pooling_file(source: str, revision: str | None) -> Path | None:
+    """A sentence-transformers pooling configuration: in a local directory, or a hub model's file in the local
+    hub cache (downloaded only when the hub is reachable and HF_HUB_OFFLINE is not set)."""
+    if Path(source).is_dir():
+        return Path(source) / "1_Pooling" / "config.json"
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(source, "1_Pooling/config.json", revision=revision))
+    except Exception:  # noqa: BLE001 - no such file, offline, or not a hub id: the card says nothing
+        return None
+
+
+def default_pooling(source: str, config: Any, revision: str | None = None) -> str:
     """The pooling the model card prescribes (see the module docstring)."""
-    pooling_file = Path(source) / "1_Pooling" / "config.json"
-    if pooling_file.is_file():
+    pooling_file = _pooling_file(source, revision)
+    if pooling_file is not None and pooling_file.is_file():
         try:
             modes = json.loads(pooling_file.read_text())
         except (OSError, ValueError):
@@ -193,7 +206,7 @@ class HFAdapter(Adapter):
         return _load("configuration", AutoConfig, model_source(cfg), cfg)
 
     def pooling(self, cfg: ModelConfig) -> str:
-        return cfg.pooling or default_pooling(model_source(cfg), self._config(cfg))
+        return cfg.pooling or default_pooling(model_source(cfg), self._config(cfg), cfg.revision)
 
     def build(self, cfg: ModelConfig, input_shape: tuple[int, ...] | None) -> tuple[nn.Module, int]:
         from transformers import AutoModel
@@ -202,8 +215,8 @@ class HFAdapter(Adapter):
         source = model_source(cfg)
         pooling = self.pooling(cfg)
         verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()  # "Loading weights" bars on every build, in every grid worker's log  # "some weights were not used" for a pooler we drop anyway
+        hf_logging.set_verbosity_error()  # "some weights were not used" for a pooler we drop anyway
+        hf_logging.disable_progress_bar()  # "Loading weights" bars on every build, in every grid worker's log
         try:
             # Weights the checkpoint lacks are initialised from the global RNG: a fixed stream, not the run's.
             with torch.random.fork_rng(devices=[]):

@@ -203,15 +203,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import importlib
-
     from research.config import load_config
     from research.training import run
 
-    runner = importlib.import_module("research.training.run")  # the module (research.training.run is the function)
     cfg = load_config(args.config, args.overrides)
-    runner.FROM_COMMAND_LINE = True  # DDP's further processes are this very command, started again by Lightning
-    result = run(cfg, force=args.force)
+    # command_line: DDP's further processes are this very command, started again by Lightning.
+    result = run(cfg, force=args.force, command_line=True)
     if result.summary.get("status") == "worker":  # one of DDP's further processes: rank 0 reports the run
         return 0
     if result.skipped:

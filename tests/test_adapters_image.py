@@ -13,6 +13,7 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
+from helpers import prepare_method
 from safetensors.torch import save_file
 from torch import nn
 
@@ -56,6 +57,34 @@ def without_classifier(arch: str, model: nn.Module) -> nn.Module:
     else:
         model.fc = nn.Identity()
     return model.eval()
+
+
+def family_data_config(arch: str, name: str) -> dict:
+    """The model's preprocessing as its family states it: timm's data config, torchvision's DEFAULT weights'
+    transforms."""
+    if arch == "timm":
+        return timm.data.resolve_model_data_config(timm.create_model(name, pretrained=False, num_classes=0))
+    transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    return {
+        "input_size": (3, transforms.crop_size[0], transforms.crop_size[-1]),
+        "mean": tuple(transforms.mean),
+        "std": tuple(transforms.std),
+        "interpolation": transforms.interpolation.value,
+    }
+
+
+def reference_inputs(arch: str, name: str, raw: np.ndarray) -> torch.Tensor:
+    """The model's inputs as tasks once stored them: each image resized to the input size (antialiased), grey
+    replicated to 3 channels, then normalised per channel."""
+    data = family_data_config(arch, name)
+    assert data["interpolation"] in ("bilinear", "bicubic")
+    resized = F.interpolate(
+        torch.from_numpy(raw), size=data["input_size"][1:], mode=data["interpolation"], antialias=True,
+        align_corners=False,
+    )  # fmt: skip
+    mean = torch.tensor(data["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(data["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    return (resized.expand(-1, 3, -1, -1) - mean) / std
 
 
 # --------------------------------------------------------------------------------------------- features, blocks
@@ -131,37 +160,59 @@ def test_torchvision_keeps_the_layers_before_the_final_linear() -> None:
     assert block_names_of(backbone)[-1] == "head"
 
 
+@pytest.mark.parametrize(("arch", "name"), [("timm", "test_resnet"), ("torchvision", "mobilenet_v3_small")])
+def test_random_initialisation_is_the_same_model_every_build(arch: str, name: str) -> None:
+    """The pretraining stage caches heads trained on the backbone's features, and fine-tuning rebuilds the
+    backbone: both builds must give the same weights, whatever the global RNG, which they leave alone."""
+    torch.manual_seed(123)
+    first = adapter(arch).build(model_cfg(arch, name), None)[0].state_dict()
+    after = torch.random.get_rng_state()
+    torch.manual_seed(456)
+    second = adapter(arch).build(model_cfg(arch, name), None)[0].state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    torch.manual_seed(123)
+    assert torch.equal(torch.random.get_rng_state(), after)
+
+    random_print = adapter(arch).fingerprint(model_cfg(arch, name))["model"]
+    assert name in random_print and "random init" in random_print
+    pretrained_print = adapter(arch).fingerprint(ModelConfig(arch=arch, name=name))["model"]
+    assert pretrained_print != random_print and ("timm/" in pretrained_print or ".pth" in pretrained_print)
+
+
 # --------------------------------------------------------------------------------------------- preprocessing
 
 
 def test_timm_preprocessing_follows_its_data_config() -> None:
     cfg = model_cfg("timm", "test_vit")
     encoder = adapter("timm").input_encoder(cfg)
-    data = timm.data.resolve_model_data_config(timm.create_model("test_vit", pretrained=False, num_classes=0))
+    data = family_data_config("timm", "test_vit")
     assert encoder.kinds == ("array",)
     assert encoder.identity["input_size"] == list(data["input_size"])
     assert encoder.identity["mean"] == list(data["mean"]) and encoder.identity["std"] == list(data["std"])
     assert encoder.identity["interpolation"] == data["interpolation"] == "bicubic"
+    assert encoder.identity["resize"] == "bicubic antialiased"
 
+    # Stored at the image's own size: grey replicated to 3 channels, each channel (v - mean) / std.
     x = digits_batch(4)
     out = encoder.encode(x)
-    height, width = data["input_size"][1:]
-    assert out.shape == (4, 3, height, width) and out.dtype == torch.float32
-    # By hand: a uniform grey image stays uniform through any resize; each channel is then (v - mean) / std.
-    flat = np.full((1, 1, 8, 8), 0.25, dtype=np.float32)
-    pixel = encoder.encode(flat)[0, :, 17, 101]
-    expected = [(0.25 - m) / s for m, s in zip(data["mean"], data["std"], strict=True)]
-    torch.testing.assert_close(pixel, torch.tensor(expected), rtol=0, atol=1e-6)
-    # A real digit: the grey channel resized bicubically (antialiased), replicated, normalised per channel.
-    resized = F.interpolate(
-        torch.from_numpy(x), size=(height, width), mode="bicubic", antialias=True, align_corners=False
-    )
+    assert out.shape == (4, 3, 8, 8) and out.dtype == torch.float32
     for c in range(3):
-        torch.testing.assert_close(out[:, c], (resized[:, 0] - data["mean"][c]) / data["std"][c])
+        torch.testing.assert_close(out[:, c], (torch.from_numpy(x[:, 0]) - data["mean"][c]) / data["std"][c])
+    # The backbone resizes to the input size; a uniform grey image stays uniform through any resize.
+    backbone, _ = adapter("timm").build(cfg, None)
+    height, width = data["input_size"][1:]
+    flat = np.full((1, 1, 8, 8), 0.25, dtype=np.float32)
+    resized = backbone.image.resize(encoder.encode(flat))
+    assert resized.shape == (1, 3, height, width)
+    expected = [(0.25 - m) / s for m, s in zip(data["mean"], data["std"], strict=True)]
+    torch.testing.assert_close(resized[0, :, 17, 101], torch.tensor(expected), rtol=0, atol=1e-6)
+    # A real digit: as the grey channel resized bicubically (antialiased), replicated, normalised per channel.
+    torch.testing.assert_close(backbone.image.resize(out), reference_inputs("timm", "test_vit", x), rtol=0, atol=1e-5)
 
 
 def test_torchvision_preprocessing_follows_its_weights_transforms() -> None:
-    encoder = adapter("torchvision").input_encoder(model_cfg("torchvision", "resnet18"))
+    cfg = model_cfg("torchvision", "resnet18")
+    encoder = adapter("torchvision").input_encoder(cfg)
     transforms = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
     assert encoder.identity["input_size"] == [3, transforms.crop_size[0], transforms.crop_size[-1]] == [3, 224, 224]
     assert encoder.identity["mean"] == pytest.approx(transforms.mean)
@@ -169,22 +220,95 @@ def test_torchvision_preprocessing_follows_its_weights_transforms() -> None:
     assert encoder.identity["interpolation"] == transforms.interpolation.value == "bilinear"
 
     out = encoder.encode(digits_batch(2))
-    assert out.shape == (2, 3, 224, 224)
+    assert out.shape == (2, 3, 8, 8)
+    backbone, _ = adapter("torchvision").build(cfg, None)
+    assert backbone.image.resize(out).shape == (2, 3, 224, 224)
     flat = np.ones((1, 1, 8, 8), dtype=np.float32)
-    pixel = encoder.encode(flat)[0, :, 0, 223]
+    pixel = backbone.image.resize(encoder.encode(flat))[0, :, 0, 223]
     torch.testing.assert_close(pixel, torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
 
 
 def test_colour_images_are_resized_per_channel_and_signals_refused() -> None:
-    encoder = adapter("timm").input_encoder(model_cfg("timm", "test_resnet"))
+    cfg = model_cfg("timm", "test_resnet")
+    encoder = adapter("timm").input_encoder(cfg)
+    backbone, _ = adapter("timm").build(cfg, None)
     rgb = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
     out = encoder.encode(rgb)
+    torch.testing.assert_close(out, (torch.from_numpy(rgb) - 0.5) / 0.5)
     resized = F.interpolate(
         torch.from_numpy(rgb), size=(160, 160), mode="bilinear", antialias=True, align_corners=False
     )
-    torch.testing.assert_close(out, (resized - 0.5) / 0.5)
+    torch.testing.assert_close(backbone.image.resize(out), (resized - 0.5) / 0.5, rtol=0, atol=1e-5)
     with pytest.raises(ConfigError, match=r"model.arch=timm: takes images .* shaped \(40,\)"):
         encoder.encode(np.zeros((2, 40), dtype=np.float32))
+
+
+@pytest.mark.parametrize(("arch", "name"), [("timm", "test_vit"), ("timm", "test_resnet"), ("torchvision", "resnet18")])
+def test_normalising_then_resizing_is_resizing_then_normalising(arch: str, name: str) -> None:
+    """What the encoder stores and the backbone resizes is what resizing at storage gave: interpolation weights
+    sum to 1, so the per-channel normalisation commutes with the resize (to float rounding; nothing clamped, so
+    bicubic overshoot stays as it was)."""
+    cfg = model_cfg(arch, name)
+    raw = np.random.default_rng(3).random((3, 1, 8, 8), dtype=np.float32)
+    raw[0] = (raw[0] > 0.5).astype(np.float32)  # hard edges: bicubic overshoots [0, 1]
+    backbone, _ = adapter(arch).build(cfg, None)
+    now = backbone.image.resize(adapter(arch).input_encoder(cfg).encode(raw))
+    before = reference_inputs(arch, name, raw)
+    assert now.shape == before.shape == (3, *family_data_config(arch, name)["input_size"])
+    torch.testing.assert_close(now, before, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("arch", "name"), MODELS)
+def test_features_of_a_raw_image_are_those_of_resizing_at_storage(arch: str, name: str) -> None:
+    """The backbone on the stored (normalised, unresized) images gives the features the model gave on images
+    resized and normalised when tasks were built."""
+    cfg = model_cfg(arch, name)
+    raw = digits_batch(3, seed=5)
+    backbone, _ = adapter(arch).build(cfg, None)
+    backbone.eval()
+    with torch.no_grad():
+        now = backbone(adapter(arch).input_encoder(cfg).encode(raw))
+        before = backbone.model(reference_inputs(arch, name, raw))
+    torch.testing.assert_close(now, before, rtol=1e-4, atol=1e-5)
+
+
+def test_stored_images_keep_their_own_size() -> None:
+    """A stored 8×8 digit is 3×8×8 float32 (768 bytes), not 3×224×224 (602,112 bytes)."""
+    encoder = adapter("torchvision").input_encoder(model_cfg("torchvision", "resnet18"))
+    out = encoder.encode(digits_batch(5))
+    assert out.is_contiguous() and out.untyped_storage().nbytes() == 5 * 3 * 8 * 8 * 4
+
+
+def test_the_resize_runs_under_vmap_as_in_a_plain_loop() -> None:
+    """EWC's Fisher runs the model one example at a time under torch.func.vmap (each call sees a batch of one):
+    the backbone's resize must run there, and agree with a plain loop."""
+    from torch.func import vmap
+
+    from research.methods.base import HeadBatch
+    from research.methods.fisher import fisher_diagonal
+
+    cfg = model_cfg("timm", "test_resnet")
+    x = adapter("timm").input_encoder(cfg).encode(digits_batch(2, seed=7))
+    model = build_model(cfg, tuple(x.shape[1:]), {"d": 3}).eval()
+    with torch.no_grad():
+        mapped = vmap(lambda e: model.backbone(e.unsqueeze(0)).squeeze(0))(x)
+        looped = torch.cat([model.backbone(x[i : i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(mapped, looped, rtol=1e-4, atol=1e-5)
+
+    # The exact Fisher of the stem's convolution (the per-example Jacobian route, under vmap) and of the head
+    # (the closed form), against Σ_n Σ_y p(y|x_n) g_y(x_n)² by a plain loop of backward passes.
+    names = ["backbone.model.conv1.0.weight", "heads.d.weight"]
+    fisher = fisher_diagonal(model, [HeadBatch("d", x, torch.zeros(2, dtype=torch.long))], names, "exact")
+    params = dict(model.named_parameters())
+    expected = {n: torch.zeros_like(params[n]) for n in names}
+    for i in range(len(x)):
+        log_probs = torch.log_softmax(model(x[i : i + 1], "d"), dim=-1)[0]
+        for y in range(3):
+            grads = torch.autograd.grad(log_probs[y], [params[n] for n in names], retain_graph=True)
+            for n, g in zip(names, grads, strict=True):
+                expected[n] += log_probs[y].exp().detach() * g.pow(2) / len(x)
+    for n in names:
+        torch.testing.assert_close(fisher[n], expected[n], rtol=1e-4, atol=1e-8)
 
 
 # --------------------------------------------------------------------------------------------- weights files
@@ -207,7 +331,7 @@ def test_a_weights_file_gives_the_features_of_its_model(arch: str, name: str, ki
     x = family.input_encoder(cfg).encode(digits_batch(2))
     with torch.no_grad():
         loaded = backbone.eval()(x)
-        expected = without_classifier(arch, source)(x)
+        expected = without_classifier(arch, source)(reference_inputs(arch, name, digits_batch(2)))
         fresh = family.build(model_cfg(arch, name), None)[0].eval()(x)
     assert loaded.shape == (2, dim)
     torch.testing.assert_close(loaded, expected)
@@ -322,18 +446,40 @@ def test_pretrained_weights_offline_are_a_clear_config_error(arch: str, name: st
     assert "model.weights" in message and "model.pretrained=false" in message
 
 
+def test_a_timm_model_without_pretrained_weights_says_so() -> None:
+    with_weights = {n.partition(".")[0] for n in timm.list_pretrained()}
+    name = next(n for n in timm.list_models() if n not in with_weights)
+    with pytest.raises(ConfigError, match=rf"model.pretrained: timm has no pretrained weights for '{name}'"):
+        adapter("timm").build(ModelConfig(arch="timm", name=name), None)
+
+
+def test_torchvision_pretrained_weights_come_from_the_hub_cache_weights_only(offline: None, tmp_path: Path) -> None:
+    """Offline, DEFAULT weights already in torch.hub's cache load from there, weights-only: a cached file that
+    carries a pickle is refused unexecuted (torchvision's own loader would unpickle it)."""
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / Path(weights.url).name
+    cached.parent.mkdir(parents=True)
+    source = source_model("torchvision", "resnet18")
+    torch.save(source.state_dict(), cached)
+    backbone, _ = adapter("torchvision").build(ModelConfig(arch="torchvision", name="resnet18"), None)
+    x = torch.randn(2, 3, 224, 224)  # at the input size: the backbone's resize leaves it as it is
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.eval()(x), without_classifier("torchvision", source)(x))
+
+    marker = tmp_path / "ran"
+    torch.save({"conv1.weight": torch.zeros(1), "x": Payload(marker)}, cached)
+    with pytest.raises(ConfigError, match=r"model.pretrained: .* cannot be loaded safely"):
+        adapter("torchvision").build(ModelConfig(arch="torchvision", name="resnet18"), None)
+    assert not marker.exists()
+
+
 # --------------------------------------------------------------------------------------------- real runs
 
 
-@pytest.mark.parametrize(
-    "method",
-    [{"name": "finetune"}, {"name": "partial", "unfreeze_top_k": 1}, {"name": "l2sp"}],
-    ids=lambda m: m["name"],
-)
-def test_a_timm_model_runs_through_the_pipeline(method: dict, tmp_path: Path) -> None:
-    cfg = validate_config(
+def pipeline_cfg(arch: str, name: str, method: dict, out: Path):
+    return validate_config(
         {
-            "model": {"arch": "timm", "name": "test_resnet", "pretrained": False},
+            "model": {"arch": arch, "name": name, "pretrained": False},
             "pretrain": {"tasks": []},
             "finetune": {"tasks": [{"name": "d", "source": "digits", "classes": [0, 1]}]},
             "method": method,
@@ -341,12 +487,38 @@ def test_a_timm_model_runs_through_the_pipeline(method: dict, tmp_path: Path) ->
             "eval": {"every_n_steps": 2, "max_samples": 16},
             "logging": {"wandb": "disabled", "progress": False},
             "device": "cpu",
-            "out": str(tmp_path),
+            "out": str(out),
         }
     )
+
+
+def test_partial_fine_tuning_trains_the_top_timm_block_only(tmp_path: Path) -> None:
+    cfg = pipeline_cfg("timm", "test_resnet", {"name": "partial", "unfreeze_top_k": 1}, tmp_path)
+    _, model, _, _ = prepare_method(cfg)
+    trainable = {n.split(".")[1] for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable == {"layer4"}
+    assert all(p.requires_grad for p in model.heads.parameters())
+
+
+@pytest.mark.parametrize(
+    ("arch", "name", "method"),
+    [
+        ("timm", "test_resnet", {"name": "finetune"}),
+        ("timm", "test_resnet", {"name": "partial", "unfreeze_top_k": 1}),
+        ("timm", "test_resnet", {"name": "l2sp"}),
+        ("torchvision", "mobilenet_v3_small", {"name": "partial", "unfreeze_top_k": 2}),
+    ],
+    ids=["timm-finetune", "timm-partial", "timm-l2sp", "torchvision-partial"],
+)
+def test_an_image_model_runs_through_the_pipeline(arch: str, name: str, method: dict, tmp_path: Path) -> None:
+    cfg = pipeline_cfg(arch, name, method, tmp_path)
     result = run(cfg)
     assert result.summary["status"] == "completed", result.summary.get("error")
-    assert result.summary["model"]["arch"] == "timm"
-    assert result.summary["model"]["blocks"] == ["conv1+bn1", "layer1", "layer2", "layer3", "layer4"]
-    assert result.summary["model"]["input"]["input_size"] == [3, 160, 160]
+    info = result.summary["model"]
+    assert info["arch"] == arch and info["name"] == name and info["weights"] == "random initialisation (seed 0)"
+    if arch == "timm":
+        assert info["blocks"] == ["conv1+bn1", "layer1", "layer2", "layer3", "layer4"]
+        assert info["input"]["input_size"] == [3, 160, 160]
+    else:
+        assert info["blocks"][-1] == "head" and info["input"]["input_size"] == [3, 224, 224]
     assert set(result.metrics.step) >= {0, 2, 3}

@@ -57,7 +57,7 @@ def _load_failure(err: Exception) -> str:
         return "the file is empty or truncated"
     text = str(err)
     # torch names what it refused after "WeightsUnpickler error:", inside the paragraph of advice.
-    reason = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", text)
+    reason = re.search(r"WeightsUnpickler error:\s*(\S.*?)(?: Please use|\n|$)", text)
     if reason:
         return " ".join(reason.group(1).split())[:200]
     boilerplate = ("Weights only load failed", "Check the documentation of torch.load")

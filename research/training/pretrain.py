@@ -24,12 +24,12 @@ from typing import Any
 import lightning as L
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from research.config import ExperimentConfig, stable_hash
 from research.data.batches import TensorBatches
 from research.data.fingerprint import task_fingerprints
-from research.data.inputs import concat
+from research.data.inputs import Inputs, compact, concat, count, take, to_device
 from research.data.tasks import TaskSet
 from research.errors import RunFailed
 from research.evaluation.evaluator import eval_sets, score
@@ -144,6 +144,24 @@ def pretrained_weights(cfg: ExperimentConfig, tasks: TaskSet) -> Pretrained:
     return Pretrained(state, manifest, cached, time.perf_counter() - started, entry, records)
 
 
+@torch.no_grad()  # not inference mode: the features are training data for the heads
+def frozen_features(model: MultiHeadNet, x: Inputs, batch_size: int, device: str) -> Tensor:
+    """The backbone's features of every example, in eval mode, on the training device when there is one."""
+    on = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    modes = {m: m.training for m in model.modules()}
+    model.eval().to(on)
+    try:
+        parts = [
+            model.features(compact(to_device(take(x, slice(i, i + batch_size)), on))).cpu()
+            for i in range(0, count(x), batch_size)
+        ]
+    finally:
+        model.cpu()
+        for module, training in modes.items():
+            module.training = training
+    return torch.cat(parts)
+
+
 def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Path) -> None:
     started = time.perf_counter()
     L.seed_everything(cfg.pretrain.seed, workers=True, verbose=False)
@@ -156,15 +174,22 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
     x = concat([t.splits["train"][0] for t in tasks.pretrain])
     y = torch.cat([t.splits["train"][1] for t in tasks.pretrain])
     head_ids = torch.cat([torch.full((len(t.splits["train"][1]),), heads.index(t.head)) for t in tasks.pretrain])
+    trained = model
+    if external:
+        # The frozen backbone in eval mode gives every example the same features in every epoch: compute them
+        # once and train the heads on them (one pass of the loaded model instead of one per epoch).
+        x = frozen_features(model, x, cfg.eval.batch_size, cfg.device)
+        trained = MultiHeadNet(nn.Identity(), model.feature_dim)
+        trained.heads = model.heads  # the same head modules: training them trains the model's
     batches = TensorBatches(x, y, head_ids, batch_size=cfg.pretrain.train.batch_size, seed=cfg.pretrain.seed)
-    recorders = {name: recorder(model) for name, recorder in pretraining_recorders().items()}
-    module = ClassifierModule(model, heads, cfg.pretrain.train, recorders=recorders)
+    recorders = {name: recorder(trained) for name, recorder in pretraining_recorders().items()}
+    module = ClassifierModule(trained, heads, cfg.pretrain.train, recorders=recorders)
     trainer = make_trainer(cfg.pretrain.train, cfg.device, cfg.logging.progress, [])
     try:
         trainer.fit(module, train_dataloaders=batches)
     except FloatingPointError as err:
         raise RunFailed(f"pretraining diverged ({err}); nothing was cached") from err
-    model = module.model.cpu()
+    model = model.cpu()
     broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
     if broken:  # never cache a diverged model as if it were a valid starting point
         raise RunFailed(f"pretraining diverged: non-finite weights in {broken[:3]}; nothing was cached")

@@ -44,10 +44,6 @@ from research.training.finetune import Checkpointing, FinetuneOutcome, finetune_
 from research.training.pretrain import Pretrained, check_checkpoint, pretrained_weights
 from research.training.resume import load_checkpoint, remove_checkpoint
 
-# Set by `research run`. A DDP run's further processes are started by Lightning running the very command that
-# started the first one again; a run started from Python (a notebook, a grid worker) has no such command.
-FROM_COMMAND_LINE = False
-
 
 def distributed_rank() -> int:
     """This process's rank in a DDP run (0 in a process Lightning did not start, and in the first one)."""
@@ -66,8 +62,10 @@ class RunResult:
         return pd.read_parquet(self.run_dir / "metrics.parquet")
 
 
-def check(cfg: ExperimentConfig) -> TaskSet:
-    """Everything that can fail because of the input, checked before anything is written."""
+def check(cfg: ExperimentConfig, command_line: bool = False) -> TaskSet:
+    """Everything that can fail because of the input, checked before anything is written. ``command_line``: the
+    run was started by `research run`, which a DDP run needs (Lightning starts each further process by running
+    that very command again; a run started from Python, a notebook or a grid worker has no such command)."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {cfg.out} exists and is not a directory")
@@ -109,7 +107,7 @@ def check(cfg: ExperimentConfig) -> TaskSet:
                 f"train.strategy: method {method.name} is not correct under ddp (what it trains changes during a fit, "
                 f"which DDP cannot follow); methods that are: {', '.join(safe)}"
             )
-        if not FROM_COMMAND_LINE:
+        if not command_line:
             raise ConfigError(
                 "train.strategy: ddp runs start from the command line (`research run CONFIG train.strategy=ddp "
                 "train.devices=N`): Lightning starts each further process by running that command again, which a "
@@ -133,14 +131,14 @@ def pretrain_only(cfg: ExperimentConfig) -> Pretrained:
     return pretrained_weights(cfg, check(cfg))
 
 
-def run(cfg: ExperimentConfig, force: bool = False, wait: bool = True) -> RunResult:
+def run(cfg: ExperimentConfig, force: bool = False, wait: bool = True, command_line: bool = False) -> RunResult:
     """Run one experiment, or skip it when a completed run with the same id exists (unless ``force``).
 
     One process at a time per run id: a second one waits for the lock, then finds the run completed and skips
     it. With ``wait=False`` it raises :class:`~research.errors.RunBusy` instead of waiting (a grid worker then
     does other runs first)."""
     started = time.perf_counter()
-    tasks = check(cfg)
+    tasks = check(cfg, command_line)
     rid = run_id(cfg, content_fingerprints(cfg))
     run_dir = Path(cfg.out) / rid
     if distributed_rank() > 0:

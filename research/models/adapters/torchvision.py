@@ -14,8 +14,12 @@ class token, position embedding), each encoder layer, the final LayerNorm.
 
 Inputs follow the DEFAULT weights' ``transforms()`` metadata (crop size, mean, std, interpolation) whether or
 not those weights are loaded, so one architecture always sees one preprocessing; ImageNet's mean and std at 224
-pixels for a model without weights. Images are resized straight to the crop size (no resize-then-crop, which
-would cut the borders of small whole images), grey replicated to 3 channels, then normalised.
+pixels for a model without weights. Grey images are replicated to 3 channels and normalised when tasks are
+built; each batch is resized straight to the crop size in the backbone's forward (no resize-then-crop, which
+would cut the borders of small whole images).
+
+What torchvision and timm share (weights files, block views, the image encoder and backbone) is in
+``research.models.adapters.images``; this file holds what is torchvision's own.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from torch import Tensor, nn
 from research.config import ModelConfig
 from research.errors import ConfigError
 from research.models.adapters.base import Adapter, InputEncoder, register_adapter
-from research.models.adapters.timm import (
+from research.models.adapters.images import (
     ImageBackbone,
+    ImageInput,
     hub_offline,
     image_encoder,
     load_weights,
@@ -63,9 +68,10 @@ class TorchvisionAdapter(Adapter):
         name = tv_name(cfg)
         file = weights_file(cfg)
         default = default_weights(name)
+        image = tv_input(name)
         # A ViT's position embedding is sized for its DEFAULT weights' resolution (vit_h_14: 518), which is also
-        # the resolution the encoder resizes to.
-        kwargs = {"image_size": data_config(name)["input_size"][-1]} if name.startswith("vit_") else {}
+        # the resolution the backbone resizes to.
+        kwargs = {"image_size": image.size[-1]} if name.startswith("vit_") else {}
         # Random weights from a fixed stream: the pretraining stage caches heads trained on this backbone's
         # features and fine-tuning rebuilds it, so two builds of one config must be the same model.
         with torch.random.fork_rng(devices=[]):
@@ -80,13 +86,12 @@ class TorchvisionAdapter(Adapter):
                     f"model.pretrained: torchvision has no pretrained weights for '{name}'; give model.weights or "
                     "set model.pretrained=false"
                 )
-            load_weights(model, download(name, default), str(default), [classifier])
+            load_weights(model, download(name, default), str(default), [classifier], key="model.pretrained")
         model.train()
-        return ImageBackbone(model, tv_groups(model), dim), dim
+        return ImageBackbone(model, tv_groups(model), dim, image), dim
 
     def input_encoder(self, cfg: ModelConfig) -> InputEncoder:
-        data = data_config(tv_name(cfg))
-        return image_encoder(self.name, data["input_size"], data["mean"], data["std"], data["interpolation"])
+        return image_encoder(tv_input(tv_name(cfg)))
 
     def fingerprint(self, cfg: ModelConfig) -> dict[str, str]:
         import torchvision
@@ -163,6 +168,11 @@ def data_config(name: str) -> dict[str, Any]:
     }
 
 
+def tv_input(name: str) -> ImageInput:
+    """The model's inputs by ``data_config``: what the encoder normalises with and the backbone resizes to."""
+    return ImageInput.of("torchvision", data_config(name))
+
+
 def download(name: str, weights: Any) -> dict[str, Tensor]:
     """The DEFAULT weights' state dict: from torch.hub's cache, else downloaded (hash checked); loaded
     weights-only either way, where torchvision's own loading would unpickle the file."""
@@ -178,7 +188,10 @@ def download(name: str, weights: Any) -> dict[str, Tensor]:
     except OSError as err:  # no network, DNS, HTTP errors (URLError is an OSError)
         raise unreachable_weights("torchvision", name, weights.url, err) from None
     except Exception as err:  # noqa: BLE001 - a corrupt or pickle-bearing download: refuse, never execute
-        raise ConfigError(f"model.pretrained: {cached} cannot be loaded safely (weights only): {err}") from None
+        from research.training.checkpoints import _load_failure
+
+        why = _load_failure(err)
+        raise ConfigError(f"model.pretrained: {cached} cannot be loaded safely (weights only): {why}") from None
 
 
 def _classifier_path(model: nn.Module) -> str:

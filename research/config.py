@@ -123,6 +123,11 @@ class DataConfig(Strict):
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     split_seed: Seed = 0
     mnist1d_samples: PositiveInt = 5000  # examples generated for the MNIST-1D source (before splitting)
+    # Image folders and text tables whose model inputs would take more memory than the budget are read from disk
+    # when needed instead of held in memory (research.data.stream); "always"/"never" decide for every such task.
+    stream: Literal["auto", "always", "never"] = "auto"
+    memory_budget_mb: PositiveFloat = 4096.0
+    workers: Annotated[int, Field(ge=0)] = 2  # DataLoader processes reading a streamed task's training batches
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:
@@ -487,6 +492,9 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 # Settings that change neither a run's numbers nor which rows it records, so are not part of its identity.
 NOT_IN_RUN_ID = (
     "out",
+    "data.stream",  # how data is held and read: streamed tasks give the very batches in-memory ones do
+    "data.memory_budget_mb",
+    "data.workers",
     "checkpoint",
     "logging.wandb",
     "logging.project",

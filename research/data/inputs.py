@@ -3,7 +3,9 @@
 
 Every piece of code that keeps, mixes, moves or slices inputs (batches, replay buffers, A-GEM's memory, joint
 training, Fisher and MAS per-example gradients, LwF's teacher, the evaluator) goes through these few helpers,
-so that it works on both shapes without knowing which it has.
+so that it works on both shapes without knowing which it has. A split too large for memory holds examples on
+disk instead (research.data.stream); ``count`` and ``take`` work on it too, and what ``take`` returns is
+ordinary tensors of just the examples taken.
 """
 
 from __future__ import annotations
@@ -27,20 +29,36 @@ def apply(x: Inputs, fn: Callable[[Tensor], Tensor]) -> Inputs:
     return fn(x)
 
 
+def _lazy(x: object) -> bool:
+    from research.data.stream import LAZY
+
+    return isinstance(x, LAZY)
+
+
 def count(x: Inputs) -> int:
     """Number of examples."""
+    if _lazy(x):
+        return len(x)  # type: ignore[arg-type]
     if isinstance(x, Mapping):
         return len(next(iter(x.values())))
     return len(x)
 
 
 def take(x: Inputs, index: Tensor | slice) -> Inputs:
-    """The examples at ``index`` (a slice, a boolean mask or integer indices)."""
+    """The examples at ``index`` (a slice, a boolean mask or integer indices); read from disk if they are there."""
+    if _lazy(x):
+        if isinstance(index, Tensor) and index.dtype == torch.bool:
+            index = index.nonzero().flatten()
+        return x.take(index)  # type: ignore[union-attr]
     return apply(x, lambda t: t[index])
 
 
 def concat(parts: Sequence[Inputs]) -> Inputs:
     """Examples of several batches as one batch (all of one kind and, for mappings, the same keys)."""
+    if any(_lazy(p) for p in parts):  # examples on disk stay there: a view of the parts in order
+        from research.data.stream import ChainedExamples
+
+        return ChainedExamples(tuple(parts))  # type: ignore[return-value]
     first = parts[0]
     if isinstance(first, Mapping):
         keys = list(first)
@@ -51,6 +69,9 @@ def concat(parts: Sequence[Inputs]) -> Inputs:
 
 
 def to_device(x: Inputs, device: torch.device | str, non_blocking: bool = False) -> Inputs:
+    """Moved to ``device``; examples on disk stay there (what ``take`` reads of them is moved when used)."""
+    if _lazy(x):
+        return x
     return apply(x, lambda t: t.to(device, non_blocking=non_blocking))
 
 

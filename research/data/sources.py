@@ -10,6 +10,7 @@ a ``.npz`` of arrays (used as stored unless the task sets ``scale``), a folder o
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +32,27 @@ class SourceData:
     x: np.ndarray
     y: np.ndarray  # int64 class indices into class_names
     class_names: tuple[str, ...]
+    # An image folder too large for memory (research.data.stream): ``x`` holds the files, ``load(files)`` reads
+    # them as ``x`` would have held them, and ``shape`` is one image's shape.
+    load: Callable[[np.ndarray], np.ndarray] | None = None
+    shape: tuple[int, ...] | None = None
+
+    @property
+    def on_disk(self) -> bool:
+        return self.load is not None
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return self.shape if self.shape is not None else tuple(self.x.shape[1:])
 
     @property
     def is_image(self) -> bool:
-        return self.kind == "array" and self.x.ndim == 4
+        return self.kind == "array" and len(self.example_shape) == 3
 
     @property
     def kind(self) -> str:
         """``text`` (strings, tokenised by the model's tokenizer) or ``array`` (numbers)."""
-        return "text" if self.x.dtype.kind in "OUS" else "array"
+        return "text" if self.load is None and self.x.dtype.kind in "OUS" else "array"
 
 
 def load_source(
@@ -48,10 +61,13 @@ def load_source(
     mnist1d_samples: int = 5000,
     scale: float | None = None,
     columns: tuple[str, str | None, str] = ("text", None, "label"),
+    stream: str = "never",
+    budget_mb: float = 4096.0,
 ) -> SourceData:
     """A source's whole pool. ``scale`` (npz only; the task key of that name) divides ``x``; the built-in sources
     come scaled and image folders are always scaled to [0, 1], so a scale for them is refused, not ignored.
-    ``columns`` (text only): the text, text-pair and label columns (research.data.text)."""
+    ``columns`` (text only): the text, text-pair and label columns (research.data.text). ``stream`` and
+    ``budget_mb`` (folders; ``data.stream``, ``data.memory_budget_mb``): whether the images stay on disk."""
     if scale is not None and source != "npz":
         raise ConfigError(f"scale: only npz sources take a scale; source '{source}' takes none")
     if source == "digits":
@@ -62,7 +78,7 @@ def load_source(
         # Not cached: each call reads the file again, so tasks on one file with different scales never share x.
         return _npz(str(path), scale)
     if source == "folder":
-        return _image_folder(str(path))
+        return _image_folder(str(path), stream, budget_mb)
     if source == "text":
         return _text_table(str(path), *columns)
     if source == "relations":
@@ -175,9 +191,11 @@ def _npz_labels(y: np.ndarray, names: np.ndarray | None, path: str) -> tuple[np.
     )
 
 
-def _image_folder(path: str) -> SourceData:
+def _image_folder(path: str, stream: str = "never", budget_mb: float = 4096.0) -> SourceData:
     """``path/<class name>/<image>``: every image the same size; grey-scale unless any image has colour. Pixels
-    are always scaled to [0, 1] (8-bit values / 255), so a folder task takes no ``scale``."""
+    are always scaled to [0, 1] (8-bit values / 255), so a folder task takes no ``scale``. Only the headers are
+    read first; the pixels are read now, or, when they would exceed the memory budget (or ``stream`` is
+    ``always``), whenever examples are taken (research.data.stream)."""
     from PIL import Image
 
     root = Path(path)
@@ -194,19 +212,38 @@ def _image_folder(path: str) -> SourceData:
     ]
     if not files:
         raise ConfigError(f"folder source {path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    images = []
+    headers = []
     for file, _ in files:
         try:
-            with Image.open(file) as img:
-                images.append(img.copy())
+            with Image.open(file) as img:  # the header only: size and mode
+                headers.append((img.size, img.mode))
         except OSError as err:
             raise ConfigError(f"folder source: cannot read image {file}: {err}") from None
-    mode = "L" if all(img.mode in GREY_MODES for img in images) else "RGB"
-    sizes = {img.size for img in images}
+    mode = "L" if all(m in GREY_MODES for _, m in headers) else "RGB"
+    sizes = {size for size, _ in headers}
     if len(sizes) > 1:
         raise ConfigError(f"folder source {path}: images differ in size {sorted(sizes)[:4]}; resize them first")
-    arrays = [np.asarray(img.convert(mode), dtype=np.float32) / 255.0 for img in images]
-    x = np.stack(arrays)
-    x = x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)
+    (width, height), channels = sizes.pop(), 1 if mode == "L" else 3
     y = np.array([label for _, label in files], dtype=np.int64)
-    return SourceData(x, y, tuple(d.name for d in class_dirs))
+    names = tuple(d.name for d in class_dirs)
+    paths = np.array([str(f) for f, _ in files], dtype=object)
+    load = functools.partial(read_images, mode=mode)
+    stored_mb = len(files) * channels * height * width * 4 / 2**20
+    if stream == "always" or (stream == "auto" and stored_mb > budget_mb):
+        return SourceData(paths, y, names, load=load, shape=(channels, height, width))
+    return SourceData(load(paths), y, names)
+
+
+def read_images(files: np.ndarray, mode: str) -> np.ndarray:
+    """Images as float32 (N, C, H, W) in [0, 1], converted to ``mode`` (``L``: grey, one channel; ``RGB``)."""
+    from PIL import Image
+
+    arrays = []
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                arrays.append(np.asarray(img.convert(mode), dtype=np.float32) / 255.0)
+        except OSError as err:
+            raise ConfigError(f"folder source: cannot read image {file}: {err}") from None
+    x = np.stack(arrays)
+    return x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)

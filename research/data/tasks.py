@@ -7,6 +7,7 @@ tasks' classes (keyed by source and class name, so "3" of the digits and of rota
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import Tensor
 from research.config import DataConfig, ExperimentConfig, TaskConfig, TransformConfig
 from research.data.inputs import Inputs, is_mapping, take
 from research.data.sources import SourceData, load_source
+from research.data.stream import LAZY, DiskExamples
 from research.data.transforms import apply_transform
 from research.errors import ConfigError
 from research.models.adapters import InputEncoder, adapter
@@ -40,6 +42,8 @@ class Task:
     def input_shape(self) -> tuple[int, ...] | None:
         """One example's shape for tensor inputs; None for token inputs (a mapping of tensors)."""
         x = self.splits["train"][0]
+        if isinstance(x, LAZY):  # on disk: the shape of one example as it is read
+            x = take(x, slice(0, 1))
         return None if is_mapping(x) else tuple(x.shape[1:])
 
     def __repr__(self) -> str:
@@ -92,7 +96,15 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
     selected = []
     for where, role, tcfg in entries:
         columns = (tcfg.text_column, tcfg.text_pair_column, tcfg.label_column)
-        source = load_source(tcfg.source, tcfg.path, cfg.data.mnist1d_samples, tcfg.scale, columns)
+        source = load_source(
+            tcfg.source,
+            tcfg.path,
+            cfg.data.mnist1d_samples,
+            tcfg.scale,
+            columns,
+            cfg.data.stream,
+            cfg.data.memory_budget_mb,
+        )
         if source.kind not in encoder.kinds:
             raise ConfigError(
                 f"{where}.source: '{tcfg.source}' gives {source.kind} examples, which model.arch={cfg.model.arch} "
@@ -135,7 +147,7 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
             head = tcfg.name
             outputs = list(range(len(class_ids)))
             head_sizes[head] = len(class_ids)
-        splits = _task_splits(source, tcfg, class_ids, outputs, cfg.data, where, encoder)
+        splits = _task_splits(source, tcfg, class_ids, outputs, cfg.data, where, encoder, _text_on_disk(source, cfg))
         tasks[role].append(Task(tcfg.name, role, head, names, splits))
     # Only once every task has been built, so that a config that fails gets its error alone.
     _warn_about_shared_examples(
@@ -229,17 +241,23 @@ def _task_splits(
     data: DataConfig,
     where: str,
     encoder: InputEncoder,
+    text_on_disk: bool = False,
 ) -> dict[str, tuple[Inputs, Tensor]]:
     """The task's examples of each split, as model inputs. The split belongs to the source example, not to the
     task, so two tasks drawing from one source never see each other's test examples in training (and two tasks
     that take the same class hold the same examples of it: ``_warn_about_shared_examples``)."""
     to_output = dict(zip(class_ids, outputs, strict=True))
-    encoded = _encoded_pool(source, tcfg, encoder) if source.kind == "text" else None
+    in_memory_text = source.kind == "text" and not text_on_disk
+    encoded = _encoded_pool(source, tcfg, encoder) if in_memory_text else None
     splits = {}
     for name, idx in source_splits(source, data).items():
         keep = idx[np.isin(source.y[idx], class_ids)]
         y = np.array([to_output[c] for c in source.y[keep]], dtype=np.int64)
-        if encoded is not None:
+        if source.on_disk or text_on_disk:  # read (images) and encoded when examples are taken
+            load = source.load or _as_is
+            transform = functools.partial(apply_transform, transform=tcfg.transform, where=where)
+            x = DiskExamples(source.x[keep], lambda refs, load=load, t=transform: t(load(refs)), encoder.encode)
+        elif encoded is not None:
             x = take(encoded, torch.from_numpy(keep))
         else:
             x = encoder.encode(apply_transform(source.x[keep], tcfg.transform, where))
@@ -267,7 +285,20 @@ def _encoded_pool(source: SourceData, tcfg: TaskConfig, encoder: InputEncoder) -
 def _example_shape(source: SourceData) -> tuple:
     """What must agree between tasks of one model: the example shape of numeric sources; text is tokenised to
     one length for every task."""
-    return ("text",) if source.kind == "text" else tuple(source.x.shape[1:])
+    return ("text",) if source.kind == "text" else source.example_shape
+
+
+def _text_on_disk(source: SourceData, cfg: ExperimentConfig) -> bool:
+    """Whether a text source's tokens would exceed the memory budget (three int64 tensors of max_length per
+    text, as a BERT tokenizer gives), so its texts are tokenised batch by batch instead."""
+    if source.kind != "text" or cfg.data.stream == "never":
+        return False
+    stored_mb = len(source.y) * cfg.model.max_length * 3 * 8 / 2**20
+    return cfg.data.stream == "always" or stored_mb > cfg.data.memory_budget_mb
+
+
+def _as_is(refs: np.ndarray) -> np.ndarray:
+    return refs
 
 
 def source_splits(source: SourceData, data: DataConfig) -> dict[str, np.ndarray]:

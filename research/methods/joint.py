@@ -98,7 +98,8 @@ class Joint(Method):
         if count == 0:
             return []
         idx = self.draw(count).to(self.y.device)
-        return split_by_head(self.heads, take(self.x, idx), self.y[idx], self.head[idx], "joint")
+        x = to_device(take(self.x, idx), self.y.device)  # examples read from disk arrive on the CPU
+        return split_by_head(self.heads, x, self.y[idx], self.head[idx], "joint")
 
     def info(self) -> dict[str, Any]:
         full, rest = divmod(self.n_new, self.batch_size)

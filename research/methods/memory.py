@@ -67,7 +67,7 @@ class PretrainMemory:
         x, y, head = concat([self.x, x_new]), torch.cat([self.y, y_new]), torch.cat([self.head, head_new])
         if selection == "class_balanced":
             chosen = class_balanced_indices((head * (int(y.max()) + 1) + y).cpu(), size, generator)
-            return PretrainMemory(heads, take(x, chosen.to(y.device)), y[chosen], head[chosen])
+            return PretrainMemory(heads, to_device(take(x, chosen), y.device), y[chosen], head[chosen])
         slots = list(range(len(self.y)))  # positions in the pool of what each memory slot holds
         for i in torch.randperm(len(y_new), generator=generator).tolist():
             seen += 1
@@ -78,7 +78,7 @@ class PretrainMemory:
             if j < size:
                 slots[j] = len(self.y) + i
         chosen = torch.tensor(slots, dtype=torch.long, device=y.device)
-        return PretrainMemory(heads, take(x, chosen), y[chosen], head[chosen])
+        return PretrainMemory(heads, to_device(take(x, chosen), y.device), y[chosen], head[chosen])
 
     def __len__(self) -> int:
         return len(self.y)

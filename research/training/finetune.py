@@ -211,7 +211,12 @@ class FinetuneStage:
         done = self.resumed_steps if resume is not None else 0  # this task's updates before this fit
         x, y = task.splits["train"]
         batches = TensorBatches(
-            x, y, torch.zeros(len(y), dtype=torch.long), batch_size=cfg.train.batch_size, seed=cfg.seed
+            x,
+            y,
+            torch.zeros(len(y), dtype=torch.long),
+            batch_size=cfg.train.batch_size,
+            seed=cfg.seed,
+            workers=cfg.data.workers,
         )
         accumulate = cfg.train.accumulate_grad_batches
         steps_per_epoch = -(-len(batches) // accumulate)  # updates per epoch: the last one takes what is left

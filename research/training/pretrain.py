@@ -75,6 +75,10 @@ KEY_PACKAGES = (
 )
 
 
+# How data is held and read, which changes no number (streamed tasks give the very batches in-memory ones do).
+DATA_HANDLING = ("stream", "memory_budget_mb", "workers")
+
+
 def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
     versions = package_versions()
     return stable_hash(
@@ -84,7 +88,7 @@ def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
             "versions": {name: versions.get(name) for name in KEY_PACKAGES},
             "content": task_fingerprints(cfg.pretrain.tasks),
             "backbone": adapter(cfg.model.arch).fingerprint(cfg.model),
-            "data": cfg.data.model_dump(mode="json"),
+            "data": cfg.data.model_dump(mode="json", exclude=set(DATA_HANDLING)),
             "model": cfg.model.model_dump(mode="json"),
             "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],
             "heads": tasks.pretrain_head_sizes(),
@@ -181,7 +185,9 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
         x = frozen_features(model, x, cfg.eval.batch_size, cfg.device)
         trained = MultiHeadNet(nn.Identity(), model.feature_dim)
         trained.heads = model.heads  # the same head modules: training them trains the model's
-    batches = TensorBatches(x, y, head_ids, batch_size=cfg.pretrain.train.batch_size, seed=cfg.pretrain.seed)
+    batches = TensorBatches(
+        x, y, head_ids, batch_size=cfg.pretrain.train.batch_size, seed=cfg.pretrain.seed, workers=cfg.data.workers
+    )
     recorders = {name: recorder(trained) for name, recorder in pretraining_recorders().items()}
     module = ClassifierModule(trained, heads, cfg.pretrain.train, recorders=recorders)
     trainer = make_trainer(cfg.pretrain.train, cfg.device, cfg.logging.progress, [])

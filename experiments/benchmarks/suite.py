@@ -39,6 +39,7 @@ BENCHMARKS = {
     "fisher_speed": "the exact diagonal Fisher with torch.func vs a per-sample Python loop: speed and agreement",
     "evaluator_overhead": "~50 evaluations of every task during fine-tuning vs 2: share of the training time",
     "memory": "peak RSS of a research run and of a grid worker vs processes that only import torch / the stack",
+    "minilm": "MiniLM: fine-tuning steps vs a bare transformers loop, peak RSS of an EWC run, the Fisher's cost",
 }
 
 

@@ -67,13 +67,24 @@ def custom_config(factory: str, out: Path, method: str = "finetune", pretrain: b
     )
 
 
-@pytest.fixture(params=["hf", "custom"])
+def timm_config(out: Path, method: str = "finetune", pretrain: bool = True, **model):
+    """timm's small test_resnet (random weights: nothing downloads) on digits, resized to its input size."""
+    cfg = custom_config("unused:unused", out, method, pretrain).model_dump(mode="json")
+    cfg["model"] = {"arch": "timm", "name": "test_resnet", "pretrained": False, **model}
+    cfg["eval"]["max_samples"] = 16
+    cfg["train"].update(max_steps=3, batch_size=16)
+    return validate_config(cfg)
+
+
+@pytest.fixture(params=["hf", "custom", "timm"])
 def family(request, tiny_bert: Path, word_table: Path, out: Path, tmp_path: Path, monkeypatch):
     """A function (method, pretrain, **model keys) -> config, for each external family."""
     if request.param == "hf":
         return lambda method="finetune", pretrain=True, **kw: hf_config(
             tiny_bert, word_table, out, method, pretrain, **kw
         )
+    if request.param == "timm":
+        return lambda method="finetune", pretrain=True, **kw: timm_config(out, method, pretrain, **kw)
     factory = request.getfixturevalue("custom_model")
     return lambda method="finetune", pretrain=True, **kw: custom_config(factory, out, method, pretrain, **kw)
 
@@ -91,7 +102,7 @@ def test_every_method_runs_on_each_model_family(name: str, family) -> None:
     metrics = result.metrics
     assert np.isfinite(metrics.value).all()
     assert set(metrics[metrics.step == 0].task) == set(result.summary["tasks"])  # old and new, from step 0
-    assert result.summary["model"]["arch"] in ("hf", "custom")
+    assert result.summary["model"]["arch"] in ("hf", "custom", "timm")
 
 
 @pytest.mark.parametrize("name", method_names())
@@ -127,7 +138,7 @@ def _frozen_and_moved(result_model: torch.nn.Module, start: dict[str, torch.Tens
     return {n: not torch.equal(p.detach(), start[n]) for n, p in result_model.named_parameters()}
 
 
-@pytest.mark.parametrize("family_name", ["mlp", "cnn", "hf", "custom"])
+@pytest.mark.parametrize("family_name", ["mlp", "cnn", "hf", "custom", "timm", "torchvision"])
 def test_every_adapter_through_partial_unfreezing_and_layer_wise_rates(
     family_name: str, tiny_bert, word_table, out, tmp_path, monkeypatch, request
 ) -> None:
@@ -138,6 +149,14 @@ def test_every_adapter_through_partial_unfreezing_and_layer_wise_rates(
     elif family_name == "custom":
         factory = request.getfixturevalue("custom_model")
         make = lambda **kw: custom_config(factory, out, **kw)  # noqa: E731
+    elif family_name == "timm":
+        make = lambda **kw: timm_config(out, **kw)  # noqa: E731
+    elif family_name == "torchvision":
+
+        def make(method: str = "finetune", **kw):
+            cfg = timm_config(out, method, **kw).model_dump(mode="json")
+            cfg["model"] = {"arch": "torchvision", "name": "mobilenet_v3_small", "pretrained": False}
+            return validate_config(cfg)
     else:
 
         def make(method: str = "finetune", **kw):

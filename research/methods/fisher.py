@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from research.data.inputs import Inputs, compact, take, unsqueeze
 from research.data.inputs import count as count_examples
 from research.methods.base import HeadBatch
+from research.methods.layer_fisher import CLOSED_FORM, add_layer, own_names
 
 FisherEstimator = Literal["exact", "sample", "empirical", "batched"]
 FISHER_ESTIMATORS: tuple[str, ...] = ("exact", "sample", "empirical", "batched")
@@ -67,6 +68,13 @@ def fisher_diagonal(
     params, constants = split_values(model, param_names, values)
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     num_params = sum(p.numel() for p in params.values())
+    closed_form_owned = {
+        f"{name}.{short}" if name else short
+        for name, module in model.named_modules()
+        if isinstance(module, CLOSED_FORM)
+        for short, _ in module.named_parameters(recurse=False)
+    }
+    general_numel = sum(p.numel() for n, p in params.items() if n not in closed_form_owned)
     count = 0
     with eval_mode(model):
         for batch in batches:
@@ -74,8 +82,9 @@ def fisher_diagonal(
                 _add(fisher, _batch_mean_gradient(model, params, constants, batch), square=True)
                 count += 1
                 continue
-            # per-class gradients for ``exact``: one Jacobian row per output of this head
-            per_example = num_params * model.heads[batch.head].out_features  # type: ignore[index]
+            # ``exact`` holds one Jacobian row per output of this head, for the parameters without a closed form
+            classes = model.heads[batch.head].out_features  # type: ignore[index]
+            per_example = (general_numel if estimator == "exact" else num_params) * classes
             for x, y in example_chunks(batch, per_example):
                 if estimator == "exact":
                     _add(fisher, _exact_sum(model, params, constants, batch.head, x))
@@ -106,9 +115,14 @@ def split_values(
     return params, constants
 
 
-def _add(total: dict[str, Tensor], part: dict[str, Tensor], square: bool = False) -> None:
+def _add(total: dict[str, Tensor], part: dict[str, Tensor], square: bool = False, init: bool = False) -> None:
+    """``total[n] += part[n]`` (squared if asked); ``init``: a name not in ``total`` yet starts at ``part[n]``."""
     for n, value in part.items():
-        total[n] += value.pow(2) if square else value
+        value = value.pow(2) if square else value
+        if init and n not in total:
+            total[n] = value
+        else:
+            total[n] += value
 
 
 def example_chunks(batch: HeadBatch, floats_per_example: int) -> Iterable[tuple[Tensor, Tensor]]:
@@ -130,41 +144,51 @@ def _log_probs_fn(model: nn.Module, constants: dict[str, Tensor], head: str):
 def _exact_sum(model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Inputs):
     """Σ_n Σ_y p(y|x_n) g_y(x_n)² for one chunk.
 
-    For a linear layer z = W a + b that sees each example once, the per-example gradient of log p(y|x) is
-    δ_y aᵀ (δ_y = ∂ log p(y|x) / ∂z), so the exact Fisher is Σ_n (Σ_y p_y δ_y²) (a²)ᵀ: one backward pass per
-    class over the whole chunk and one matrix product, never the per-example gradients themselves (on CPU,
-    writing those out costs more than the arithmetic). Every other parameter (convolutions, normalisation)
-    takes the general route: the per-example Jacobian of log p over classes with ``vmap(jacrev(·))``.
+    Linear, embedding and layer-norm parameters take closed forms (research.methods.layer_fisher): one backward
+    pass per class over the whole chunk gives each layer's output gradients, and the per-example gradients of
+    those parameters follow from them and the layer's input, never through the whole model's per-example
+    gradients (on CPU, writing those out costs far more than the arithmetic). For a linear layer that sees each
+    example once, z = W a + b, the per-example gradient is δ_y aᵀ, so its exact Fisher is Σ_n (Σ_y p_y δ_y²)(a²)ᵀ:
+    one matrix product for all classes. Every other parameter (convolutions, batch norm, a layer called twice)
+    takes the general route: the per-example Jacobian of log p over classes with ``vmap(jacrev(·))``, in
+    sub-chunks sized by those parameters alone.
     """
-    closed = _linear_closed_form(model, params, constants, head, x)
+    closed = _closed_form(model, params, constants, head, x)
     rest = {n: p for n, p in params.items() if n not in closed}
     out = dict(closed)
     if rest:
         fixed = {n: p for n, p in params.items() if n not in rest}
-        out.update(_exact_sum_jacobian(model, rest, {**constants, **fixed}, head, x))
+        classes = model.heads[head].out_features  # type: ignore[index]
+        size = max(1, _CHUNK_FLOATS // max(1, sum(p.numel() for p in rest.values()) * classes))
+        for start in range(0, count_examples(x), size):
+            part = take(x, slice(start, start + size))
+            _add(out, _exact_sum_jacobian(model, rest, {**constants, **fixed}, head, part), init=True)
     return out
 
 
-def _linear_closed_form(
+def _closed_form(
     model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Inputs
 ) -> dict[str, Tensor]:
-    """The exact Fisher sums of the requested weights and biases of linear layers that take (examples,
-    features) inputs and run at most once per forward pass; other parameters are left out of the result."""
+    """The exact Fisher sums of the requested parameters of linear, embedding and layer-norm layers that run once
+    per forward pass (see ``_exact_sum``); other parameters are left out of the result."""
+    wanted = set(params)
     layers = {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and f"{name}.weight" in params
+        if isinstance(module, CLOSED_FORM) and own_names(name, module, wanted)
     }
-    seen: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in layers}
+    seen: dict[str, list[tuple[Tensor, Tensor, int]]] = {name: [] for name in layers}
 
     def capture(name: str):
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
             # Every parameter enters detached, so the first layers' outputs have no graph: they become graph
             # leaves here, so that the log-probabilities can be differentiated with respect to each output
-            # (inputs such as token ids cannot require a gradient themselves).
+            # (inputs such as token ids cannot require a gradient themselves). The model goes on with a copy, so
+            # an in-place activation after the layer changes the copy, never the output differentiated against.
             if not output.requires_grad:
-                output.requires_grad_(True)
-            seen[name].append((inputs[0].detach(), output))
+                output = output.detach().requires_grad_(True)
+            seen[name].append((inputs[0].detach(), output, output._version))
+            return output.clone()
 
         return hook
 
@@ -172,29 +196,50 @@ def _linear_closed_form(
     try:
         with torch.enable_grad():
             logits = functional_call(model, (params, constants), (x,), {"head": head})
-            log_probs = F.log_softmax(logits, dim=-1)
-            usable = {n: calls[0] for n, calls in seen.items() if len(calls) == 1 and calls[0][0].dim() == 2}
-            outputs = [out for _, out in usable.values()]
-            probs = log_probs.detach().exp()
-            weighted = [torch.zeros_like(out) for out in outputs]  # Σ_y p_y δ_y², per example and unit
-            for y in range(log_probs.shape[1]) if outputs else []:
-                deltas = torch.autograd.grad(log_probs[:, y].sum(), outputs, retain_graph=True, allow_unused=True)
-                for total, delta in zip(weighted, deltas, strict=True):
-                    if delta is not None:
-                        total.add_(probs[:, y : y + 1] * delta.pow(2))
     finally:
         for handle in handles:
             handle.remove()
+    # Usable: called once (and, though the model works on a copy, its output unchanged since).
+    usable = {n: c[0] for n, c in seen.items() if len(c) == 1 and c[0][1]._version == c[0][2]}
     result: dict[str, Tensor] = {}
-    for (name, (activation, _)), total in zip(usable.items(), weighted, strict=True):
-        result[f"{name}.weight"] = total.T @ activation.pow(2)
-        if f"{name}.bias" in params:
-            result[f"{name}.bias"] = total.sum(0)
     for name, calls in seen.items():  # a layer the forward pass never reached (another head) has no gradient
         if not calls:
-            result[f"{name}.weight"] = torch.zeros_like(params[f"{name}.weight"])
-            if f"{name}.bias" in params:
-                result[f"{name}.bias"] = torch.zeros_like(params[f"{name}.bias"])
+            result.update(
+                {full: torch.zeros_like(params[full]) for full in own_names(name, layers[name], wanted).values()}
+            )
+    if not usable:
+        return result
+    with torch.enable_grad():
+        log_probs = F.log_softmax(logits, dim=-1)
+    probs = log_probs.detach().exp()
+    examples = log_probs.shape[0]
+    flat = {
+        n
+        for n, (a, out, _) in usable.items()
+        if isinstance(layers[n], nn.Linear) and a.dim() == 2 and a.shape[0] == out.shape[0] == examples
+    }
+    weighted = {n: torch.zeros_like(usable[n][1]) for n in flat}  # Σ_y p_y δ_y², per example and unit
+    totals = {full: torch.zeros_like(params[full]) for n in usable for full in own_names(n, layers[n], wanted).values()}
+    handled = set(usable)
+    outputs = [out for _, out, _ in usable.values()]
+    for y in range(log_probs.shape[1]):
+        deltas = torch.autograd.grad(log_probs[:, y].sum(), outputs, retain_graph=True, allow_unused=True)
+        for (name, (a, out, _)), delta in zip(usable.items(), deltas, strict=True):
+            if name not in handled:
+                continue
+            delta = torch.zeros_like(out) if delta is None else delta
+            if name in flat:
+                weighted[name].add_(probs[:, y : y + 1] * delta.pow(2))
+            elif not add_layer(totals, name, layers[name], a, delta, probs[:, y], wanted):
+                handled.discard(name)  # the general route takes it
+    for name in handled:
+        mine = own_names(name, layers[name], wanted)
+        if name in flat:
+            if "weight" in mine:
+                totals[mine["weight"]] = weighted[name].T @ usable[name][0].pow(2)
+            if "bias" in mine:
+                totals[mine["bias"]] = weighted[name].sum(0)
+        result.update({full: totals[full] for full in mine.values()})
     return result
 
 

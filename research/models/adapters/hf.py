@@ -67,6 +67,11 @@ class HFBackbone(nn.Module):
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         given = {k: v for k, v in inputs.items() if k in self.accepted}
+        if "position_ids" in self.accepted and "position_ids" not in given:
+            # The positions the model would use itself (0..T-1), given per example rather than as one row that
+            # broadcasts over the batch: the same outputs, and EWC's Fisher can attribute them to each example.
+            ids = given["input_ids"]
+            given["position_ids"] = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
         if "attention_mask" in given:
             given["attention_mask"] = _additive_mask(given["attention_mask"], self.encoder.dtype)
         out = self.encoder(**given, return_dict=True)

@@ -14,9 +14,10 @@ from torch.nn import functional as F
 from research.config import ModelConfig
 from research.data.inputs import take
 from research.methods.base import HeadBatch
-from research.methods.fisher import eval_mode, fisher_diagonal
+from research.methods.fisher import fisher_diagonal
 from research.methods.layer_fisher import add_layer
 from research.models import build_model
+from research.models.modes import eval_mode
 
 
 def definition(model, batch: HeadBatch, names: list[str]) -> dict[str, torch.Tensor]:

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from research.data.inputs import Inputs, compact, take, to_device
 from research.data.tasks import Task
 from research.evaluation.drift import extend_snapshot, weight_drift
+from research.models.modes import eval_mode
 from research.models.multihead import MultiHeadNet
 from research.tracking import tracked_name
 
@@ -68,11 +69,9 @@ def scorable(model: MultiHeadNet, s: EvalSet) -> bool:
 def score(model: MultiHeadNet, sets: list[EvalSet], batch_size: int) -> dict[str, dict[str, float]]:
     """Accuracy and mean cross-entropy of every set the model can score (see ``scorable``), in eval mode;
     restores every module's own mode."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     device = next(model.parameters()).device
     results = {}
-    try:
+    with eval_mode(model):
         for s in sets:
             if not scorable(model, s):
                 continue
@@ -86,8 +85,6 @@ def score(model: MultiHeadNet, sets: list[EvalSet], batch_size: int) -> dict[str
                 accuracy.update(logits, y)
                 loss_sum += F.cross_entropy(logits, y, reduction="sum")
             results[s.task.name] = {"acc": float(accuracy.compute()), "loss": float(loss_sum) / len(s.y)}
-    finally:
-        _restore(modes)
     return results
 
 
@@ -99,11 +96,6 @@ def epoch_of_step(step: int, steps_per_epoch: int, epoch_offset: int = 0) -> int
     if step == 0 and epoch_offset > 0:
         return epoch_offset - 1
     return epoch_offset + max(step - 1, 0) // steps_per_epoch
-
-
-def _restore(modes: dict[nn.Module, bool]) -> None:
-    for module, training in modes.items():
-        module.training = training
 
 
 Record = dict[str, object]

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from research.methods.base import FinetuneContext, Method, MethodConfig, TrainStep
 from research.methods.memory import PretrainMemory
 from research.methods.registry import register
+from research.models.modes import eval_mode
 from research.models.multihead import MultiHeadNet
 
 
@@ -68,16 +69,11 @@ class DER(Method):
     @torch.no_grad()
     def _teacher_logits(self, model: MultiHeadNet) -> Tensor:
         """The current (pretrained) model's logits on every buffered example, padded to the widest head."""
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
-        try:
+        with eval_mode(model):
             everything = torch.arange(len(self.memory), device=self.memory.y.device)
             stored = torch.zeros(len(self.memory), max(self.units), device=self.memory.y.device)
             for i, positions, out in self.memory.logits(model, everything):
                 stored[positions, : self.units[i]] = out[:, : self.units[i]]
-        finally:
-            for module, mode in modes.items():
-                module.train(mode)
         return stored
 
     def logit_loss(self, model: MultiHeadNet, idx: Tensor) -> Tensor:

@@ -16,7 +16,6 @@ statistics) and restore the previous mode afterwards.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -28,24 +27,13 @@ from research.data.inputs import Inputs, compact, take, unsqueeze
 from research.data.inputs import count as count_examples
 from research.methods.base import HeadBatch
 from research.methods.layer_fisher import CLOSED_FORM, add_layer, own_names
+from research.models.modes import eval_mode
 
 FisherEstimator = Literal["exact", "sample", "empirical", "batched"]
 FISHER_ESTIMATORS: tuple[str, ...] = ("exact", "sample", "empirical", "batched")
 
 # Upper bound on floats held by one vmap chunk of per-sample (per-class) gradients: 2**26 floats = 256 MiB.
 _CHUNK_FLOATS = 2**26
-
-
-@contextmanager
-def eval_mode(module: nn.Module):
-    """Eval mode for the duration, restoring every submodule's own flag afterwards."""
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 def fisher_diagonal(

@@ -33,9 +33,10 @@ from torch.func import functional_call, grad, vmap
 from research.data.inputs import Inputs, compact, unsqueeze
 from research.data.inputs import count as count_examples
 from research.methods.base import FinetuneContext, HeadBatch, MethodConfig
-from research.methods.fisher import eval_mode, example_chunks, split_values
+from research.methods.fisher import example_chunks, split_values
 from research.methods.penalty import ImportanceAnchor
 from research.methods.registry import register
+from research.models.modes import eval_mode
 from research.models.multihead import MultiHeadNet
 
 MASEstimator = Literal["per_sample", "batched"]

@@ -36,6 +36,7 @@ from research.evaluation.evaluator import eval_sets, score
 from research.methods.registry import pretraining_recorders
 from research.models.adapters import adapter
 from research.models.build import build_model
+from research.models.modes import eval_mode
 from research.models.multihead import MultiHeadNet
 from research.store import exclusive_lock, package_versions
 from research.training.checkpoints import (
@@ -152,17 +153,14 @@ def pretrained_weights(cfg: ExperimentConfig, tasks: TaskSet) -> Pretrained:
 def frozen_features(model: MultiHeadNet, x: Inputs, batch_size: int, device: str) -> Tensor:
     """The backbone's features of every example, in eval mode, on the training device when there is one."""
     on = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
-    modes = {m: m.training for m in model.modules()}
-    model.eval().to(on)
     try:
-        parts = [
-            model.features(compact(to_device(take(x, slice(i, i + batch_size)), on))).cpu()
-            for i in range(0, count(x), batch_size)
-        ]
+        with eval_mode(model.to(on)):
+            parts = [
+                model.features(compact(to_device(take(x, slice(i, i + batch_size)), on))).cpu()
+                for i in range(0, count(x), batch_size)
+            ]
     finally:
         model.cpu()
-        for module, training in modes.items():
-            module.training = training
     return torch.cat(parts)
 
 

@@ -181,17 +181,13 @@ def feature_dim_by_probe(module: nn.Module, example: Inputs, where: str) -> int:
     """The width of a module's features, found by one forward pass of one example in eval mode (no grad, every
     module's own mode restored afterwards)."""
     from research.data.inputs import take
+    from research.models.modes import eval_mode
 
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(module), torch.no_grad():
             out = module(take(example, slice(0, 1)))
     except Exception as err:  # noqa: BLE001 - the user's module: report what it did, as a config error
         raise ConfigError(f"{where}: the model fails on an example of the data ({type(err).__name__}: {err})") from None
-    finally:
-        for m, training in modes.items():
-            m.training = training
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 1:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ConfigError(f"{where}: the model must return features shaped (batch, features); it returned {shape}")

@@ -24,33 +24,34 @@ def save_weights(model: nn.Module, path: Path, prefix: str = "") -> None:
     save_file(state, str(path))
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+def read_state_dict(path: str | Path, key: str = "pretrain.checkpoint") -> dict[str, Tensor]:
     """A state dict from a .safetensors file, a folder holding model.safetensors, or a torch file (.pt, .pth,
-    .ckpt; a Lightning checkpoint's ``state_dict`` with its ``model.`` prefix is accepted)."""
+    .ckpt; a Lightning checkpoint's ``state_dict`` with its ``model.`` prefix is accepted). ``key``: the config
+    key that named the file, which every refusal names."""
     file = Path(path)
     if file.is_dir():
         file = file / WEIGHTS_FILE
     if not file.is_file():
-        raise ConfigError(f"pretrain.checkpoint: file not found: {file}")
+        raise ConfigError(f"{key}: file not found: {file}")
     if file.suffix == ".safetensors":
         try:
             return load_file(str(file))
         except (SafetensorError, OSError, ValueError) as err:
-            raise ConfigError(f"pretrain.checkpoint: {file} is not a readable safetensors file ({err})") from None
+            raise ConfigError(f"{key}: {file} is not a readable safetensors file ({err})") from None
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError and friends: refuse, never execute
         raise ConfigError(
-            f"pretrain.checkpoint: {file} cannot be loaded safely (weights only): {_load_failure(err)}"
+            f"{key}: {file} cannot be loaded safely (weights only): {weights_only_failure(err)}"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ConfigError(f"pretrain.checkpoint: {file} does not hold a state dict of tensors")
+        raise ConfigError(f"{key}: {file} does not hold a state dict of tensors")
     return state
 
 
-def _load_failure(err: Exception) -> str:
+def weights_only_failure(err: Exception) -> str:
     """The reason inside torch's weights-only refusal, which wraps it in paragraphs of boilerplate (one of them
     advises loading with ``weights_only=False``, exactly what must not happen to an untrusted file)."""
     if isinstance(err, EOFError):

@@ -84,10 +84,7 @@ def read_weights(file: Path) -> dict[str, Tensor]:
     unpickled, so a pickle disguised as weights is refused without running it)."""
     from research.training.checkpoints import read_state_dict
 
-    try:
-        state = read_state_dict(file)
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("pretrain.checkpoint:", "model.weights:", 1)) from None
+    state = read_state_dict(file, key="model.weights")
     # A model trained under DataParallel / DDP saves every key under "module.".
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}

@@ -188,9 +188,9 @@ def download(name: str, weights: Any) -> dict[str, Tensor]:
     except OSError as err:  # no network, DNS, HTTP errors (URLError is an OSError)
         raise unreachable_weights("torchvision", name, weights.url, err) from None
     except Exception as err:  # noqa: BLE001 - a corrupt or pickle-bearing download: refuse, never execute
-        from research.training.checkpoints import _load_failure
+        from research.training.checkpoints import weights_only_failure
 
-        why = _load_failure(err)
+        why = weights_only_failure(err)
         raise ConfigError(f"model.pretrained: {cached} cannot be loaded safely (weights only): {why}") from None
 
 

@@ -490,11 +490,13 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 # Settings that change neither a run's numbers nor which rows it records, so are not part of its identity.
+# How data is held and read (data.*), which changes no number: streamed tasks give the very batches in-memory
+# ones do. Left out of run ids and of the pretraining cache key.
+DATA_HANDLING = ("stream", "memory_budget_mb", "workers")
+
 NOT_IN_RUN_ID = (
     "out",
-    "data.stream",  # how data is held and read: streamed tasks give the very batches in-memory ones do
-    "data.memory_budget_mb",
-    "data.workers",
+    *(f"data.{key}" for key in DATA_HANDLING),
     "checkpoint",
     "logging.wandb",
     "logging.project",

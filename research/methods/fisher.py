@@ -56,13 +56,13 @@ def fisher_diagonal(
     params, constants = split_values(model, param_names, values)
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     num_params = sum(p.numel() for p in params.values())
-    closed_form_owned = {
-        f"{name}.{short}" if name else short
+    closed_form = {
+        full
         for name, module in model.named_modules()
         if isinstance(module, CLOSED_FORM)
-        for short, _ in module.named_parameters(recurse=False)
+        for full in own_names(name, module, params).values()
     }
-    general_numel = sum(p.numel() for n, p in params.items() if n not in closed_form_owned)
+    general_numel = sum(p.numel() for n, p in params.items() if n not in closed_form)
     count = 0
     with eval_mode(model):
         for batch in batches:

@@ -142,12 +142,11 @@ class ClassifierModule(L.LightningModule):
 
         logging_step = (self.steps_before + step) % self.log_every_n_steps == 0
         if group > 1:  # scalars of an accumulated update: the mean over its batches, recorded at its last one
-            scalars = self._scalars(loss, task_loss, terms, batches, losses) if logging_step else {}
-            self._pending = (
-                {n: self._pending.get(n, 0) + v / group for n, v in scalars.items()}
-                if not first
-                else {n: v / group for n, v in scalars.items()}
-            )
+            if first:
+                self._pending = {}
+            if logging_step:
+                for name, value in self._scalars(loss, task_loss, terms, batches, losses).items():
+                    self._pending[name] = self._pending.get(name, 0) + value / group
         if logging_step and last:
             scalars = self._reduced(
                 self._pending if group > 1 else self._scalars(loss, task_loss, terms, batches, losses)

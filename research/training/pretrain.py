@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from research.config import ExperimentConfig, stable_hash
+from research.config import DATA_HANDLING, ExperimentConfig, stable_hash
 from research.data.batches import TensorBatches
 from research.data.fingerprint import task_fingerprints
 from research.data.inputs import Inputs, compact, concat, count, take, to_device
@@ -74,10 +74,6 @@ KEY_PACKAGES = (
     "transformers",
     "timm",
 )
-
-
-# How data is held and read, which changes no number (streamed tasks give the very batches in-memory ones do).
-DATA_HANDLING = ("stream", "memory_budget_mb", "workers")
 
 
 def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:

@@ -21,7 +21,8 @@ registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -175,6 +176,17 @@ class Blocks(nn.Module):
         for module in self.members:
             module.requires_grad_(requires_grad)
         return self
+
+
+@contextmanager
+def fixed_rng() -> Iterator[None]:
+    """Random initialisation from a fixed stream (seed 0), leaving the global RNG as it was. A loaded model's
+    weights that its file lacks (or all of them, without pretrained weights) must be the same in every build of
+    one config: the pretraining stage caches heads trained on the backbone's features, and fine-tuning and every
+    grid worker build the backbone again."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
 
 
 def feature_dim_by_probe(module: nn.Module, example: Inputs, where: str) -> int:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from research.config import ModelConfig
 from research.errors import ConfigError
-from research.models.adapters.base import Adapter, Blocks, InputEncoder, register_adapter
+from research.models.adapters.base import Adapter, Blocks, InputEncoder, fixed_rng, register_adapter
 
 POOLINGS = ("mean", "cls", "pooler")
 
@@ -223,9 +223,7 @@ class HFAdapter(Adapter):
         hf_logging.set_verbosity_error()  # "some weights were not used" for a pooler we drop anyway
         hf_logging.disable_progress_bar()  # "Loading weights" bars on every build, in every grid worker's log
         try:
-            # Weights the checkpoint lacks are initialised from the global RNG: a fixed stream, not the run's.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
+            with fixed_rng():  # weights the checkpoint lacks are initialised from the global RNG
                 encoder = _load("weights", AutoModel, source, cfg)
         finally:
             hf_logging.set_verbosity(verbosity)

@@ -29,7 +29,7 @@ from torch import nn
 
 from research.config import ModelConfig
 from research.errors import ConfigError
-from research.models.adapters.base import Adapter, InputEncoder, register_adapter
+from research.models.adapters.base import Adapter, InputEncoder, fixed_rng, register_adapter
 from research.models.adapters.images import (
     ImageBackbone,
     ImageInput,
@@ -66,10 +66,7 @@ class TimmAdapter(Adapter):
                 f"model.pretrained: timm has no pretrained weights for '{name}'; give a local weights file with "
                 "model.weights, or set model.pretrained=false for randomly initialised weights"
             )
-        # Random weights from a fixed stream: the pretraining stage caches heads trained on this backbone's
-        # features and fine-tuning rebuilds it, so two builds of one config must be the same model.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with fixed_rng():
             try:
                 model = timm.create_model(name, pretrained=pretrained, num_classes=0)
             except (OSError, *_hub_errors()) as err:  # no network, not in the cache, HTTP errors

@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import torch
 from torch import Tensor, nn
 
 from research.config import ModelConfig
 from research.errors import ConfigError
-from research.models.adapters.base import Adapter, InputEncoder, register_adapter
+from research.models.adapters.base import Adapter, InputEncoder, fixed_rng, register_adapter
 from research.models.adapters.images import (
     ImageBackbone,
     ImageInput,
@@ -72,10 +71,7 @@ class TorchvisionAdapter(Adapter):
         # A ViT's position embedding is sized for its DEFAULT weights' resolution (vit_h_14: 518), which is also
         # the resolution the backbone resizes to.
         kwargs = {"image_size": image.size[-1]} if name.startswith("vit_") else {}
-        # Random weights from a fixed stream: the pretraining stage caches heads trained on this backbone's
-        # features and fine-tuning rebuilds it, so two builds of one config must be the same model.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with fixed_rng():
             model = models.get_model(name, weights=None, **kwargs)
         classifier, dim = strip_classifier(model)
         if file is not None:

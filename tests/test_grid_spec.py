@@ -260,17 +260,23 @@ def test_cli_checks_every_run_before_anything_is_written(tmp_path: Path) -> None
     assert not out.exists()
 
 
-def test_dry_run_prints_runs_and_ids_and_writes_nothing(tmp_path: Path) -> None:
-    path = write_grid(
-        tmp_path / "g.yaml", grid=[{"method.name": "finetune"}, {"method.name": "ewc", "method.lam": [1.0, 100.0]}]
-    )
-    out = tmp_path / "runs"
+def dry_run(path: Path, out: Path) -> subprocess.CompletedProcess:
+    """``research grid PATH --dry-run`` in a process of its own, which must succeed."""
     proc = subprocess.run(
         [sys.executable, "-m", "research", "grid", str(path), f"out={out}", *TINY, "--dry-run"],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_dry_run_prints_runs_and_ids_and_writes_nothing(tmp_path: Path) -> None:
+    path = write_grid(
+        tmp_path / "g.yaml", grid=[{"method.name": "finetune"}, {"method.name": "ewc", "method.lam": [1.0, 100.0]}]
+    )
+    out = tmp_path / "runs"
+    proc = dry_run(path, out)
     grid = load_grid(path, [f"out={out}", *TINY])
     for run in grid.runs:
         assert any(run.run_id in line and run.name in line and " new " in line for line in proc.stdout.splitlines())
@@ -351,12 +357,7 @@ def test_dry_run_notes_what_all_left_out(tmp_path: Path) -> None:
         tmp_path / "g.yaml", base=str(EXPERIMENTS / "sequence_digits.yaml"), seeds=[0], grid=[{"method.name": "all"}]
     )
     out = tmp_path / "runs"
-    proc = subprocess.run(
-        [sys.executable, "-m", "research", "grid", str(path), f"out={out}", *TINY, "--dry-run"],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = dry_run(path, out)
     grid = load_grid(path, [f"out={out}", *TINY])
     assert grid.left_out
     for which, reason in grid.left_out:

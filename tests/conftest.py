@@ -99,51 +99,34 @@ def tiny_overrides(out: Path) -> list[str]:
 
 # --- tiny models and data for the model families (research.models.adapters) ---------------------------------
 
-TINY_WORDS = [f"w{i}" for i in range(60)]
+
+@pytest.fixture(scope="session")
+def family_example(tmp_path_factory: pytest.TempPathFactory):
+    """``family_example(name)``: the model family's tiny experiment (``Adapter.example``), built once a session."""
+    from research.models.adapters import adapter
+
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = adapter(name).example(tmp_path_factory.mktemp(f"example_{name}"))
+        return built[name]
+
+    return get
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised 2-layer BertModel (hidden 32) and its word-level tokenizer, written with
-    ``save_pretrained`` to a local directory, as a user's own model would be."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    root = tmp_path_factory.mktemp("tiny_bert")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=False)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    model_dir = root / "model"
-    BertModel(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    return model_dir
+def tiny_bert(family_example) -> Path:
+    """The hf family's example model: a randomly initialised 2-layer BertModel (hidden 32) and its word-level
+    tokenizer, written with ``save_pretrained`` to a local directory, as a user's own model would be."""
+    return Path(family_example("hf").model["name"])
 
 
 @pytest.fixture(scope="session")
-def word_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CSV of short texts over the tiny vocabulary, four labels (a..d) that the words predict, and a second
-    text per row for text-pair tasks."""
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(240):
-        label = "abcd"[i % 4]
-        start = 15 * "abcd".index(label)
-        words = [TINY_WORDS[start + int(k)] for k in rng.integers(0, 15, size=int(rng.integers(2, 7)))]
-        rows.append({"text": " ".join(words), "label": label, "second": TINY_WORDS[int(rng.integers(0, 60))]})
-    path = tmp_path_factory.mktemp("word_table") / "words.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
+def word_table(family_example) -> Path:
+    """The hf family's example data: a CSV of short texts over the tiny vocabulary, four labels (a..d) that the
+    words predict, and a second text per row for text-pair tasks."""
+    return Path(family_example("hf").finetune_tasks[0]["path"])
 
 
 CUSTOM_MODEL = '''

@@ -192,3 +192,13 @@ def test_the_builtin_models_still_need_pretraining_tasks() -> None:
 def test_hf_model_is_isinstance_backbone(tiny_bert: Path) -> None:
     model = build_model(ModelConfig(arch="hf", name=str(tiny_bert)), None, {})
     assert isinstance(model.backbone, HFBackbone)
+
+
+def test_a_family_without_an_example_says_the_generated_tests_need_one() -> None:
+    from research.models.adapters import Adapter
+
+    class Bare(Adapter):
+        name = "bare"
+
+    with pytest.raises(NotImplementedError, match="gives no example"):
+        Bare().example(Path("unused"))

@@ -3,7 +3,9 @@ command line, which Lightning runs once more for the second process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_resume import assert_same_run
 
 from research.errors import ConfigError
 from research.store import read_summary
 from research.training import run
+from research.training.resume import CHECKPOINT_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "experiments" / "split_digits.yaml"
@@ -97,3 +101,67 @@ def test_pretraining_stays_in_one_process(make_cfg) -> None:
 def test_several_devices_need_ddp(make_cfg) -> None:
     with pytest.raises(ConfigError, match="devices=2 needs strategy=ddp"):
         make_cfg("train.devices=2")
+
+
+# Run as a script (``python kill_rank0.py run EXPERIMENT ...``), so that Lightning starts the second process
+# with the same script: rank 0 dies by SIGKILL, as on a node failure, just before its update KILL_AT + 1.
+KILL_RANK0 = """
+import os, signal, sys
+
+from research.cli import main
+from research.training.module import ClassifierModule
+from research.training.run import distributed_rank
+
+original = ClassifierModule.training_step
+updates = {"done": 0}
+
+
+def training_step(self, batch, batch_idx):
+    if self.method is not None and distributed_rank() == 0:
+        if updates["done"] == int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        updates["done"] += 1
+    return original(self, batch, batch_idx)
+
+
+ClassifierModule.training_step = training_step
+sys.exit(main(sys.argv[1:]))
+"""
+RESUMABLE = ["train.epochs=2", "checkpoint.every_n_steps=4", "checkpoint.every_n_seconds=0", "model.dropout=0.2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["finetune", "ewc", "replay"])
+def test_a_killed_ddp_run_resumes_to_the_uninterrupted_one(tmp_path: Path, method: str) -> None:
+    """Rank 0 is killed after 10 updates (its last checkpoint is step 8) and the other process goes down with
+    the group; run again, both processes go on from that checkpoint (rank 1 loads the same file and the random
+    streams rank 0 saved), and every measurement equals the uninterrupted two-process run's."""
+    settings = [f"method.name={method}", *RESUMABLE, *DDP]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    reference.mkdir()
+    killed.mkdir()
+    whole = research_run(SPLIT, reference, *settings)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    script = tmp_path / "kill_rank0.py"
+    script.write_text(KILL_RANK0)
+    command = [sys.executable, str(script), "run", str(SPLIT), *SMALL, f"out={killed}", *settings]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": "10"}
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = subprocess.Popen(command, cwd=killed, env=env, start_new_session=True, stdout=log, stderr=log)
+        try:
+            proc.wait(timeout=300)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # rank 1, if it outlived rank 0
+    assert proc.returncode == -signal.SIGKILL
+    run_dir = only_run(killed)
+    assert read_summary(run_dir)["status"] == "running"  # died without a word, as a killed process does
+    assert (run_dir / CHECKPOINT_FILE).is_file()
+
+    again = research_run(SPLIT, killed, *settings)
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = read_summary(run_dir)
+    assert summary["status"] == "completed" and summary["resumed_from_step"] == 8
+    assert run_dir.name == only_run(reference).name
+    assert_same_run(run_dir, only_run(reference))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_model_families import hf_config
+from test_model_families import example_config
 from test_resume import SETTINGS, assert_same_run, reference_root, run_interrupted  # noqa: F401
 
 from research.errors import ConfigError
@@ -55,8 +55,8 @@ def test_accumulation_resumes_exactly(make_cfg, reference_root: Path, monkeypatc
     assert_same_run(resumed.run_dir, reference.run_dir)
 
 
-def test_bf16_mixed_precision_trains_both_families(make_cfg, tiny_bert, word_table, out) -> None:
-    for cfg in (make_cfg("train.precision=bf16-mixed"), hf_config(tiny_bert, word_table, out)):
+def test_bf16_mixed_precision_trains_both_families(make_cfg, family_example, out) -> None:
+    for cfg in (make_cfg("train.precision=bf16-mixed"), example_config(family_example("hf"), out)):
         if cfg.model.arch == "hf":
             cfg.train.precision = "bf16-mixed"
         result = run(cfg)

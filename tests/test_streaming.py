@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_model_families import hf_config
+from test_model_families import example_config
 from test_resume import SETTINGS, assert_same_run, reference_root, run_interrupted  # noqa: F401
 
 from research.config import validate_config
@@ -77,9 +77,9 @@ def test_streamed_and_in_memory_runs_measure_the_same(
     pd.testing.assert_frame_equal(disk, memory, check_exact=True)
 
 
-def test_streamed_text_measures_what_tokenised_text_does(tiny_bert, word_table, out: Path, tmp_path: Path) -> None:
-    memory = run(hf_config(tiny_bert, word_table, out)).metrics
-    cfg = hf_config(tiny_bert, word_table, tmp_path)
+def test_streamed_text_measures_what_tokenised_text_does(family_example, out: Path, tmp_path: Path) -> None:
+    memory = run(example_config(family_example("hf"), out)).metrics
+    cfg = example_config(family_example("hf"), tmp_path)
     cfg = validate_config({**cfg.model_dump(mode="json"), "data": {"stream": "always", "workers": 2}})
     assert isinstance(build_tasks(cfg).finetune[0].splits["train"][0], DiskExamples)
     disk = run(cfg).metrics

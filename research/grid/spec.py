@@ -207,23 +207,13 @@ def registered_methods(subgrid: dict[str, Any], where: str) -> tuple[dict[str, A
 
 
 def cannot_run(config: ExperimentConfig) -> str | None:
-    """Why the method of ``config`` cannot run on its experiment, from what the method declares it needs (the
-    refusals research.training.run.check makes, asked before anything is built), or None where it can."""
+    """Why the method of ``config`` cannot run on its experiment (the refusal `research run` would make, asked
+    before anything is built), or None where it can."""
     from research.methods import method_class
+    from research.methods.applicability import refusal
 
-    method = method_class(config.method["name"])
-    if method.needs_pretraining_data and not config.pretrain.tasks:
-        return f"it needs pretraining data ({method.why_pretraining_data}), and the experiment has no pretrain.tasks"
-    if method.records_in_pretraining is not None:  # it records the pretraining trajectory (SI's path integral)
-        if config.pretrain.checkpoint:
-            return "it needs the pretraining trajectory, which pretrain.checkpoint does not carry"
-        if config.model.external:
-            return f"it needs the pretraining trajectory, and model.arch={config.model.arch} was pretrained elsewhere"
-    if len(config.finetune.tasks) > 1 and not method.supports_sequences:
-        return (
-            f"it is defined for one fine-tuning task, and finetune.tasks is a sequence of {len(config.finetune.tasks)}"
-        )
-    return None
+    refused = refusal(method_class(config.method["name"]), config)
+    return None if refused is None else f"it {refused.reason}"
 
 
 def expand_subgrid(subgrid: dict[str, Any], where: str) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from research.data.fingerprint import content_fingerprints
 from research.data.tasks import TaskSet, build_tasks
 from research.errors import ConfigError, RunBusy, RunFailed
 from research.methods import build_method
+from research.methods.applicability import refusal
 from research.models.adapters import adapter
 from research.store import (
     exclusive_lock,
@@ -78,26 +79,9 @@ def check(cfg: ExperimentConfig, command_line: bool = False) -> TaskSet:
             )
     adapter(cfg.model.arch).check(cfg.model)  # the model can be found: a directory, a name, a factory
     method = build_method(cfg.method)
-    if method.records_in_pretraining is not None and cfg.pretrain.checkpoint:
-        raise ConfigError(
-            f"method.name: {method.name} needs the pretraining trajectory, which a checkpoint does not carry; "
-            "leave pretrain.checkpoint empty so pretraining runs here (it is cached), or choose another method"
-        )
-    if method.records_in_pretraining is not None and cfg.model.external:
-        raise ConfigError(
-            f"method.name: {method.name} needs the trajectory of pretraining the backbone, and model.arch="
-            f"{cfg.model.arch} was pretrained elsewhere (here only pretraining heads are trained, on its frozen "
-            "features); choose another method, e.g. ewc or mas with pretrain.tasks, or l2sp without"
-        )
-    if method.needs_pretraining_data and not cfg.pretrain.tasks:
-        from research.methods import method_class, method_names
-
-        free = [n for n in method_names() if not method_class(n).needs_pretraining_data]
-        raise ConfigError(
-            f"method.name: {method.name} needs pretraining data ({method.why_pretraining_data}), and this "
-            f"model.arch={cfg.model.arch} run has no pretrain.tasks; add some (their heads are trained on the loaded "
-            f"model's frozen features) or choose a method that needs none: {', '.join(free)}"
-        )
+    refused = refusal(type(method), cfg)  # what the method declares it needs, against this experiment
+    if refused is not None:
+        raise ConfigError(refused.message())
     if cfg.train.strategy == "ddp":
         from research.methods import method_class, method_names
 
@@ -113,14 +97,6 @@ def check(cfg: ExperimentConfig, command_line: bool = False) -> TaskSet:
                 "train.devices=N`): Lightning starts each further process by running that command again, which a "
                 "run started from Python or a grid worker does not have"
             )
-    if len(cfg.finetune.tasks) > 1 and not method.supports_sequences:
-        from research.methods import method_class, method_names
-
-        supported = [n for n in method_names() if method_class(n).supports_sequences]
-        raise ConfigError(
-            f"finetune.tasks: {len(cfg.finetune.tasks)} tasks in sequence, but method {method.name} is defined for "
-            f"one fine-tuning task only; methods that support sequences: {', '.join(supported)}"
-        )
     tasks = build_tasks(cfg)
     finetune_model(cfg, tasks, method, state=None)
     check_checkpoint(cfg, tasks)

@@ -13,17 +13,20 @@ nothing else (the heads stay ours, ``research.models.multihead``):
 - ``external``: whether the weights come from outside the lab (a foundation model), so that no pretraining
   stage of ours trains the backbone;
 - ``fingerprint``: the content behind the weights (a local directory, a weights file, the factory's source)
-  for run ids and the pretraining cache.
+  for run ids and the pretraining cache;
+- ``example``: a tiny experiment of the family that runs here without downloading anything.
 
 One file per family registers one ``Adapter`` subclass with ``@register_adapter``; tests are generated from the
-registry.
+registry: every method, partial unfreezing and layer-wise learning rates run on each family's ``example``, so a
+new family file is tested the moment it exists (and fails those tests until it gives an example).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -53,6 +56,26 @@ def tensor_encoder() -> InputEncoder:
     return InputEncoder(("array",), lambda x: torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), {})
 
 
+@dataclass(frozen=True)
+class Example:
+    """A tiny experiment of one family that needs no download: the ``model`` section and the tasks it fits, as
+    config mappings. ``pretrain_tasks`` are scored by heads (for an external model, heads trained on its frozen
+    features); an external family's example must also run without them."""
+
+    model: dict[str, Any]
+    finetune_tasks: list[dict[str, Any]]
+    pretrain_tasks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def digits_example(model: dict[str, Any]) -> Example:
+    """A model on the packaged 8×8 digits (scikit-learn's): pretraining digits 0–4, fine-tuning 5–9."""
+    return Example(
+        model=model,
+        pretrain_tasks=[{"name": "d04", "source": "digits", "classes": [0, 1, 2, 3, 4]}],
+        finetune_tasks=[{"name": "d59", "source": "digits", "classes": [5, 6, 7, 8, 9]}],
+    )
+
+
 class Adapter:
     """Base class of a backbone family. Subclasses set ``name`` and the class attributes, and implement
     ``build``; ``keys`` lists the ``model.*`` settings the family reads (any other set to a non-default value is
@@ -62,6 +85,9 @@ class Adapter:
     keys: ClassVar[tuple[str, ...]] = ()
     external: ClassVar[bool] = False  # weights from outside the lab (a foundation model)
     summary: ClassVar[str] = ""  # one line for `research models` and error messages
+    # Even its smallest example is a full-size model (torchvision's smallest at 224 pixels): the tests generated
+    # for every method on it are marked slow; partial unfreezing and layer-wise rates still run by default.
+    slow_example: ClassVar[bool] = False
 
     def check(self, cfg: ModelConfig) -> None:
         """Raise ConfigError for settings that cannot work (a missing directory, an unknown model name)."""
@@ -80,6 +106,14 @@ class Adapter:
     def describe(self, cfg: ModelConfig, backbone: nn.Module) -> dict[str, Any]:
         """Facts for summary.json: what was loaded, from where, how features are pooled."""
         return {"arch": self.name}
+
+    def example(self, workdir: Path) -> Example:
+        """A tiny experiment of this family that runs without a download, writing any files it needs (a model
+        directory, a data table) under ``workdir``. The registry-generated tests run every method on it."""
+        raise NotImplementedError(
+            f"adapter '{self.name}' ({type(self).__module__}) gives no example(): the tests generated from the "
+            "adapter registry run every method on each family's example"
+        )
 
 
 _ADAPTERS: dict[str, type[Adapter]] = {}

@@ -3,11 +3,13 @@ such as MNIST-1D; one block per convolution."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
 from research.config import ModelConfig
 from research.errors import ConfigError
-from research.models.adapters.base import Adapter, register_adapter
+from research.models.adapters.base import Adapter, Example, digits_example, register_adapter
 
 
 @register_adapter
@@ -50,3 +52,6 @@ class CNNAdapter(Adapter):
 
     def describe(self, cfg: ModelConfig, backbone: nn.Module) -> dict:
         return {"arch": self.name, "channels": list(cfg.channels)}
+
+    def example(self, workdir: Path) -> Example:
+        return digits_example({"arch": "cnn", "channels": [4, 6]})

@@ -25,9 +25,11 @@ from research.config import ModelConfig
 from research.errors import ConfigError
 from research.models.adapters.base import (
     Adapter,
+    Example,
     block_names_of,
     blocks_of,
     check_block_cover,
+    digits_example,
     feature_dim_by_probe,
     register_adapter,
 )
@@ -131,3 +133,31 @@ class CustomAdapter(Adapter):
             "parameters": sum(p.numel() for p in backbone.parameters()),
             "blocks": block_names_of(backbone),
         }
+
+    def example(self, workdir: Path) -> Example:
+        return digits_example(
+            {"arch": self.name, "factory": f"{__name__}:example_net", "blocks": ["stem", "body", "top"]}
+        )
+
+
+class ExampleNet(nn.Module):
+    """The family's example, a model as a user would write one: 8×8 images in, 16 features out, three
+    submodules that ``model.blocks`` names."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU())
+        self.body = nn.Sequential(nn.Linear(width, width), nn.ReLU())
+        self.top = nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width))
+
+    def forward(self, x: Any) -> Any:
+        return self.top(self.body(self.stem(x)))
+
+
+def example_net(width: int = 16) -> nn.Module:
+    """``model.factory`` of the example: its weights drawn from a fixed seed, as a user's loaded weights are
+    the same in every build."""
+    from research.models.adapters.base import fixed_rng
+
+    with fixed_rng():
+        return ExampleNet(width)

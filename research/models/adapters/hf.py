@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from research.config import ModelConfig
 from research.errors import ConfigError
-from research.models.adapters.base import Adapter, Blocks, InputEncoder, fixed_rng, register_adapter
+from research.models.adapters.base import Adapter, Blocks, Example, InputEncoder, fixed_rng, register_adapter
 
 POOLINGS = ("mean", "cls", "pooler")
 
@@ -288,3 +288,61 @@ class HFAdapter(Adapter):
             "parameters": sum(p.numel() for p in backbone.parameters()),
             "blocks": backbone.block_names(),
         }
+
+    def example(self, workdir: Path) -> Example:
+        """A tiny BERT of our own (``write_tiny_bert``) on a table of word sequences (``write_word_table``):
+        pretraining task a/b on single texts, fine-tuning task c/d on text pairs."""
+        model_dir = write_tiny_bert(workdir / "tiny_bert")
+        table = write_word_table(workdir / "words.csv")
+        task = {"source": "text", "path": str(table)}
+        return Example(
+            model={"arch": "hf", "name": str(model_dir), "max_length": 16},
+            pretrain_tasks=[{"name": "ab", "classes": ["a", "b"], **task}],
+            finetune_tasks=[{"name": "cd", "classes": ["c", "d"], "text_pair_column": "second", **task}],
+        )
+
+
+# ------------------------------------------------------------------------------------------- the example
+
+TINY_WORDS = [f"w{i}" for i in range(60)]
+
+
+def write_tiny_bert(directory: Path) -> Path:
+    """A randomly initialised 2-layer BertModel (hidden 32, seed 0) and a word-level tokenizer over
+    ``TINY_WORDS``, written with ``save_pretrained`` as a user's own model would be; returns the directory."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = directory / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=False)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    with fixed_rng():
+        model = BertModel(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_word_table(path: Path, rows: int = 240) -> Path:
+    """A CSV of short texts over ``TINY_WORDS`` whose words predict one of four labels (a..d: each label draws
+    from its own band of 15 words), and an unrelated second text per row for text-pair tasks."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(rows):
+        label = "abcd"[i % 4]
+        start = 15 * "abcd".index(label)
+        words = [TINY_WORDS[start + int(k)] for k in rng.integers(0, 15, size=int(rng.integers(2, 7)))]
+        records.append({"text": " ".join(words), "label": label, "second": TINY_WORDS[int(rng.integers(0, 60))]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(records).to_csv(path, index=False)
+    return path

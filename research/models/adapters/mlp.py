@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from torch import nn
 
 from research.config import ModelConfig
-from research.models.adapters.base import Adapter, register_adapter
+from research.models.adapters.base import Adapter, Example, digits_example, register_adapter
 
 
 @register_adapter
@@ -33,3 +34,6 @@ class MLPAdapter(Adapter):
 
     def describe(self, cfg: ModelConfig, backbone: nn.Module) -> dict:
         return {"arch": self.name, "hidden": list(cfg.hidden)}
+
+    def example(self, workdir: Path) -> Example:
+        return digits_example({"arch": "mlp", "hidden": [16, 16]})

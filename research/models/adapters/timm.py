@@ -22,6 +22,7 @@ What timm and torchvision share (weights files, block views, the image encoder a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +30,14 @@ from torch import nn
 
 from research.config import ModelConfig
 from research.errors import ConfigError
-from research.models.adapters.base import Adapter, InputEncoder, fixed_rng, register_adapter
+from research.models.adapters.base import (
+    Adapter,
+    Example,
+    InputEncoder,
+    digits_example,
+    fixed_rng,
+    register_adapter,
+)
 from research.models.adapters.images import (
     ImageBackbone,
     ImageInput,
@@ -111,6 +119,11 @@ class TimmAdapter(Adapter):
             "blocks": backbone.block_names(),
             "input": self.input_encoder(cfg).identity,
         }
+
+    def example(self, workdir: Path) -> Example:
+        """timm's ``test_resnet`` (a resnet made for timm's own tests, 0.37M parameters, 160 pixels), randomly
+        initialised so nothing downloads, on the 8×8 digits resized to its input."""
+        return digits_example({"arch": self.name, "name": "test_resnet", "pretrained": False})
 
 
 # --------------------------------------------------------------------------------------------- timm specifics

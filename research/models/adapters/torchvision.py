@@ -32,7 +32,14 @@ from torch import Tensor, nn
 
 from research.config import ModelConfig
 from research.errors import ConfigError
-from research.models.adapters.base import Adapter, InputEncoder, fixed_rng, register_adapter
+from research.models.adapters.base import (
+    Adapter,
+    Example,
+    InputEncoder,
+    digits_example,
+    fixed_rng,
+    register_adapter,
+)
 from research.models.adapters.images import (
     ImageBackbone,
     ImageInput,
@@ -55,6 +62,7 @@ class TorchvisionAdapter(Adapter):
     name = "torchvision"
     keys = ("name", "weights", "pretrained")
     external = True
+    slow_example = True  # 224-pixel inputs: every method on it takes minutes on two cores
     summary = "a torchvision image classifier (model.name), pooled features; its DEFAULT weights or model.weights"
 
     def check(self, cfg: ModelConfig) -> None:
@@ -117,6 +125,11 @@ class TorchvisionAdapter(Adapter):
             "blocks": backbone.block_names(),
             "input": self.input_encoder(cfg).identity,
         }
+
+    def example(self, workdir: Path) -> Example:
+        """torchvision's smallest supported classifier, MobileNetV3-small (2.5M parameters at 224 pixels),
+        randomly initialised so nothing downloads, on the 8×8 digits resized to its input."""
+        return digits_example({"arch": self.name, "name": "mobilenet_v3_small", "pretrained": False})
 
 
 def tv_name(cfg: ModelConfig) -> str:

@@ -24,11 +24,11 @@ peak memory of an EWC run, and the cost of the diagonal Fisher on it.
    step.
 2. Peak RSS of a MiniLM EWC run (exact Fisher on the ``grammar`` task) and of a finetune run, each a fresh
    ``python -m research run`` process, its working peak read from its last exit handler as memory.py does, but
-   as ``VmHWM`` rather than ``ru_maxrss`` (see ``PEAK_WRAPPER``); pretraining cached first. On this model the
-   library's exact Fisher works on one example at a time (its per-example Jacobians exceed the 256 MiB chunk
-   bound), so the peak does not depend on ``method.fisher_samples``; the run uses ``--ewc-samples`` examples to
-   stay short (the default, ``fisher_samples=1000``, takes all 204 training examples of ``grammar``), and the
-   time per example is printed.
+   as ``VmHWM`` rather than ``ru_maxrss`` (see ``PEAK_WRAPPER``); pretraining cached first. The library's exact
+   Fisher works in chunks of bounded size (its closed forms per layer, research/methods/layer_fisher.py), so the
+   peak does not depend on ``method.fisher_samples``; the run uses ``--ewc-samples`` examples to stay short (the
+   default, ``fisher_samples=1000``, takes all 204 training examples of ``grammar``), and the time per example is
+   printed.
 3. The diagonal Fisher over 500 word pairs: ``research.methods.fisher.fisher_diagonal`` on all trainable
    parameters, in minibatches of 64 as EWC calls it, estimators ``exact``, ``sample`` and ``empirical``, all in one
    worker process, each with its own peak RSS (Linux's ``/proc/self/clear_refs`` resets the high-water mark before
@@ -378,7 +378,7 @@ def measure_memory(out: str, steps: int, ewc_samples: int, pretrain_epochs: int 
     print(f"  ratio ewc / finetune: {ratio:.2f}×")
     print(
         f"  (with the default method.fisher_samples=1000, all 204 grammar examples: about "
-        f"{204 * fisher_seconds / examples:.0f} s of Fisher at this rate, same peak: one example per chunk)"
+        f"{204 * fisher_seconds / examples:.0f} s of Fisher at this rate; the peak does not grow with it: chunks of bounded size)"
     )
     details = {"runs": results, "ewc_method_info": ewc_info, "steps": steps}
     return [

@@ -378,7 +378,8 @@ def measure_memory(out: str, steps: int, ewc_samples: int, pretrain_epochs: int 
     print(f"  ratio ewc / finetune: {ratio:.2f}×")
     print(
         f"  (with the default method.fisher_samples=1000, all 204 grammar examples: about "
-        f"{204 * fisher_seconds / examples:.0f} s of Fisher at this rate; the peak does not grow with it: chunks of bounded size)"
+        f"{204 * fisher_seconds / examples:.0f} s of Fisher at this rate; the peak does not grow with it: "
+        "chunks of bounded size)"
     )
     details = {"runs": results, "ewc_method_info": ewc_info, "steps": steps}
     return [

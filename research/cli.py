@@ -266,6 +266,12 @@ def _print_result(summary: dict, run_dir: Path) -> None:
         # A class-incremental task is not scored before its own task starts (its classes have no outputs yet).
         start = f"{initial['acc']:.4f}" if "acc" in initial else "   n/a"
         print(f"  {final['role']:8s} {task:20s} acc {start} -> {final['acc']:.4f}")
+    for name, ability in summary.get("abilities", {}).items():
+        for metric, value in ability["final"].items():
+            if metric != "role":
+                start = ability["initial"].get(metric)
+                shown = f"{start:.4f}" if start is not None else "   n/a"
+                print(f"  ability  {name:20s} {metric} {shown} -> {value:.4f}")
 
 
 if __name__ == "__main__":

@@ -312,6 +312,9 @@ class ExperimentConfig(Strict):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)  # optional for a model loaded from outside
     finetune: FinetuneConfig
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "finetune"})
+    # What the loaded model could do before fine-tuning, scored with the tasks (research.abilities): each entry
+    # {name, kind, ...} is validated against its kind's typed config.
+    abilities: list[dict[str, Any]] = Field(default_factory=list)
     train: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -343,6 +346,29 @@ class ExperimentConfig(Strict):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"task names must be unique across pretrain and finetune; repeated: {duplicated}")
+        return self
+
+    @field_validator("abilities", mode="before")
+    @classmethod
+    def _abilities_are_registered(cls, raw: Any) -> list[dict[str, Any]]:
+        from research.abilities import ability_config
+
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            raise ValueError("abilities must be a list of {name, kind, ...} entries")
+        try:
+            return [ability_config(entry, f"abilities[{i}]").model_dump(mode="json") for i, entry in enumerate(raw)]
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+
+    @model_validator(mode="after")
+    def _abilities_are_distinct(self) -> ExperimentConfig:
+        tasks = {t.name for t in self.pretrain.tasks + self.finetune.tasks}
+        names = [a["name"] for a in self.abilities]
+        clash = sorted({n for n in names if names.count(n) > 1 or n in tasks})
+        if clash:
+            raise ValueError(f"ability names must be unique and differ from task names; repeated: {clash}")
         return self
 
     @field_validator("method", mode="before")

@@ -111,7 +111,7 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
                 f"does not take (it takes {', '.join(encoder.kinds)}); "
                 + ("use model.arch=hf for text" if source.kind == "text" else "use a numeric source")
             )
-        class_ids = _resolve_classes(source, tcfg, where)
+        class_ids = resolve_classes(source, tcfg, where)
         selected.append((where, role, tcfg, source, class_ids))
 
     shapes = {_example_shape(s) for _, _, _, s, _ in selected}
@@ -157,7 +157,7 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
     return TaskSet(tasks["pretrain"], tasks["finetune"], head_sizes, pretrain_heads, outputs_after if shared else None)
 
 
-def _resolve_classes(source: SourceData, tcfg: TaskConfig, where: str) -> list[int]:
+def resolve_classes(source: SourceData, tcfg: TaskConfig, where: str) -> list[int]:
     """Class indices into the source. Classes are named by their label (``3`` and ``"3"`` are the same class;
     a folder source's labels are its sub-folder names), never by position."""
     if tcfg.classes is None:

@@ -55,7 +55,7 @@ def relation_pairs() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
 
 def read_text_table(path: str, text_column: str, text_pair_column: str | None, label_column: str):
     """(texts (N,) or text pairs (N, 2) as str, labels as given, class names or None) of a user's table."""
-    table, class_names = _read_table(path)
+    table, class_names = read_table(path)
     columns = [text_column, *([text_pair_column] if text_pair_column else []), label_column]
     missing = [c for c in columns if c not in table.columns]
     if missing:
@@ -74,7 +74,7 @@ def read_text_table(path: str, text_column: str, text_pair_column: str | None, l
     return (x[:, 0] if x.shape[1] == 1 else x), table[label_column].to_numpy(), class_names.get(label_column)
 
 
-def _read_table(path: str) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+def read_table(path: str) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """A table and, for a ``datasets`` folder, the names of its ClassLabel columns."""
     file = Path(path)
     if file.is_dir():

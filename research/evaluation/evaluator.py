@@ -20,6 +20,8 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from research.abilities import Ability
+from research.abilities.base import features as ability_features
 from research.data.inputs import Inputs, compact, take, to_device
 from research.data.tasks import Task
 from research.evaluation.drift import extend_snapshot, weight_drift
@@ -102,7 +104,9 @@ Record = dict[str, object]
 
 
 class Evaluator(L.Callback):
-    """Scores every task at step 0, every ``every_n_steps`` optimizer steps, and at the end of training.
+    """Scores every task at step 0, every ``every_n_steps`` optimizer steps, and at the end of training,
+    and with them every ability of the loaded model (research.abilities: rows with ``role: pretrain``, the ability
+    as ``task`` and the kind's metrics).
 
     Each measurement becomes tidy records (step, epoch, task, role, metric, value) in ``self.records`` and,
     through ``on_scores``, goes to whatever else wants it (the W&B logger). With each evaluation it also records
@@ -116,8 +120,10 @@ class Evaluator(L.Callback):
         every_n_steps: int,
         batch_size: int,
         on_scores: Callable[[int, dict[str, float]], None] | None = None,
+        abilities: list[Ability] | None = None,
     ) -> None:
         self.sets = sets
+        self.abilities = list(abilities or [])
         self.start_segment(step_offset=0, epoch_offset=0, steps_per_epoch=1)  # each task's fit sets its own
         self.every_n_steps = every_n_steps
         self.batch_size = batch_size
@@ -141,7 +147,12 @@ class Evaluator(L.Callback):
 
     def state(self) -> dict[str, object]:
         """What a resumed run needs besides the records: the drift reference and the running totals."""
-        return {"start": self._start, "evaluations": self.evaluations, "seconds": self.seconds}
+        return {
+            "start": self._start,
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+            "abilities": {a.name: a.state_dict() for a in self.abilities},
+        }
 
     def restore(self, state: dict[str, object], step: int) -> None:
         """Continue from a checkpoint taken at ``step``; that step's evaluation, if it had one, is in the
@@ -149,6 +160,9 @@ class Evaluator(L.Callback):
         self._start = state["start"]  # type: ignore[assignment]
         self.evaluations = int(state["evaluations"])  # type: ignore[call-overload]
         self.seconds = float(state["seconds"])  # type: ignore[arg-type]
+        saved: dict[str, dict[str, Tensor]] = state.get("abilities", {})  # type: ignore[assignment]
+        for ability in self.abilities:
+            ability.load_state_dict(saved.get(ability.name, {}))
         self._last_step = step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -176,6 +190,13 @@ class Evaluator(L.Callback):
         for s in self.sets:
             for metric, value in results.get(s.task.name, {}).items():  # a task not scorable yet has no rows
                 row = {"step": step, "epoch": epoch, "task": s.task.name, "role": s.task.role, "metric": metric}
+                self.records.append({**row, "value": value})
+                flat[tracked_name(row)] = value
+        model = pl_module.model
+        for ability in self.abilities:  # the loaded model's other abilities, from its features
+            values = ability.score(lambda x: ability_features(model, x, self.batch_size))  # type: ignore[arg-type]
+            for metric, value in values.items():
+                row = {"step": step, "epoch": epoch, "task": ability.name, "role": "pretrain", "metric": metric}
                 self.records.append({**row, "value": value})
                 flat[tracked_name(row)] = value
         if self._start is not None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from research.abilities import build_abilities
 from research.config import ExperimentConfig
 from research.data.batches import TensorBatches
 from research.data.tasks import TaskSet
@@ -114,6 +115,7 @@ class FinetuneOutcome:
     evaluations: int = 0
     method_info: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)  # what the backbone is (research.models.adapters)
+    ability_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # each ability's data (research.abilities)
     method_rows: list[dict[str, Any]] = field(default_factory=list)  # from Method.finish, for method.parquet
     drift: list[dict[str, Any]] = field(default_factory=list)  # weight drift per block, for diagnostics.parquet
     task_ends: list[dict[str, Any]] = field(default_factory=list)  # each fine-tuning task's last step, in order
@@ -184,11 +186,14 @@ class FinetuneStage:
     ) -> None:
         self.cfg, self.tasks, self.method, self.model, self.context = cfg, tasks, method, model, context
         self.tracker, self.outcome, self.checkpointing, self.started = tracker, outcome, checkpointing, started
+        abilities = build_abilities(cfg, adapter(cfg.model.arch).input_encoder(cfg.model)) if cfg.abilities else []
+        outcome.ability_info = {a.name: a.info() for a in abilities}
         self.evaluator = Evaluator(
             eval_sets(tasks.all, cfg.eval.split, cfg.eval.max_samples, cfg.data.split_seed),
             cfg.eval.every_n_steps,
             cfg.eval.batch_size,
             lambda step, scores: tracker.log(scores, step),
+            abilities,
         )
         self.evaluator.records = outcome.records  # measurements land in the outcome as they are taken
         self.evaluator.drift = outcome.drift

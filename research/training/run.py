@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from research.abilities import build_abilities
 from research.config import ExperimentConfig, resolved, run_id
 from research.data.fingerprint import content_fingerprints
 from research.data.tasks import TaskSet, build_tasks
@@ -98,6 +99,8 @@ def check(cfg: ExperimentConfig, command_line: bool = False) -> TaskSet:
                 "run started from Python or a grid worker does not have"
             )
     tasks = build_tasks(cfg)
+    if cfg.abilities:  # their data can be found, read and taken by the model
+        build_abilities(cfg, adapter(cfg.model.arch).input_encoder(cfg.model))
     finetune_model(cfg, tasks, method, state=None)
     check_checkpoint(cfg, tasks)
     return tasks
@@ -295,20 +298,32 @@ def replay_history(tracker: Tracker, records: list[dict[str, Any]], drift: list[
 
 
 def _results(outcome: FinetuneOutcome) -> dict[str, Any]:
-    """Scores per task at step 0 and at the last evaluation."""
-    evals = [r for r in outcome.records if r["metric"] in ("acc", "loss")]
-    if not evals:
-        return {"initial": {}, "final": {}}
-    first, last = min(r["step"] for r in evals), max(r["step"] for r in evals)
+    """Scores per task at step 0 and at the last evaluation, and the same for each ability (under
+    ``abilities``, with what each was scored on)."""
+    abilities = set(outcome.ability_info)
+    evals = [r for r in outcome.records if r["metric"] in ("acc", "loss") and r["task"] not in abilities]
+    scored = [r for r in outcome.records if r["task"] in abilities]
+    results: dict[str, Any] = {"initial": {}, "final": {}}
+    if evals:
+        first, last = min(r["step"] for r in evals), max(r["step"] for r in evals)
+        results = {"initial": _at(evals, first), "final": _at(evals, last), "final_step": last}
+    if abilities:
+        steps = [r["step"] for r in scored]
+        initial, final = (_at(scored, min(steps)), _at(scored, max(steps))) if steps else ({}, {})
+        results["abilities"] = {
+            name: {"initial": initial.get(name, {}), "final": final.get(name, {}), **info}
+            for name, info in outcome.ability_info.items()
+        }
+    return results
 
-    def at(step: int) -> dict[str, dict[str, Any]]:
-        table: dict[str, dict[str, Any]] = {}
-        for r in evals:
-            if r["step"] == step:
-                table.setdefault(r["task"], {"role": r["role"]})[r["metric"]] = r["value"]
-        return table
 
-    return {"initial": at(first), "final": at(last), "final_step": last}
+def _at(rows: list[dict[str, Any]], step: int) -> dict[str, dict[str, Any]]:
+    """{task: {"role": …, metric: value}} of the rows at ``step``."""
+    table: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["step"] == step:
+            table.setdefault(r["task"], {"role": r["role"]})[r["metric"]] = r["value"]
+    return table
 
 
 def readable_name(cfg: ExperimentConfig) -> str:

@@ -1,0 +1,164 @@
+"""Abilities: what the loaded model could do before fine-tuning, scored alongside the tasks.
+
+A model pretrained elsewhere comes without its pretraining data, so "scoring the pretraining tasks" means scoring
+its original *abilities*: how well its features still rank word similarities as people do, how far they drift
+from where they started on a reference text, how much a linear probe can still read from them. Each kind of
+ability is one file in this package with one ``Ability`` subclass registered with ``@register_ability``, and an
+experiment lists the ones it scores:
+
+    abilities:
+      - {name: wordsim, kind: similarity, data: wordsim353}
+      - {name: lee, kind: representation, data: {source: lee}}
+
+The evaluator scores every ability at step 0 and at every evaluation after, as tidy rows with ``role: pretrain``,
+``task: <ability name>`` and ``metric: <one of the kind's metrics>``; the first of a kind's ``metrics`` is its
+*score* (higher is better), the value the report's forgetting metrics are computed from, as accuracy is for a
+classification task. An ability never trains anything and never draws from the global random streams: its
+examples are drawn once, when it is built, with its own seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor
+
+from research.data.inputs import Inputs, compact, count, take, to_device
+from research.errors import ConfigError
+from research.models.adapters import InputEncoder
+from research.models.modes import eval_mode
+
+# Features of a batch of inputs, in eval mode and without gradients, on the CPU (research.abilities.base.features).
+FeatureFn = Callable[[Inputs], Tensor]
+
+
+class AbilityConfig(BaseModel):
+    """Base of every kind's settings: typed, with defaults, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    name: str = Field(min_length=1)
+    kind: str
+    # Examples scored at each evaluation: a seeded sample of the data when it has more (None: all of them).
+    max_samples: int | None = Field(default=1000, gt=0)
+    seed: int = Field(default=0, ge=0)
+
+
+class Ability:
+    """Base class of an ability kind. Subclasses set the class attributes and implement ``__init__`` (load and
+    encode the data, raising ConfigError for bad input) and ``score``."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[AbilityConfig]]
+    metrics: ClassVar[tuple[str, ...]]  # the first is the score (higher is better)
+    summary: ClassVar[str] = ""  # one line for `research abilities` and error messages
+
+    def __init__(self, config: AbilityConfig, encoder: InputEncoder, where: str) -> None:
+        self.config = config
+        self.where = where
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def score(self, features: FeatureFn) -> dict[str, float]:
+        """The kind's metrics for the model whose features ``features`` computes."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """What a resumed run needs to score exactly as the uninterrupted one (a step-0 reference)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore ``state_dict``'s tensors."""
+
+    def info(self) -> dict[str, Any]:
+        """Facts for summary.json: the data, how many examples are scored."""
+        return {"kind": self.kind, **self.config.model_dump(mode="json", exclude={"name", "kind"})}
+
+    @classmethod
+    def example(cls, workdir: Path, inputs: str) -> dict[str, Any]:
+        """An ``abilities`` entry of this kind for a model of ``inputs`` (``text`` or ``array``: 8×8 digits)
+        that needs no download, writing any file it needs under ``workdir``. The registry-generated tests score
+        every kind on a text and a numeric model with it."""
+        raise NotImplementedError(f"ability kind '{cls.kind}' ({cls.__module__}) gives no example()")
+
+
+_KINDS: dict[str, type[Ability]] = {}
+
+
+def register_ability(cls: type[Ability]) -> type[Ability]:
+    kind = getattr(cls, "kind", None)
+    if not kind or not isinstance(kind, str):
+        raise TypeError(f"{cls.__qualname__} must set a class attribute 'kind'")
+    config = getattr(cls, "Config", None)
+    if not (isinstance(config, type) and issubclass(config, AbilityConfig)):
+        raise TypeError(f"ability kind '{kind}' must set 'Config' to an AbilityConfig subclass")
+    if not getattr(cls, "metrics", ()):
+        raise TypeError(f"ability kind '{kind}' must name its metrics, its score first")
+    if kind in _KINDS and _KINDS[kind] is not cls:
+        raise ValueError(f"ability kind '{kind}' is registered twice ({_KINDS[kind].__module__} and {cls.__module__})")
+    _KINDS[kind] = cls
+    return cls
+
+
+def ability_kinds() -> list[str]:
+    return list(_KINDS)
+
+
+def ability_class(kind: str) -> type[Ability]:
+    try:
+        return _KINDS[kind]
+    except KeyError:
+        raise ConfigError(f"unknown ability kind '{kind}'; valid choices: {', '.join(_KINDS)}") from None
+
+
+def score_metrics() -> list[str]:
+    """The metric forgetting is measured on, per kind: ``acc`` for the classification tasks, then each
+    registered kind's score."""
+    return ["acc", *(cls.metrics[0] for cls in _KINDS.values())]
+
+
+def ability_config(raw: Any, where: str) -> AbilityConfig:
+    """Validate one entry of ``abilities`` against its kind's typed config."""
+    if isinstance(raw, AbilityConfig):
+        return raw
+    if not isinstance(raw, dict) or "kind" not in raw or "name" not in raw:
+        raise ConfigError(f"{where}: an ability needs a 'name' and a 'kind'; valid kinds: {', '.join(_KINDS)}")
+    try:
+        cls = ability_class(str(raw["kind"]))
+    except ConfigError as err:
+        raise ConfigError(f"{where}.kind: {err}") from None
+    try:
+        return cls.Config.model_validate(raw)
+    except ValidationError as err:
+        from research.config import describe_validation_error
+
+        raise ConfigError(describe_validation_error(err, cls.Config, raw, prefix=where)) from None
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def features(model: torch.nn.Module, inputs: Inputs, batch_size: int) -> Tensor:
+    """The backbone features of ``inputs`` (model.features), in eval mode and inference mode, in batches, as a
+    float64 CPU tensor (the metrics are computed in double precision). Restores every module's own mode."""
+    device = next(model.parameters()).device
+    parts = []
+    with eval_mode(model), torch.inference_mode():
+        for start in range(0, count(inputs), batch_size):
+            batch = compact(to_device(take(inputs, slice(start, start + batch_size)), device, non_blocking=True))
+            parts.append(model.features(batch).to("cpu", torch.float64))
+    return torch.cat(parts) if parts else torch.zeros(0, 0, dtype=torch.float64)
+
+
+def seeded_sample(n: int, max_samples: int | None, seed: int) -> Tensor | None:
+    """Sorted indices of a seeded sample of ``max_samples`` out of ``n`` (its own generator: the global streams
+    stay untouched), or None when all ``n`` are scored."""
+    if max_samples is None or n <= max_samples:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=generator)[:max_samples].sort().values

@@ -1,0 +1,89 @@
+"""``similarity``: does the model still rank pairs as people do? Spearman's rank correlation between the cosine
+of the two items' features and the human score, over pairs of words (WordSim-353, SimLex-999), sentences
+(STS-style files) or numeric inputs.
+
+The standard intrinsic evaluation of word representations (Finkelstein et al. 2002; Hill et al. 2015; for
+sentence encoders, Reimers & Gurevych 2019 report Spearman on STS the same way): each item is encoded on its own
+(a word as a one-word text), the pair's predicted similarity is the cosine of the two feature vectors, and only
+the ranking matters. Metric: ``spearman`` (its score).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from research.abilities.base import Ability, AbilityConfig, FeatureFn, register_ability, seeded_sample
+from research.abilities.data import read_pairs
+from research.abilities.measures import pair_cosines, spearman
+from research.data.inputs import Inputs, concat, count
+from research.errors import ConfigError
+from research.models.adapters import InputEncoder
+
+
+class SimilarityConfig(AbilityConfig):
+    kind: Literal["similarity"] = "similarity"
+    data: str = Field(min_length=1)  # wordsim353 | simlex999 | a .tsv/.txt/.csv/.jsonl/.parquet/.npz file
+    # Table columns of the two items and the score (None: the table's first, second and third column).
+    a_column: str | None = None
+    b_column: str | None = None
+    score_column: str | None = None
+
+
+@register_ability
+class Similarity(Ability):
+    kind = "similarity"
+    Config = SimilarityConfig
+    metrics = ("spearman",)
+    summary = "Spearman between feature cosines and human scores of pairs (wordsim353, simlex999, your file)"
+
+    def __init__(self, config: SimilarityConfig, encoder: InputEncoder, where: str) -> None:
+        super().__init__(config, encoder, where)
+        columns = (config.a_column, config.b_column, config.score_column)
+        a, b, gold = read_pairs(config.data, columns, f"{where}.data")
+        kind = "text" if a.dtype == object else "array"
+        if kind not in encoder.kinds:
+            raise ConfigError(
+                f"{where}.data: '{config.data}' holds {kind} pairs, which this model does not take (it takes "
+                f"{', '.join(encoder.kinds)})"
+            )
+        self.pairs_in_data = len(gold)
+        keep = seeded_sample(len(gold), config.max_samples, config.seed)
+        if keep is not None:
+            a, b, gold = a[keep.numpy()], b[keep.numpy()], gold[keep.numpy()]
+        # Both sides in one encoded batch (the first n are the a items), so that each evaluation is one pass.
+        self.inputs: Inputs = concat([encoder.encode(a), encoder.encode(b)])
+        self.gold = torch.from_numpy(np.asarray(gold, dtype=np.float64))
+
+    def score(self, features: FeatureFn) -> dict[str, float]:
+        both = features(self.inputs)
+        n = count(self.inputs) // 2
+        cosines = pair_cosines(both[:n], both[n:])
+        return {"spearman": spearman(cosines, self.gold)}
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "pairs_in_data": self.pairs_in_data, "pairs_scored": len(self.gold)}
+
+    @classmethod
+    def example(cls, workdir: Path, inputs: str) -> dict[str, Any]:
+        if inputs == "text":
+            return {"name": "wordsim", "kind": cls.kind, "data": "wordsim353", "max_samples": 100}
+        return {"name": "digit_pairs", "kind": cls.kind, "data": str(digit_pairs(workdir / "digit_pairs.npz"))}
+
+
+def digit_pairs(path: Path, pairs: int = 60) -> Path:
+    """Pairs of 8×8 digits scored 1 when they show the same digit and 0 otherwise, as an ``.npz`` (a, b, score):
+    a similarity set for a model of numeric inputs."""
+    from research.data.sources import load_source
+
+    digits = load_source("digits")
+    rng = np.random.default_rng(0)
+    first, second = rng.integers(0, len(digits.y), size=(2, pairs))
+    score = (digits.y[first] == digits.y[second]).astype(np.float64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, a=digits.x[first], b=digits.x[second], score=score)
+    return path

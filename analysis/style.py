@@ -40,12 +40,14 @@ METHOD_ORDER: list[str] = [
     "si",
     "mas",
     "lwf",
+    "feature_distill",
     "replay",
     "agem",
     "der",
     "derpp",
     "joint",
     "wise_ft",
+    "lora",
 ]
 
 # Hand-picked: tab10 for the most common methods, darker tab20b shades for the rehearsal family; grey for plain
@@ -61,12 +63,14 @@ METHOD_COLORS: dict[str, str] = {
     "si": "#9467bd",  # purple
     "mas": "#ff7f0e",  # orange
     "lwf": "#2ca02c",  # green
+    "feature_distill": "#98df8a",  # light green: LwF's label-free sibling
     "replay": "#393b79",  # navy
     "agem": "#637939",  # moss green
     "der": "#7b4173",  # plum
     "derpp": "#b8860b",  # dark goldenrod
     "joint": "#000000",  # black
     "wise_ft": "#00665e",  # dark teal
+    "lora": "#c49c94",  # dusty rose
 }
 
 # For methods not in the table, chosen by hash of the name (see the module docstring).

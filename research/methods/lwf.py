@@ -90,7 +90,7 @@ class LwF(Method):
                 student = step.logits[0][:, :units]
             else:
                 if student_features is None:
-                    student_features = _features_keeping_norm_statistics(model, x)
+                    student_features = features_keeping_norm_statistics(model, x)
                 student = model.heads[head](student_features)[:, :units]
             with torch.no_grad():
                 teacher = self.teacher.heads[head](teacher_features)[:, :units]
@@ -117,7 +117,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
     return F.kl_div(log_p, q, reduction="batchmean")
 
 
-def _features_keeping_norm_statistics(model: MultiHeadNet, x: Inputs) -> Tensor:
+def features_keeping_norm_statistics(model: MultiHeadNet, x: Inputs) -> Tensor:
     """The backbone's features of ``x`` for the old heads. This is a second forward of the batch the module
     already ran: BatchNorm normalises it with the same batch statistics but must not fold them into its running
     statistics a second time, so it runs untracked (PyTorch then passes no running buffers to batch_norm).

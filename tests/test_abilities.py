@@ -4,6 +4,7 @@ that never disturbs training, resume, and bad input."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,53 @@ def test_the_validated_config_fills_each_kinds_defaults() -> None:
                 "abilities": [{"name": "w", "kind": "similarity", "data": "x", "max_samples": 0}],
             }
         )
+
+
+def test_mas_runs_label_free_on_an_abilitys_inputs_without_pretraining_tasks(family_example, out, tmp_path) -> None:
+    """MAS on the tiny BERT with no pretraining tasks: Ω from the features' sensitivity on the representation
+    ability's texts, equal to the importance computed here from the definition (per-example |∇ ‖f(x)‖²|)."""
+    from research.methods.mas import mas_importance, reference_batches
+
+    ex = family_example("hf")
+    table = ex.finetune_tasks[0]["path"]
+    entry = {"name": "drift", "kind": "representation", "data": table, "text_column": "second", "max_samples": 12}
+    cfg = example_config(ex, out, "mas", pretrain=False).model_dump(mode="json")
+    cfg["abilities"] = [entry]
+    cfg["method"].update(reference="drift", importance_samples=8, lam=1e4)
+    result = run(validate_config(cfg))
+    assert result.summary["status"] == "completed", result.summary["error"]
+    info = result.summary["method_info"]
+    assert "ability 'drift'" in info["importance_data"] and info["importance_examples"] == 8
+    assert info["importance_trace"] > 0
+
+    # The definition, on the loaded model: mean over the 8 sampled inputs of |d ||features(x)||^2 / d theta|.
+    config = validate_config(cfg)
+    model, ctx = finetune_model(config, build_tasks(config), build_method(config.method), state=None)
+    ability = ability_class("representation")(
+        ability_class("representation").Config.model_validate(entry), adapter("hf").input_encoder(config.model), "a"
+    )
+    ctx.references = {"drift": ability.inputs}
+    names = [n for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
+    ours = mas_importance(model, reference_batches(ctx, "drift", 64, 8), names)
+    (batch,) = reference_batches(ctx, "drift", 64, 8)
+    total = {n: torch.zeros_like(p) for n, p in model.named_parameters() if n in names}
+    model.eval()
+    for i in range(8):
+        model.zero_grad()
+        xi = {k: v[i : i + 1] for k, v in batch.x.items()}
+        model.features(xi).pow(2).sum().backward()
+        for n, p in model.named_parameters():
+            if n in names and p.grad is not None:
+                total[n] += p.grad.abs()
+    for n in names:
+        torch.testing.assert_close(ours[n], total[n] / 8, rtol=1e-4, atol=1e-7)
+
+
+def test_mas_without_pretraining_tasks_or_reference_names_both_ways_to_run(family_example, out) -> None:
+    cfg = example_config(family_example("hf"), out, "mas", pretrain=False)
+    with pytest.raises(ConfigError, match=re.escape("method.reference=<ability name>")):
+        run(cfg)
+    bad = cfg.model_dump(mode="json")
+    bad["method"]["reference"] = "nowhere"
+    with pytest.raises(ConfigError, match=re.escape("method.reference: mas uses the inputs of ability 'nowhere'")):
+        run(validate_config(bad))

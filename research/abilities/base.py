@@ -56,6 +56,8 @@ class Ability:
     metrics: ClassVar[tuple[str, ...]]  # the first is the score (higher is better)
     summary: ClassVar[str] = ""  # one line for `research abilities` and error messages
 
+    inputs: Inputs  # every input it scores, encoded for the model (methods may use them: MAS's reference)
+
     def __init__(self, config: AbilityConfig, encoder: InputEncoder, where: str) -> None:
         self.config = config
         self.where = where

@@ -26,7 +26,7 @@ class Refusal:
 
     def message(self) -> str:
         """The one line `research run` prints: ``<key>: <method> <reason>; <remedy>``."""
-        subject = self.method if self.key == "method.name" else f"method {self.method}"
+        subject = self.method if self.key.startswith("method.") else f"method {self.method}"
         return f"{self.key}: {subject} {self.reason}; {self.remedy}"
 
 
@@ -48,14 +48,24 @@ def refusal(method: type[Method], cfg: ExperimentConfig) -> Refusal | None:
             "elsewhere (here only pretraining heads are trained, on its frozen features)",
             "choose another method, e.g. ewc or mas with pretrain.tasks, or l2sp without",
         )
-    if method.needs_pretraining_data and not cfg.pretrain.tasks:
+    reference = method.label_free_reference(cfg.method)
+    abilities = [a["name"] for a in cfg.abilities]
+    if reference is not None and reference not in abilities:
+        return Refusal(
+            name,
+            "method.reference",
+            f"uses the inputs of ability '{reference}', which this experiment does not have",
+            f"its abilities: {', '.join(abilities) or 'none (add some under abilities)'}",
+        )
+    if method.needs_pretraining_data and not cfg.pretrain.tasks and reference is None:
         free = [n for n in method_names() if not method_class(n).needs_pretraining_data]
         return Refusal(
             name,
             "method.name",
             f"needs pretraining data ({method.why_pretraining_data}), and the experiment has no pretrain.tasks",
             "add some (for a loaded model, their heads are trained on its frozen features) or choose a method "
-            f"that needs none: {', '.join(free)}",
+            f"that needs none: {', '.join(free)}"
+            + ("; mas runs on an ability's inputs with method.reference=<ability name>" if name == "mas" else ""),
         )
     if len(cfg.finetune.tasks) > 1 and not method.supports_sequences:
         supported = [n for n in method_names() if method_class(n).supports_sequences]

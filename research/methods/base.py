@@ -81,6 +81,9 @@ class FinetuneContext:
     # path integral {"path_integral": {"omega.<param>", "start.<param>"}}; empty for a model not pretrained here.
     pretrain_records: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     task_index: int = 0  # position of ``task`` in the sequence of fine-tuning tasks
+    # Unlabelled inputs that stand in for pretraining data where a method can use them (MAS's ``reference``): each
+    # ability's inputs by ability name (research.abilities), on the CPU as the ability stores them.
+    references: dict[str, Inputs] = field(default_factory=dict)
 
     def pretrain_train_batches(self, batch_size: int, max_samples: int | None = None) -> list[HeadBatch]:
         """The pretraining tasks' training data in batches of one head each, optionally a seeded subsample
@@ -151,6 +154,12 @@ class Method:
     # that changes what trains during a fit (LP-FT) is not: DDP fixes the set of synchronised parameters when
     # it wraps the model.
     supports_ddp: ClassVar[bool] = False
+
+    @classmethod
+    def label_free_reference(cls, config: dict[str, Any]) -> str | None:
+        """The ability whose inputs this method's settings ``config`` use in place of pretraining data (MAS's
+        ``reference``), or None: with one, a method that needs pretraining data runs without pretraining tasks."""
+        return None
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

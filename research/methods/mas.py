@@ -15,6 +15,13 @@ each weight's per-example gradients share one sign), and it depends on the batch
 each (``FinetuneContext.pretrain_train_batches``), in order, unshuffled, the last one of each task possibly
 smaller; every batch counts once, whatever its size, as in Avalanche.
 
+MAS needs no labels, so it also runs without pretraining tasks (a model loaded from outside, whose pretraining
+data nobody has): with ``reference`` naming one of the experiment's abilities (research.abilities), Ω is estimated
+on that ability's inputs (the texts of a representation ability, the words of a similarity set) with f(x) the
+backbone's features instead of a head's logits, as Aljundi et al. do for an unlabelled setting (Section 4: the
+output of the learned function, wherever it ends). Only backbone parameters are sensitive to the features, so a
+pretraining head (when there are pretraining tasks as well) gets Ω = 0 then. The summary says which was used.
+
 Both estimators run in eval mode (no dropout noise, BatchNorm uses and keeps its running statistics) and restore
 every module's previous mode. Avalanche's MASPlugin instead puts the model in train mode (and leaves it there), so
 with dropout or BatchNorm its values differ from ours and its estimation moves the BatchNorm running statistics.
@@ -24,13 +31,14 @@ Avalanche's penalty is λ Σ Ω (θ − θ*)², without the 1/2: its ``lambda_re
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from research.data.inputs import Inputs, compact, unsqueeze
+from research.data.inputs import Inputs, compact, take, to_device, unsqueeze
 from research.data.inputs import count as count_examples
 from research.methods.base import FinetuneContext, HeadBatch, MethodConfig
 from research.methods.fisher import example_chunks, split_values
@@ -53,6 +61,11 @@ class MASConfig(MethodConfig):
     estimator: MASEstimator = Field(
         "per_sample", description="per_sample (the paper's) or batched (Avalanche's MASPlugin); see methods/mas.py"
     )
+    reference: str | None = Field(
+        None,
+        description="an ability's name: estimate the importance on its inputs from the backbone's features "
+        "(label-free; no pretraining tasks needed) instead of on the pretraining tasks",
+    )
 
 
 def mas_importance(
@@ -74,26 +87,49 @@ def mas_importance(
         for batch in batches:
             if len(batch.y) == 0:
                 continue
-            if estimator == "batched":
-                for n, g in _batch_mean_gradient(model, params, constants, batch).items():
-                    total[n] += g.abs()
-                count += 1
-                continue
-            for x, _ in example_chunks(batch, sum(p.numel() for p in params.values())):
-                for n, g in _per_sample_gradients(model, params, constants, batch.head, x).items():
-                    total[n] += g.abs().sum(0)
-                count += count_examples(x)
+            if batch.head is None:  # features: only the backbone's parameters are differentiated (the rest: Ω 0)
+                inside = {n: v for n, v in params.items() if n.startswith(FEATURES)}
+                outside = {n: v for n, v in params.items() if n not in inside}
+                estimate, examples = _importance_sum(model, inside, {**constants, **outside}, batch, estimator)
+            else:
+                estimate, examples = _importance_sum(model, params, constants, batch, estimator)
+            for n, g in estimate.items():
+                total[n] += g
+            count += examples
     if count == 0:
         raise ValueError("cannot estimate a MAS importance from no data")
     return {n: (t / count).detach() for n, t in total.items()}
 
 
+def _importance_sum(
+    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], batch: HeadBatch, estimator: str
+) -> tuple[dict[str, Tensor], int]:
+    """One batch's contribution: Σ_n |g_n| per parameter and the number of examples (per_sample), or |ḡ| of the
+    batch and 1 (batched)."""
+    if estimator == "batched":
+        return {n: g.abs() for n, g in _batch_mean_gradient(model, params, constants, batch).items()}, 1
+    total = {n: p.new_zeros(p.shape) for n, p in params.items()}
+    examples = 0
+    for x, _ in example_chunks(batch, sum(p.numel() for p in params.values())):
+        for n, g in _per_sample_gradients(model, params, constants, batch.head, x).items():
+            total[n] += g.abs().sum(0)
+        examples += count_examples(x)
+    return total, examples
+
+
+def _output(model: nn.Module, p: dict[str, Tensor], constants: dict[str, Tensor], x: Inputs, head: str | None):
+    """f(x): the logits of ``head``, or with ``head`` None the backbone's features (a label-free reference)."""
+    if head is not None:
+        return functional_call(model, (p, constants), (x,), {"head": head})
+    inside = {n.removeprefix(FEATURES): v for n, v in {**constants, **p}.items() if n.startswith(FEATURES)}
+    return functional_call(model.backbone, inside, (x,))  # type: ignore[arg-type]
+
+
 def _per_sample_gradients(
-    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str, x: Inputs
+    model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], head: str | None, x: Inputs
 ) -> dict[str, Tensor]:
     def squared_norm(p: dict[str, Tensor], xi: Inputs) -> Tensor:
-        logits = functional_call(model, (p, constants), (unsqueeze(xi),), {"head": head})
-        return logits.pow(2).sum()
+        return _output(model, p, constants, unsqueeze(xi), head).pow(2).sum()
 
     return vmap(grad(squared_norm), in_dims=(None, 0))(params, x)
 
@@ -102,10 +138,29 @@ def _batch_mean_gradient(
     model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor], batch: HeadBatch
 ) -> dict[str, Tensor]:
     def mean_squared_norm(p: dict[str, Tensor]) -> Tensor:
-        logits = functional_call(model, (p, constants), (compact(batch.x),), {"head": batch.head})
-        return logits.pow(2).sum(dim=1).mean()
+        return _output(model, p, constants, compact(batch.x), batch.head).pow(2).sum(dim=1).mean()
 
     return grad(mean_squared_norm)(params)
+
+
+FEATURES = "backbone."  # the parameters the features depend on
+
+
+def reference_batches(ctx: FinetuneContext, name: str, batch_size: int, max_samples: int | None) -> list[HeadBatch]:
+    """An ability's inputs as unlabelled batches (head None: scored through the features), a seeded sample of
+    ``max_samples`` of them when there are more."""
+    x = ctx.references[name]
+    total = count_examples(x)
+    if max_samples is not None and max_samples < total:
+        generator = torch.Generator().manual_seed(ctx.seed)
+        x = take(x, torch.randperm(total, generator=generator)[:max_samples].sort().values)
+        total = max_samples
+    batches = []
+    for start in range(0, total, batch_size):
+        part = compact(to_device(take(x, slice(start, start + batch_size)), ctx.device))
+        no_labels = torch.zeros(count_examples(part), dtype=torch.long, device=ctx.device)  # sizes the chunks
+        batches.append(HeadBatch(None, part, no_labels, "reference"))  # type: ignore[arg-type]
+    return batches
 
 
 @register
@@ -119,7 +174,9 @@ class MAS(ImportanceAnchor):
     training data in eval mode before the first update. ``estimator`` picks the paper's per-example definition
     (``per_sample``) or Avalanche's minibatch one (``batched``: the absolute value of minibatch-mean gradients,
     which partly cancel within a batch, so it is smaller and depends on the batch size); see the module
-    docstring. Logged as ``train_loss_mas``.
+    docstring. With ``reference`` (an ability's name), Ω is estimated label-free on that ability's inputs from the
+    backbone's features instead, so MAS runs on a model without pretraining tasks; ``method_info.importance_data``
+    says which. Logged as ``train_loss_mas``.
 
     λ convention: the paper's loss is L_new + λ_paper Σ Ω (θ − θ*)² (Aljundi et al. 2018, eq. 6, no 1/2); ours
     carries the 1/2 of every quadratic penalty here, so ``lam`` = 2 λ_paper gives the paper's penalty (and
@@ -129,7 +186,9 @@ class MAS(ImportanceAnchor):
     name = "mas"
     supports_ddp = True
     needs_pretraining_data = True
-    why_pretraining_data = "its importance is estimated on the pretraining tasks' inputs"
+    why_pretraining_data = (
+        "its importance is estimated on the pretraining tasks' inputs, or with method.reference on an ability's"
+    )
     Config = MASConfig
     neutral = {"lam": 0.0}
     config: MASConfig
@@ -140,9 +199,22 @@ class MAS(ImportanceAnchor):
     def estimator(self) -> str:
         return self.config.estimator
 
+    @classmethod
+    def label_free_reference(cls, config: dict[str, Any]) -> str | None:
+        return config.get("reference")
+
     def estimate_importance(
         self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str], values: dict[str, Tensor]
     ) -> tuple[dict[str, Tensor], int]:
-        batches = ctx.pretrain_train_batches(self.config.importance_batch_size, self.config.importance_samples)
+        size, samples = self.config.importance_batch_size, self.config.importance_samples
+        if self.config.reference is not None:
+            batches = reference_batches(ctx, self.config.reference, size, samples)
+        else:
+            batches = ctx.pretrain_train_batches(size, samples)
         importance = mas_importance(model, batches, names, self.config.estimator, values)
         return importance, sum(len(b.y) for b in batches)
+
+    def info(self) -> dict[str, Any]:
+        reference = self.config.reference
+        data = f"ability '{reference}': its inputs, through the backbone's features" if reference else None
+        return {**super().info(), "importance_data": data or "pretraining tasks' training inputs, through their heads"}

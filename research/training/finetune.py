@@ -188,6 +188,7 @@ class FinetuneStage:
         self.tracker, self.outcome, self.checkpointing, self.started = tracker, outcome, checkpointing, started
         abilities = build_abilities(cfg, adapter(cfg.model.arch).input_encoder(cfg.model)) if cfg.abilities else []
         outcome.ability_info = {a.name: a.info() for a in abilities}
+        context.references = {a.name: a.inputs for a in abilities}  # label-free stand-ins (MAS's reference)
         self.evaluator = Evaluator(
             eval_sets(tasks.all, cfg.eval.split, cfg.eval.max_samples, cfg.data.split_seed),
             cfg.eval.every_n_steps,

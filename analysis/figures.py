@@ -110,23 +110,26 @@ class _AccuracyLocator(MaxNLocator):
         return ticks[(ticks >= -1e-9) & (ticks <= 1 + 1e-9)]
 
 
-def _accuracy_axis(ax: Axes, values: Iterable[float], axis: str = "y", label: str = "accuracy") -> None:
-    """Limits from the data with a small margin (never spanning less than 0.1, clipped to [0, 1]), plain
-    decimal ticks, and a break mark on the axis when it does not start at 0."""
+def _accuracy_axis(
+    ax: Axes, values: Iterable[float], axis: str = "y", label: str = "accuracy", floor: float = 0.0
+) -> None:
+    """Limits from the data with a small margin (never spanning less than 0.1, clipped to [floor, 1]: 0 for
+    accuracies, −1 for a correlation), plain decimal ticks, and a break mark on the axis when it does not start
+    at the floor."""
     data = _finite(np.concatenate([_finite(v) for v in values]) if values else np.array([]))
-    lo, hi = (float(data.min()), float(data.max())) if data.size else (0.0, 1.0)
-    lo, hi = max(lo, 0.0), min(hi, 1.0)
+    lo, hi = (float(data.min()), float(data.max())) if data.size else (floor, 1.0)
+    lo, hi = max(lo, floor), min(hi, 1.0)
     if hi - lo < MIN_ACCURACY_SPAN:
         centre = (hi + lo) / 2
         lo, hi = centre - MIN_ACCURACY_SPAN / 2, centre + MIN_ACCURACY_SPAN / 2
-        if lo < 0:
-            lo, hi = 0.0, MIN_ACCURACY_SPAN
+        if lo < floor:
+            lo, hi = floor, floor + MIN_ACCURACY_SPAN
         if hi > 1:
             lo, hi = 1 - MIN_ACCURACY_SPAN, 1.0
     pad = 0.06 * (hi - lo)
-    # When the data start near 0 (the empty strip below would be at most 15% of the axis) the axis starts at 0:
-    # nothing is hidden and it reads as complete.
-    lower = 0.0 if lo - pad <= 0.15 * (hi - lo + 2 * pad) else lo - pad
+    # When the data start near the floor (the empty strip below would be at most 15% of the axis) the axis
+    # starts there: nothing is hidden and it reads as complete.
+    lower = floor if lo - pad - floor <= 0.15 * (hi - lo + 2 * pad) else lo - pad
     upper = min(hi + pad, 1.0 + pad)
     axis_obj = ax.yaxis if axis == "y" else ax.xaxis
     (ax.set_ylim if axis == "y" else ax.set_xlim)(lower, upper)
@@ -135,7 +138,7 @@ def _accuracy_axis(ax: Axes, values: Iterable[float], axis: str = "y", label: st
     formatter.set_scientific(False)
     axis_obj.set_major_formatter(formatter)
     (ax.set_ylabel if axis == "y" else ax.set_xlabel)(label)
-    if lower > 0:
+    if lower > floor:
         _break_mark(ax, axis)
 
 
@@ -301,9 +304,14 @@ def forgetting_curves(
     settings: Sequence[str] | None = None,
     *,
     sharey: bool = True,
+    quantity: str = "accuracy",
+    kinds: dict[str, str] | None = None,
+    floor: float = 0.0,
 ) -> list[Path]:
     """Accuracy on every task during fine-tuning, one panel per pretraining task (``role == "pretrain"``)
-    followed by one per new task (``role == "finetune"``).
+    followed by one per new task (``role == "finetune"``). ``quantity`` names what the values are (the y
+    label and title), ``kinds`` what each role's panels show (their titles), ``floor`` the lowest value the
+    axis may show (−1 for correlations).
 
     ``curves`` columns: ``setting``, ``method``, ``seed``, ``step``, ``task``, ``role``, ``value`` (accuracy).
     Per setting, the mean over seeds at each step (seeds are aligned on equal step values) is a line and ±1 std
@@ -380,16 +388,16 @@ def forgetting_curves(
                             markevery=max(1, len(x) // 8),
                             zorder=3,
                         )
-            kind = "(pretraining task)" if role == "pretrain" else "(new task)"
+            kind = (kinds or {"pretrain": "(pretraining task)", "finetune": "(new task)"})[role]
             fits = len(task) + len(kind) + 1 <= title_chars
             title = f"{task} {kind}" if fits else f"{task}\n{kind}"
             ax.set_title(title)
             if sharey:
                 everything += panel_values
             else:
-                _accuracy_axis(ax, panel_values)
+                _accuracy_axis(ax, panel_values, label=quantity, floor=floor)
         if sharey:
-            _accuracy_axis(axes[0], everything)
+            _accuracy_axis(axes[0], everything, label=quantity, floor=floor)
             for ax in axes[1 : len(panels)]:
                 ax.tick_params(labelleft=ax.get_subplotspec().is_first_col())
         for index, ax in enumerate(axes[: len(panels)]):
@@ -410,7 +418,7 @@ def forgetting_curves(
             for s in drawn
         ]
         fig.legend(handles, labels, loc="outside lower center", ncols=legend_cols, columnspacing=1.2)
-        fig.suptitle(f"Accuracy during fine-tuning: {_seed_phrase(seeds[drawn])}")
+        fig.suptitle(f"{quantity[0].upper()}{quantity[1:]} during fine-tuning: {_seed_phrase(seeds[drawn])}")
         return _save(fig, out_dir, name)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures
+from analysis.abilities import ability_curves, ability_summary, ability_table
 from analysis.load import RunSet, load_runs
 from analysis.metrics import aggregate_seeds, pareto_front
 from analysis.style import order_settings
@@ -77,6 +78,13 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> Report:
     (out / "results.tex").write_text(latex_table(settings, caption=caption))
     report.tables += [out / "results.md", out / "results.tex"]
 
+    abilities = ability_summary(runs)
+    if not abilities.empty:  # the loaded model's other abilities (research.abilities), in a table of their own
+        (out / "abilities.md").write_text(ability_table(abilities, list(settings["setting"])))
+        abilities.to_parquet(out / "data" / "ability_summary.parquet", index=False)
+        report.tables.append(out / "abilities.md")
+        report.data.append(out / "data" / "ability_summary.parquet")
+
     sections = _figures(runs, curves, settings, out / "figures", report)
     report.html.write_text(_html(everything, runs, settings, sections, report))
     return report
@@ -101,22 +109,44 @@ def _figures(runs: RunSet, curves: pd.DataFrame, settings: pd.DataFrame, folder:
         "outputs for its classes yet) starts at its first evaluation.",
         figures.forgetting_curves(curves, folder, sharey=False),
     )
-    points = settings.rename(
-        columns={
-            "old_acc_mean": "old_mean",
-            "old_acc_std": "old_std",
-            "plasticity_mean": "new_mean",
-            "plasticity_std": "new_std",
-        }
-    )[["setting", "method", "n", "old_mean", "old_std", "new_mean", "new_std"]].copy()
-    points["front"] = pareto_front(points["old_mean"].to_numpy(), points["new_mean"].to_numpy())
-    add(
-        "Stability and plasticity",
-        "Each setting's final accuracy on the old (pretraining) tasks (stability) against its plasticity (each new "
-        "task's accuracy right after it was learned, averaged over the new tasks; for one new task its final "
-        "accuracy), mean ± std over seeds. The Pareto front joins the settings no other setting beats on both.",
-        figures.stability_plasticity(points, folder),
-    )
+    scores = ability_curves(runs)
+    if not scores.empty:
+        scores = scores.assign(task=scores["task"] + ": " + scores["metric"])
+        add(
+            "Abilities",
+            "The loaded model's other abilities against fine-tuning steps (step 0 = the loaded model): word "
+            "similarity as Spearman's correlation with human scores, representation drift as linear CKA to the "
+            "step-0 features, probe accuracy on frozen features (research.abilities). Mean over seeds, bands ± one "
+            "standard deviation; the table is abilities.md.",
+            figures.forgetting_curves(
+                scores,
+                folder,
+                name="abilities",
+                sharey=False,
+                quantity="score",
+                kinds={"pretrain": "(ability)"},
+                floor=-1.0,
+            ),
+        )
+    if "old_acc_mean" not in settings or settings["old_acc_mean"].isna().all():
+        report.skipped.append("Stability and plasticity: no pretraining task is scored by a head in these runs")
+    else:
+        points = settings.rename(
+            columns={
+                "old_acc_mean": "old_mean",
+                "old_acc_std": "old_std",
+                "plasticity_mean": "new_mean",
+                "plasticity_std": "new_std",
+            }
+        )[["setting", "method", "n", "old_mean", "old_std", "new_mean", "new_std"]].copy()
+        points["front"] = pareto_front(points["old_mean"].to_numpy(), points["new_mean"].to_numpy())
+        add(
+            "Stability and plasticity",
+            "Each setting's final accuracy on the old (pretraining) tasks (stability) against its plasticity (each "
+            "new task's accuracy right after it was learned, averaged over the new tasks; for one new task its final "
+            "accuracy), mean ± std over seeds. The Pareto front joins the settings no other setting beats on both.",
+            figures.stability_plasticity(points, folder),
+        )
     for setting, text, matrix, name in _accuracy_matrices(runs, settings):
         title = f"Accuracy matrix: {setting}" if setting else "Accuracy matrix"
         add(title, text, figures.accuracy_heatmap(matrix, folder, name=name, title=setting))

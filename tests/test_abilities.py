@@ -263,3 +263,34 @@ def test_mas_without_pretraining_tasks_or_reference_names_both_ways_to_run(famil
     bad["method"]["reference"] = "nowhere"
     with pytest.raises(ConfigError, match=re.escape("method.reference: mas uses the inputs of ability 'nowhere'")):
         run(validate_config(bad))
+
+
+def test_the_report_tables_and_plots_abilities_and_works_without_pretraining_tasks(family_example, tmp_path) -> None:
+    """A loaded model without pretraining tasks, scored on abilities only: the report has its results table,
+    an abilities table whose numbers are the seeds' mean of each run's own curve metrics, and the figure."""
+    from analysis.report import build_report
+
+    table = family_example("hf").finetune_tasks[0]["path"]
+    entries = [{"name": "drift", "kind": "representation", "data": table, "text_column": "text", "max_samples": 40}]
+    out = tmp_path / "runs"
+    finals = {}
+    for method in ("finetune", "feature_distill"):
+        for seed in (0, 1):
+            cfg = example_config(family_example("hf"), out, method, pretrain=False).model_dump(mode="json")
+            cfg.update(abilities=entries, seed=seed)
+            cfg["train"]["lr"] = 0.01
+            result = run(validate_config(cfg))
+            cka = result.metrics.query("task == 'drift' and metric == 'cka'").sort_values("step").value
+            finals.setdefault(method, []).append((cka.iloc[0], cka.iloc[-1]))
+    report = build_report(out, tmp_path / "report")
+    assert (tmp_path / "report" / "results.md").read_text().startswith("| setting | n | new tasks")
+    lines = (tmp_path / "report" / "abilities.md").read_text().splitlines()
+    assert lines[0] == ("| setting | ability | n | at step 0 | final | final drop | stability gap | forgetting AUC |")
+    for method, pairs in finals.items():
+        (row,) = [line for line in lines if line.startswith(f"| {method} | drift (cka) |")]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        start, final = (np.mean([p[i] for p in pairs]) for i in (0, 1))
+        assert cells[2] == "2" and cells[3].startswith(f"{start:.3f}") and cells[4].startswith(f"{final:.3f}")
+        assert cells[5].startswith(f"{start - final:.3f}")
+    assert any(p.name == "abilities.png" for p in report.figures)
+    assert any("Stability and plasticity" in s for s in report.skipped)

@@ -11,6 +11,8 @@ below the start over fine-tuning); per setting, mean ± standard deviation over 
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from analysis import metrics as m
@@ -25,18 +27,19 @@ COLUMNS = {
 }
 
 
-def ability_scores() -> list[str]:
-    """Each ability kind's score metric (research.abilities), accuracy excluded: that is the tasks'."""
-    from research.abilities import score_metrics
-
-    return [metric for metric in score_metrics() if metric != "acc"]
-
-
 def ability_curves(runs: RunSet) -> pd.DataFrame:
     """Every ability's score at every evaluation: ``run_id, setting, method, seed, step, task, role, metric,
-    value`` (``task``: the ability's name)."""
-    frame = runs.metrics[(runs.metrics["role"] == "pretrain") & runs.metrics["metric"].isin(ability_scores())]
-    frame = frame[["run_id", "step", "task", "role", "metric", "value"]]
+    value`` (``task``: the ability's name; ``metric``: its score, as each run's summary names it in
+    ``abilities.<name>.score``). Runs read from W&B carry no such record and contribute nothing."""
+    scores = runs.runs["ability_scores"] if "ability_scores" in runs.runs else pd.Series("{}", index=runs.runs.index)
+    wanted = {
+        (run_id, ability, metric)
+        for run_id, text in zip(runs.runs["run_id"], scores.fillna("{}"), strict=True)
+        for ability, metric in json.loads(text).items()
+    }
+    frame = runs.metrics[["run_id", "step", "task", "role", "metric", "value"]]
+    keys = pd.Series(list(zip(frame["run_id"], frame["task"], frame["metric"], strict=True)), index=frame.index)
+    frame = frame[keys.isin(wanted)] if wanted else frame.iloc[0:0]
     return runs.with_runs(frame).sort_values(["run_id", "task", "step"], kind="stable").reset_index(drop=True)
 
 

@@ -33,7 +33,7 @@ import yaml
 
 METRIC_COLUMNS = ["run_id", "step", "epoch", "task", "role", "metric", "value"]
 CACHE_FOLDER = ".analysis-cache"
-CACHE_FORMAT = 3  # bump whenever the tables change shape, so an old cache is not read
+CACHE_FORMAT = 4  # bump whenever the tables change shape, so an old cache is not read
 # Config keys that do not make two runs different settings.
 NOT_A_SETTING = ("config.seed", "config.out", "config.logging.")
 
@@ -106,6 +106,8 @@ def _run_row(run_id: str, summary: dict[str, Any], config: dict[str, Any]) -> di
         "group": (config.get("logging") or {}).get("group"),
         # Where each fine-tuning task ended on the step axis (JSON list of {task, step}; absent in W&B data).
         "task_ends": json.dumps(summary.get("task_ends") or []),
+        # Each ability's score metric ({ability: metric} as JSON; research.abilities; absent in W&B data).
+        "ability_scores": json.dumps({k: v.get("score") for k, v in (summary.get("abilities") or {}).items()}),
         **flat,
     }
 
@@ -127,7 +129,8 @@ def flatten_config(config: dict[str, Any], prefix: str = "config.") -> dict[str,
 def _assemble(rows: list[dict], metrics: list[pd.DataFrame], method_tables: list[pd.DataFrame]) -> RunSet:
     runs = pd.DataFrame(rows)
     if runs.empty:
-        runs = pd.DataFrame(columns=["run_id", "status", "error", "experiment", "method", "seed", "group", "task_ends"])
+        columns = ["run_id", "status", "error", "experiment", "method", "seed", "group", "task_ends", "ability_scores"]
+        runs = pd.DataFrame(columns=columns)
     if "setting_id" not in runs:
         runs["setting_id"] = pd.Series(dtype="string")
     labels = pd.Series(setting_labels(runs), index=runs.index, dtype=object)
@@ -137,6 +140,8 @@ def _assemble(rows: list[dict], metrics: list[pd.DataFrame], method_tables: list
             labels[ids.index] = [f"{label} [{sid[:6]}]" for sid in ids]
     runs["setting"] = labels
     front = ["run_id", "status", "error", "experiment", "method", "seed", "setting", "setting_id", "group", "task_ends"]
+    if "ability_scores" in runs:
+        front.append("ability_scores")
     runs = runs[front + sorted(c for c in runs.columns if c not in front)]
     frame = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=METRIC_COLUMNS)
     frame = frame[METRIC_COLUMNS]

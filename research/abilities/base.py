@@ -79,7 +79,11 @@ class Ability:
 
     def info(self) -> dict[str, Any]:
         """Facts for summary.json: the data, how many examples are scored."""
-        return {"kind": self.kind, **self.config.model_dump(mode="json", exclude={"name", "kind"})}
+        return {
+            "kind": self.kind,
+            "score": self.metrics[0],  # the metric forgetting is measured on (the report reads it from here)
+            **self.config.model_dump(mode="json", exclude={"name", "kind"}),
+        }
 
     @classmethod
     def example(cls, workdir: Path, inputs: str) -> dict[str, Any]:

@@ -294,3 +294,18 @@ def test_the_report_tables_and_plots_abilities_and_works_without_pretraining_tas
         assert cells[5].startswith(f"{start - final:.3f}")
     assert any(p.name == "abilities.png" for p in report.figures)
     assert any("Stability and plasticity" in s for s in report.skipped)
+
+
+def test_the_readmes_abilities_example_builds_on_a_text_model(family_example) -> None:
+    import yaml
+
+    from research.abilities import build_abilities
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Abilities") :]
+    block = section[section.index("```yaml") + len("```yaml") : section.index("```", section.index("```yaml") + 7)]
+    cfg = example_config(family_example("hf"), Path("unused")).model_dump(mode="json")
+    cfg["abilities"] = yaml.safe_load(block)["abilities"]
+    config = validate_config(cfg)
+    built = build_abilities(config, adapter("hf").input_encoder(config.model))
+    assert [a.kind for a in built] == ["similarity", "representation", "probe"]

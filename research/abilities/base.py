@@ -19,7 +19,7 @@ examples are drawn once, when it is built, with its own seed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,9 +31,6 @@ from research.data.inputs import Inputs, compact, count, take, to_device
 from research.errors import ConfigError
 from research.models.adapters import InputEncoder
 from research.models.modes import eval_mode
-
-# Features of a batch of inputs, in eval mode and without gradients, on the CPU (research.abilities.base.features).
-FeatureFn = Callable[[Inputs], Tensor]
 
 
 class AbilityConfig(BaseModel):
@@ -66,8 +63,8 @@ class Ability:
     def name(self) -> str:
         return self.config.name
 
-    def score(self, features: FeatureFn) -> dict[str, float]:
-        """The kind's metrics for the model whose features ``features`` computes."""
+    def score(self, model: ModelView) -> dict[str, float]:
+        """The kind's metrics for the model as it is now."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -149,16 +146,28 @@ def ability_config(raw: Any, where: str) -> AbilityConfig:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def features(model: torch.nn.Module, inputs: Inputs, batch_size: int) -> Tensor:
-    """The backbone features of ``inputs`` (model.features), in eval mode and inference mode, in batches, as a
-    float64 CPU tensor (the metrics are computed in double precision). Restores every module's own mode."""
-    device = next(model.parameters()).device
-    parts = []
-    with eval_mode(model), torch.inference_mode():
-        for start in range(0, count(inputs), batch_size):
-            batch = compact(to_device(take(inputs, slice(start, start + batch_size)), device, non_blocking=True))
-            parts.append(model.features(batch).to("cpu", torch.float64))
-    return torch.cat(parts) if parts else torch.zeros(0, 0, dtype=torch.float64)
+@dataclass(frozen=True)
+class ModelView:
+    """What an ability may ask of the model being fine-tuned: today its features; a kind that needs more (a
+    language model's token log-probabilities, docs/design_causal_lm.md) would find it here, so the interface
+    grows by a method rather than by a new signature."""
+
+    model: torch.nn.Module  # research.models.multihead.MultiHeadNet
+    batch_size: int
+
+    def features(self, inputs: Inputs) -> Tensor:
+        """The backbone features of ``inputs`` (model.features), in eval mode and inference mode, in batches,
+        as a float64 CPU tensor (the metrics are computed in double precision). Restores every module's own
+        mode and draws no random numbers."""
+        model = self.model
+        device = next(model.parameters()).device
+        parts = []
+        with eval_mode(model), torch.inference_mode():
+            for start in range(0, count(inputs), self.batch_size):
+                part = take(inputs, slice(start, start + self.batch_size))
+                batch = compact(to_device(part, device, non_blocking=True))
+                parts.append(model.features(batch).to("cpu", torch.float64))  # type: ignore[operator]
+        return torch.cat(parts) if parts else torch.zeros(0, 0, dtype=torch.float64)
 
 
 def seeded_sample(n: int, max_samples: int | None, seed: int) -> Tensor | None:

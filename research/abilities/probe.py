@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, ValidationError
 from sklearn.model_selection import train_test_split
 
-from research.abilities.base import Ability, AbilityConfig, FeatureFn, register_ability, seeded_sample
+from research.abilities.base import Ability, AbilityConfig, ModelView, register_ability, seeded_sample
 from research.abilities.measures import probe_accuracy
 from research.config import TaskConfig
 from research.data.inputs import count
@@ -82,8 +82,8 @@ class Probe(Ability):
         self.labels = torch.from_numpy(labels[order].astype(np.int64))
         self.classes = [source.class_names[i] for i in ids]
 
-    def score(self, features: FeatureFn) -> dict[str, float]:
-        f = features(self.inputs)
+    def score(self, model: ModelView) -> dict[str, float]:
+        f = model.features(self.inputs)
         n = self.fitting
         accuracy = probe_accuracy(
             f[:n], self.labels[:n], f[n:], self.labels[n:], kind=self.config.probe, k=self.config.k

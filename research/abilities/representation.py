@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import Field
 from torch import Tensor
 
-from research.abilities.base import Ability, AbilityConfig, FeatureFn, register_ability, seeded_sample
+from research.abilities.base import Ability, AbilityConfig, ModelView, register_ability, seeded_sample
 from research.abilities.data import read_reference
 from research.abilities.measures import linear_cka, mean_cosine_to_reference
 from research.errors import ConfigError
@@ -54,8 +54,8 @@ class Representation(Ability):
         self.inputs = encoder.encode(x if keep is None else x[keep.numpy()])
         self.reference: Tensor | None = None  # the step-0 features, taken at the first evaluation
 
-    def score(self, features: FeatureFn) -> dict[str, float]:
-        current = features(self.inputs)
+    def score(self, model: ModelView) -> dict[str, float]:
+        current = model.features(self.inputs)
         if self.reference is None:
             self.reference = current
         return {"cka": linear_cka(current, self.reference), "cosine": mean_cosine_to_reference(current, self.reference)}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from research.abilities.base import Ability, AbilityConfig, FeatureFn, register_ability, seeded_sample
+from research.abilities.base import Ability, AbilityConfig, ModelView, register_ability, seeded_sample
 from research.abilities.data import read_pairs
 from research.abilities.measures import pair_cosines, spearman
 from research.data.inputs import Inputs, concat, count
@@ -59,8 +59,8 @@ class Similarity(Ability):
         self.inputs: Inputs = concat([encoder.encode(a), encoder.encode(b)])
         self.gold = torch.from_numpy(np.asarray(gold, dtype=np.float64))
 
-    def score(self, features: FeatureFn) -> dict[str, float]:
-        both = features(self.inputs)
+    def score(self, model: ModelView) -> dict[str, float]:
+        both = model.features(self.inputs)
         n = count(self.inputs) // 2
         cosines = pair_cosines(both[:n], both[n:])
         return {"spearman": spearman(cosines, self.gold)}

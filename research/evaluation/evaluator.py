@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from research.abilities import Ability
-from research.abilities.base import features as ability_features
+from research.abilities.base import ModelView
 from research.data.inputs import Inputs, compact, take, to_device
 from research.data.tasks import Task
 from research.evaluation.drift import extend_snapshot, weight_drift
@@ -192,9 +192,9 @@ class Evaluator(L.Callback):
                 row = {"step": step, "epoch": epoch, "task": s.task.name, "role": s.task.role, "metric": metric}
                 self.records.append({**row, "value": value})
                 flat[tracked_name(row)] = value
-        model = pl_module.model
+        view = ModelView(pl_module.model, self.batch_size)
         for ability in self.abilities:  # the loaded model's other abilities, from its features
-            values = ability.score(lambda x: ability_features(model, x, self.batch_size))  # type: ignore[arg-type]
+            values = ability.score(view)
             for metric, value in values.items():
                 row = {"step": step, "epoch": epoch, "task": ability.name, "role": "pretrain", "metric": metric}
                 self.records.append({**row, "value": value})

@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         description="List registered methods, their hyperparameters and defaults.",
     )
     methods.set_defaults(handler=_cmd_methods)
+    abilities = sub.add_parser(
+        "abilities",
+        help="list every ability kind (abilities: [...]) with its metrics and settings",
+        description="List registered ability kinds, their metrics (the score first) and settings with defaults.",
+    )
+    abilities.set_defaults(handler=_cmd_abilities)
 
     grid = sub.add_parser(
         "grid",
@@ -246,6 +252,24 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         if not method["params"]:
             print("    (no hyperparameters)")
     print("\nEvery method also takes the learning-rate settings under train.: lr, backbone_lr_scale, lr_decay.")
+    return 0
+
+
+def _cmd_abilities(args: argparse.Namespace) -> int:
+    from research.abilities import ability_class, ability_kinds
+
+    for kind in ability_kinds():
+        cls = ability_class(kind)
+        print(kind)
+        print(textwrap.fill(cls.summary, width=110, initial_indent="    ", subsequent_indent="    "))
+        print(f"    metrics: {', '.join(cls.metrics)} (score: {cls.metrics[0]})")
+        for name, field in cls.Config.model_fields.items():
+            if name in ("name", "kind"):
+                continue
+            default = "required" if field.is_required() else f"default {field.get_default()!r}"
+            print(f"    {name:<22} {default}")
+    print("classification")
+    print("    the pretraining tasks (pretrain.tasks), scored by their heads; metrics: acc, loss (score: acc)")
     return 0
 
 

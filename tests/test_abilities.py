@@ -309,3 +309,11 @@ def test_the_readmes_abilities_example_builds_on_a_text_model(family_example) ->
     config = validate_config(cfg)
     built = build_abilities(config, adapter("hf").input_encoder(config.model))
     assert [a.kind for a in built] == ["similarity", "representation", "probe"]
+
+
+def test_research_abilities_lists_every_kind_with_its_score(capsys) -> None:
+    assert main(["abilities"]) == 0
+    shown = capsys.readouterr().out
+    for kind in [*ability_kinds(), "classification"]:
+        assert f"\n{kind}\n" in f"\n{shown}"
+    assert "metrics: cka, cosine (score: cka)" in shown

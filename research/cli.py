@@ -15,6 +15,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 DEMO_GRID = EXPERIMENTS / "grids" / "demo.yaml"
+TEXT_GRID = EXPERIMENTS / "grids" / "minilm.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +116,13 @@ def _parser() -> argparse.ArgumentParser:
         description=f"Run the demo grid ({DEMO_GRID.relative_to(EXPERIMENTS.parent)}: every method on split "
         "digits, an EWC strength sweep, 3 seeds) and print what each setting forgot.",
     )
-    demo.add_argument("--out", default="runs/demo", help="where the run directories go (default: runs/demo)")
+    demo.add_argument(
+        "--text",
+        action="store_true",
+        help=f"run the MiniLM study instead ({TEXT_GRID.relative_to(EXPERIMENTS.parent)}: a pretrained sentence "
+        "encoder fine-tuned on word-pair relations, its word similarity and representation scored from step 0)",
+    )
+    demo.add_argument("--out", default=None, help="where the run directories go (default: runs/demo, runs/minilm)")
     demo.add_argument(
         "--workers", type=_positive, default=min(2, os.cpu_count() or 1), help="worker processes (default: 2)"
     )
@@ -276,7 +283,9 @@ def _cmd_abilities(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The demo grid, then its report."""
     args.executor = "local"
-    status = _run_grid(DEMO_GRID, [f"out={args.out}"], args)
+    grid, default_out = (TEXT_GRID, "runs/minilm") if args.text else (DEMO_GRID, "runs/demo")
+    args.out = args.out or default_out
+    status = _run_grid(grid, [f"out={args.out}"], args)
     if status != 0:
         return status
     print()

@@ -51,3 +51,21 @@ def test_demo_runs_the_demo_grid(tmp_path: Path, capsys: pytest.CaptureFixture[s
     # Running the demo again finds every run completed.
     assert main(["demo", "--out", str(out)]) == 0
     assert f"0 completed, 0 failed, {len(grid.runs)} skipped" in capsys.readouterr().out
+
+
+def test_the_text_demo_is_the_minilm_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``research demo --text`` runs experiments/grids/minilm.yaml into runs/minilm, then reports it; its grid
+    has the issue's methods (LoRA at two ranks) over three seeds on the MiniLM study."""
+    import research.cli as cli
+
+    called = []
+    monkeypatch.setattr(cli, "_run_grid", lambda grid, overrides, args: called.append((grid, overrides)) or 1)
+    assert main(["demo", "--text"]) == 1  # the grid's status, passed on; no report after a failed grid
+    assert called == [(cli.TEXT_GRID, ["out=runs/minilm"])]
+    grid = load_grid(cli.TEXT_GRID, [f"out={tmp_path}"])
+    methods = sorted({run.config.method["name"] for run in grid.runs})
+    expected = ["feature_distill", "feature_extraction", "finetune", "l2sp", "lora", "lp_ft", "mas", "partial"]
+    assert methods == sorted([*expected, "wise_ft"])
+    assert sorted({run.config.method.get("r") for run in grid.runs if run.config.method["name"] == "lora"}) == [8, 64]
+    assert len(grid.runs) == 30 and {run.config.name for run in grid.runs} == {"minilm_relations"}
+    assert {a["name"] for a in grid.runs[0].config.abilities} == {"wordsim353", "simlex999", "lee"}

@@ -161,13 +161,28 @@ class ModelView:
         mode and draws no random numbers."""
         model = self.model
         device = next(model.parameters()).device
+        # Token inputs in order of length, so that each batch is cut after its own longest input (compact) and
+        # short words are not padded to the length of a long text; the features come back in the given order.
+        order = _by_length(inputs)
+        if order is not None:
+            inputs = take(inputs, order)
         parts = []
         with eval_mode(model), torch.inference_mode():
             for start in range(0, count(inputs), self.batch_size):
                 part = take(inputs, slice(start, start + self.batch_size))
                 batch = compact(to_device(part, device, non_blocking=True))
                 parts.append(model.features(batch).to("cpu", torch.float64))  # type: ignore[operator]
-        return torch.cat(parts) if parts else torch.zeros(0, 0, dtype=torch.float64)
+        features = torch.cat(parts) if parts else torch.zeros(0, 0, dtype=torch.float64)
+        if order is not None:
+            features = features[torch.argsort(order)]
+        return features
+
+
+def _by_length(inputs: Inputs) -> Tensor | None:
+    """A stable order of token inputs by their attended length, or None for other inputs."""
+    if not isinstance(inputs, dict) or "attention_mask" not in inputs:
+        return None
+    return torch.argsort(inputs["attention_mask"].sum(dim=1), stable=True)
 
 
 def seeded_sample(n: int, max_samples: int | None, seed: int) -> Tensor | None:

@@ -20,7 +20,7 @@ from pydantic import Field
 from research.abilities.base import Ability, AbilityConfig, ModelView, register_ability, seeded_sample
 from research.abilities.data import read_pairs
 from research.abilities.measures import pair_cosines, spearman
-from research.data.inputs import Inputs, concat, count
+from research.data.inputs import Inputs, count
 from research.errors import ConfigError
 from research.models.adapters import InputEncoder
 
@@ -55,18 +55,26 @@ class Similarity(Ability):
         keep = seeded_sample(len(gold), config.max_samples, config.seed)
         if keep is not None:
             a, b, gold = a[keep.numpy()], b[keep.numpy()], gold[keep.numpy()]
-        # Both sides in one encoded batch (the first n are the a items), so that each evaluation is one pass.
-        self.inputs: Inputs = concat([encoder.encode(a), encoder.encode(b)])
+        # Each distinct item is encoded and scored once (a word is in many pairs: WordSim-353's 706 items are
+        # 437 words); the pairs index into them.
+        _, where_in = np.unique(np.concatenate([_keys(a), _keys(b)]), return_inverse=True)
+        first = np.unique(where_in, return_index=True)[1]
+        self.inputs: Inputs = encoder.encode(np.concatenate([a, b])[first])
+        self.first, self.second = torch.from_numpy(where_in[: len(a)]), torch.from_numpy(where_in[len(a) :])
         self.gold = torch.from_numpy(np.asarray(gold, dtype=np.float64))
 
     def score(self, model: ModelView) -> dict[str, float]:
-        both = model.features(self.inputs)
-        n = count(self.inputs) // 2
-        cosines = pair_cosines(both[:n], both[n:])
+        features = model.features(self.inputs)
+        cosines = pair_cosines(features[self.first], features[self.second])
         return {"spearman": spearman(cosines, self.gold)}
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "pairs_in_data": self.pairs_in_data, "pairs_scored": len(self.gold)}
+        return {
+            **super().info(),
+            "pairs_in_data": self.pairs_in_data,
+            "pairs_scored": len(self.gold),
+            "items_encoded": count(self.inputs),
+        }
 
     @classmethod
     def example(cls, workdir: Path, inputs: str) -> dict[str, Any]:
@@ -87,3 +95,11 @@ def digit_pairs(path: Path, pairs: int = 60) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, a=digits.x[first], b=digits.x[second], score=score)
     return path
+
+
+def _keys(items: np.ndarray) -> np.ndarray:
+    """One comparable key per item: the text itself, or a numeric item's bytes."""
+    if items.dtype == object:
+        return items.astype(str)
+    flat = np.ascontiguousarray(items.reshape(len(items), -1))
+    return np.array([row.tobytes() for row in flat], dtype=object)

@@ -132,6 +132,7 @@ class Evaluator(L.Callback):
         self.drift: list[Record] = []
         self._start: dict[str, Tensor] | None = None
         self.seconds = 0.0
+        self.ability_seconds = 0.0  # the part of ``seconds`` spent scoring abilities
         self.evaluations = 0
         self._last_step: int | None = None
 
@@ -151,6 +152,7 @@ class Evaluator(L.Callback):
             "start": self._start,
             "evaluations": self.evaluations,
             "seconds": self.seconds,
+            "ability_seconds": self.ability_seconds,
             "abilities": {a.name: a.state_dict() for a in self.abilities},
         }
 
@@ -160,6 +162,7 @@ class Evaluator(L.Callback):
         self._start = state["start"]  # type: ignore[assignment]
         self.evaluations = int(state["evaluations"])  # type: ignore[call-overload]
         self.seconds = float(state["seconds"])  # type: ignore[arg-type]
+        self.ability_seconds = float(state.get("ability_seconds", 0.0))  # type: ignore[arg-type]
         saved: dict[str, dict[str, Tensor]] = state.get("abilities", {})  # type: ignore[assignment]
         for ability in self.abilities:
             ability.load_state_dict(saved.get(ability.name, {}))
@@ -193,12 +196,14 @@ class Evaluator(L.Callback):
                 self.records.append({**row, "value": value})
                 flat[tracked_name(row)] = value
         view = ModelView(pl_module.model, self.batch_size)
+        abilities_started = time.perf_counter()
         for ability in self.abilities:  # the loaded model's other abilities, from its features
             values = ability.score(view)
             for metric, value in values.items():
                 row = {"step": step, "epoch": epoch, "task": ability.name, "role": "pretrain", "metric": metric}
                 self.records.append({**row, "value": value})
                 flat[tracked_name(row)] = value
+        self.ability_seconds += time.perf_counter() - abilities_started
         if self._start is not None:
             for block, values in weight_drift(pl_module.model, self._start).items():
                 for metric, value in values.items():

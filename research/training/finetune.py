@@ -112,6 +112,7 @@ class FinetuneOutcome:
     epochs: int = 0  # epochs completed over all tasks so far
     seconds: float = 0.0
     eval_seconds: float = 0.0
+    ability_seconds: float = 0.0  # the part of eval_seconds spent scoring abilities
     evaluations: int = 0
     method_info: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)  # what the backbone is (research.models.adapters)
@@ -161,6 +162,7 @@ def run_finetune(
     finally:
         outcome.seconds = stage.elapsed()
         outcome.eval_seconds = stage.evaluator.seconds
+        outcome.ability_seconds = stage.evaluator.ability_seconds
         outcome.evaluations = stage.evaluator.evaluations
     outcome.model_info = adapter(cfg.model.arch).describe(cfg.model, model.backbone)
     outcome.method_rows = method.finish(model, context, lambda m: score(m, stage.evaluator.sets, cfg.eval.batch_size))

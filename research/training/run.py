@@ -235,6 +235,7 @@ def _run_locked(
         **timings,
         "finetune_seconds": outcome.seconds,
         "eval_seconds": outcome.eval_seconds,
+        "ability_seconds": outcome.ability_seconds,
     }
     summary["steps"] = outcome.steps
     # Where each fine-tuning task ended on the step axis: the rows of a sequence's accuracy matrix.

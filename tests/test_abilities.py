@@ -317,3 +317,61 @@ def test_research_abilities_lists_every_kind_with_its_score(capsys) -> None:
     for kind in [*ability_kinds(), "classification"]:
         assert f"\n{kind}\n" in f"\n{shown}"
     assert "metrics: cka, cosine (score: cka)" in shown
+
+
+def test_a_run_with_abilities_killed_by_sigkill_resumes_with_the_same_curves(
+    tmp_path: Path, tiny_overrides: list[str]
+) -> None:
+    """A real ``research run`` process, SIGKILLed once its first checkpoint exists: run again, it resumes, and
+    its ability rows equal those of the same run left alone (the representation's step-0 reference came back
+    from the checkpoint, not from the model at the resume)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    from research.training.resume import CHECKPOINT_FILE
+
+    entries = [ability_class(k).example(tmp_path, "array") for k in ability_kinds()]
+    settings = [*SETTINGS, "train.epochs=30", "checkpoint.every_n_steps=20", f"abilities={json.dumps(entries)}"]
+    root = Path(__file__).resolve().parents[1]
+
+    def command(out: Path) -> list[str]:
+        overrides = [o for o in tiny_overrides if not o.startswith("out=")]
+        return [
+            sys.executable,
+            "-m",
+            "research",
+            "run",
+            "experiments/split_digits.yaml",
+            *overrides,
+            *settings,
+            f"out={out}",
+        ]
+
+    reference = subprocess.run(command(tmp_path / "reference"), cwd=root, capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    out = tmp_path / "killed"
+    victim = subprocess.Popen(command(out), cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, checkpoints = time.monotonic() + 120, []
+    while not checkpoints and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+        checkpoints = list(out.glob(f"*/{CHECKPOINT_FILE}"))
+    assert checkpoints, "no checkpoint appeared"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    again = subprocess.run(command(out), cwd=root, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    run_dir = checkpoints[0].parent
+    assert json.loads((run_dir / "summary.json").read_text())["resumed_from_step"] > 0
+
+    def ability_rows(directory: Path) -> pd.DataFrame:
+        metrics = pd.read_parquet(directory / "metrics.parquet")
+        rows = metrics[metrics.task.isin([e["name"] for e in entries])]
+        return rows.sort_values(["step", "task", "metric"]).reset_index(drop=True)
+
+    (reference_dir,) = [p for p in (tmp_path / "reference").iterdir() if p.name == run_dir.name]
+    pd.testing.assert_frame_equal(ability_rows(run_dir), ability_rows(reference_dir), check_exact=True)

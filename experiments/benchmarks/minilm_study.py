@@ -92,8 +92,8 @@ def measure_lora(out: str, steps: int) -> list[Row]:
         per_step = (timings["finetune_seconds"] - timings["eval_seconds"]) / summary["steps"]
         results[method] = {**peak, "step_seconds": per_step, "method_info": summary.get("method_info", {})}
     full, lora = results["finetune"], results["lora"]
-    info = lora["method_info"]
-    trainable, total = info.get("trainable_parameters"), info.get("total_parameters")
+    counts = lora["method_info"].get("parameters", {})
+    trainable, total = counts.get("trainable"), counts.get("total")
     print(f"\nLoRA vs full fine-tuning, {steps} steps, one fresh process each:")
     for method, r in results.items():
         print(f"  {method:10s} {1000 * r['step_seconds']:7.1f} ms per step   peak {r['peak_mb']:6.0f} MB")

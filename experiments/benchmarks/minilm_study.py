@@ -5,7 +5,8 @@ training, and LoRA against full fine-tuning.
    evaluation points, step 0 included), the abilities as shipped (WordSim-353, SimLex-999, the Lee corpus: every
    item). Printed: the time spent scoring abilities (the evaluator's own ``ability_seconds``) as a share of the
    training time (``finetune_seconds − eval_seconds``: the updates, Lightning's loop, the method hooks), the
-   target ≤ 25 %, and the same share for the whole evaluation (tasks and abilities).
+   target ≤ 25 %, and the same share for the whole evaluation (tasks and abilities); then the same with every
+   ability scored on a seeded ``--budgets`` sample of its items (default 100).
 2. LoRA vs full fine-tuning. The same study, evaluations only at step 0 and the end, one fresh
    ``python -m research run`` process per method (``finetune`` and ``lora`` at its defaults), each read for
    its peak RSS (``VmHWM`` at exit, as minilm.py does) and its training time per step (from the summary, as
@@ -30,11 +31,19 @@ from minilm import EXPERIMENT, NEVER, quiet, run_peak
 BENCHMARK = "minilm_study"
 
 
-def measure_abilities(out: str, steps: int, every: int) -> list[Row]:
+def measure_abilities(out: str, steps: int, every: int, max_samples: int | None = None) -> list[Row]:
+    import yaml
+
     from research.config import load_config
     from research.training import run
 
+    budget = []
+    if max_samples is not None:  # every ability of the study, scored on a seeded max_samples of its items
+        entries = yaml.safe_load(EXPERIMENT.read_text())["abilities"]
+        budget = [f"abilities={json.dumps([{**e, 'max_samples': max_samples} for e in entries])}"]
+    budget_text = "as shipped" if max_samples is None else f"max_samples={max_samples} each"
     overrides = [
+        *budget,
         f"out={out}",
         f"train.max_steps={steps}",
         f"train.epochs={steps}",
@@ -54,7 +63,7 @@ def measure_abilities(out: str, steps: int, every: int) -> list[Row]:
     return [
         Row(
             BENCHMARK,
-            f"abilities at {points} evaluation points / training time",
+            f"abilities ({budget_text}) at {points} evaluation points / training time",
             100 * abilities / training,
             "%",
             "<=",
@@ -63,7 +72,7 @@ def measure_abilities(out: str, steps: int, every: int) -> list[Row]:
         ),
         Row(
             BENCHMARK,
-            f"whole evaluation (tasks and abilities) at {points} points / training time",
+            f"whole evaluation (tasks, abilities {budget_text}) at {points} points / training time",
             100 * evaluation / training,
             "%",
         ),
@@ -122,6 +131,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--every", type=int, default=2, help="evaluation interval of part 1 (steps)")
     parser.add_argument("--lora-steps", type=int, default=20)
+    parser.add_argument(
+        "--budgets", type=int, nargs="*", default=[100], help="also measure with every ability at max_samples N"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="smoke test: a few steps")
     parser.add_argument("--only", nargs="+", choices=["abilities", "lora"])
@@ -139,6 +151,8 @@ def main() -> None:
         os.environ.setdefault("WANDB_SILENT", "true")
         if "abilities" in parts:
             rows += measure_abilities(out, args.steps, args.every)
+            for budget in args.budgets:
+                rows += measure_abilities(out, args.steps, args.every, budget)
         if "lora" in parts:
             rows += measure_lora(out, args.lora_steps)
     print_rows(f"{BENCHMARK}: the MiniLM study's costs ({time.perf_counter() - started:.0f} s)", rows)

@@ -40,6 +40,7 @@ BENCHMARKS = {
     "evaluator_overhead": "~50 evaluations of every task during fine-tuning vs 2: share of the training time",
     "memory": "peak RSS of a research run and of a grid worker vs processes that only import torch / the stack",
     "minilm": "MiniLM: fine-tuning steps vs a bare transformers loop, peak RSS of an EWC run, the Fisher's cost",
+    "minilm_study": "the MiniLM study: ability scoring at 21 evaluation points vs training; LoRA vs finetune",
 }
 
 

@@ -449,3 +449,35 @@ def test_two_processes_measure_what_one_does(tmp_path: Path) -> None:
     a, b = frames
     assert a[["step", "task", "metric"]].equals(b[["step", "task", "metric"]])
     np.testing.assert_allclose(b.value, a.value, rtol=1e-5, atol=1e-6)
+
+
+def test_l2sp_on_the_effective_weights_is_half_alpha_times_the_squared_delta(make_cfg) -> None:
+    """LoRA with L2-SP: the term is l2sp_alpha/2 · Σ ‖(α/r)·B·A‖², i.e. L2-SP's ‖W − W₀‖²/2 on the adapted
+    layers (hand-computed from A and B here), with gradients only for the adapters; 0 adds no term."""
+    cfg = make_cfg("method.name=lora", "method.l2sp_alpha=3.0")
+    _, model, method, ctx = plain_and_injected(cfg)
+    randomise_adapters(model)
+    method.prepare(model, ctx)
+    term = method.loss_terms(model, None)["l2sp"]
+    expected = 0.0
+    for layer in lora_layers(model.backbone).values():
+        a, b = layer.lora_A["default"].weight.detach().double(), layer.lora_B["default"].weight.detach().double()
+        expected += float(((16.0 / 8) * b @ a).pow(2).sum())
+    assert float(term) == pytest.approx(0.5 * 3.0 * expected, rel=1e-5)
+    term.backward()
+    graded = {n for n, p in model.named_parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0)}
+    assert graded and all(is_adapter(n) for n in graded)
+    off = build_method({"name": "lora"})
+    assert off.loss_terms(model, None) == {}
+
+
+def test_l2sp_keeps_the_effective_weights_closer_to_the_pretrained_ones(make_cfg) -> None:
+    free = run(make_cfg("method.name=lora", "train.lr=0.02"))
+    pulled = run(make_cfg("method.name=lora", "train.lr=0.02", "method.l2sp_alpha=1.0"))
+    moved = {r.summary["method_info"]["delta_weight"]["0"]["l2"] for r in (free, pulled)}
+    assert len(moved) == 2
+    assert (
+        pulled.summary["method_info"]["delta_weight"]["0"]["l2"]
+        < free.summary["method_info"]["delta_weight"]["0"]["l2"]
+    )
+    assert "train_loss_l2sp" in set(pulled.metrics.metric) and "train_loss_l2sp" not in set(free.metrics.metric)

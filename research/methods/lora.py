@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from research.errors import ConfigError
-from research.methods.base import FinetuneContext, Method, MethodConfig
+from research.methods.base import FinetuneContext, Method, MethodConfig, TrainStep
 from research.methods.registry import register
 from research.models.adapters.base import blocks_of, check_block_cover
 from research.models.multihead import MultiHeadNet
@@ -45,6 +45,11 @@ class LoRAConfig(MethodConfig):
     merge: bool = Field(
         True,
         description="evaluate each adapted layer with its merged weight W + (α/r)·B·A (else W·x + (α/r)·B·A·x)",
+    )
+    l2sp_alpha: float = Field(
+        0.0,
+        ge=0,
+        description="L2-SP on the adapted layers' effective weights: l2sp_alpha/2 Σ ‖ΔW‖² = ‖W − W₀‖²/2 (0: off)",
     )
 
 
@@ -81,8 +86,11 @@ class LoRA(Method):
 
     In a sequence one adapter serves every task: injected at the first, it goes on training (not merged away,
     not re-initialised) while each task brings its head. Correct under DDP: every process injects the same
-    seeded adapter and trains the same parameters throughout. Not combined with any regularizer (L2-SP on the
-    adapter, EWC on A and B): the adapter is anchored only by its rank. ``summary.json``'s ``method_info`` gives
+    seeded adapter and trains the same parameters throughout. With ``l2sp_alpha`` > 0 it is combined with L2-SP
+    (Li et al. 2018) on the effective weights: since W = W₀ + ΔW with W₀ frozen, L2-SP's pull ‖W − W₀‖² toward the
+    pretrained weights is ‖ΔW‖² = ‖(α/r)·B·A‖² summed over the adapted layers, logged as ``train_loss_l2sp``
+    (the new head is not penalised). Other regularizers (EWC on A and B) are not offered: their importance would
+    be of the factors, not of the weights a forgetting study anchors. ``summary.json``'s ``method_info`` gives
     r, α, the layers adapted, trainable and total parameter counts (at the start of the last task trained), and
     ‖ΔW‖ per block at the end (``delta_weight``: the change of the block's effective weights; diagnostics.parquet's
     weight drift of such a block is that of its parameters, the frozen base and A and B).
@@ -112,6 +120,11 @@ class LoRA(Method):
         self.counts = parameter_counts(model)
         self.delta_weight: dict[str, dict[str, float]] = {}
 
+    def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, torch.Tensor]:
+        if self.config.l2sp_alpha == 0:
+            return {}
+        return {"l2sp": 0.5 * self.config.l2sp_alpha * delta_squared_norm(model.backbone)}
+
     def finish(
         self, model: MultiHeadNet, ctx: FinetuneContext, score: Callable[[MultiHeadNet], dict[str, dict[str, float]]]
     ) -> list[dict[str, Any]]:
@@ -126,6 +139,7 @@ class LoRA(Method):
             "dropout": self.config.dropout,
             "bias": self.config.bias,
             "merge": self.config.merge,
+            "l2sp_alpha": self.config.l2sp_alpha,
             "target_modules": self.config.target_modules,  # as given; null: the family's default
             "matched_modules": self.targets,
             "parameters": self.counts,
@@ -321,6 +335,16 @@ def lora_layers(module: nn.Module) -> dict[str, nn.Module]:
     from peft.tuners.lora import LoraLayer
 
     return {n: m for n, m in module.named_modules() if isinstance(m, LoraLayer)}
+
+
+def delta_squared_norm(backbone: nn.Module) -> torch.Tensor:
+    """Σ over adapted layers of ‖ΔW‖² = ‖(α/r)·B·A‖², differentiable in A and B (peft's ``get_delta_weight``)."""
+    total = torch.zeros((), device=next(backbone.parameters()).device)
+    for layer in lora_layers(backbone).values():
+        for adapter in layer.active_adapters:
+            if adapter in layer.lora_A or adapter in layer.lora_embedding_A:
+                total = total + layer.get_delta_weight(adapter).float().pow(2).sum()
+    return total
 
 
 # ------------------------------------------------------------------------------------------------ merged evaluation

@@ -9,12 +9,13 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from research.data.inputs import compact
-from research.methods.base import FinetuneContext, Method, MethodConfig, TrainStep
+from research.methods.base import FinetuneContext, MethodConfig, TrainStep
 from research.methods.lwf import features_keeping_norm_statistics
 from research.methods.registry import register
+from research.methods.teacher import FrozenTeacher
 from research.models.modes import eval_mode
 from research.models.multihead import MultiHeadNet
 
@@ -30,7 +31,7 @@ class FeatureDistillConfig(MethodConfig):
 
 
 @register
-class FeatureDistill(Method):
+class FeatureDistill(FrozenTeacher):
     """Feature distillation: λ · mean_i ‖f_θ(x_i) − f_θ₀(x_i)‖², the backbone's features pulled to a frozen
     teacher's on each step's new inputs (label-free LwF on features, Li & Hoiem 2016, "Learning without
     Forgetting", ECCV; DELTA's feature-map term without attention, Li et al. 2019, "DELTA: Deep Learning Transfer
@@ -81,9 +82,6 @@ class FeatureDistill(Method):
     supports_sequences = True
     supports_ddp = True  # the same teacher on every process; each pulls its own share of the batch
 
-    teacher: nn.Module | None = None
-    _pending_teacher_state: dict[str, Tensor] | None = None
-
     def __init__(self, config: FeatureDistillConfig) -> None:
         super().__init__(config)
         self._teachers: list[dict[str, Any]] = []
@@ -92,12 +90,9 @@ class FeatureDistill(Method):
         # The teacher is the model as this task starts: the pretrained model for the first task, the model after
         # task k−1 later. A resume replays prepare on each task's start weights, so it makes the same teacher.
         teacher = copy.deepcopy(model.backbone)
-        if self._pending_teacher_state is not None:  # state loaded before prepare: it becomes the teacher
-            teacher.load_state_dict(self._pending_teacher_state, strict=True)
-            self._pending_teacher_state = None
         for p in teacher.parameters():
             p.grad = None
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.freeze(teacher)  # with the saved teacher's weights when resuming
         self.feature_dim = model.feature_dim
         self._teachers.append({"task_index": ctx.task_index, "task": ctx.task.name})
 
@@ -125,18 +120,6 @@ class FeatureDistill(Method):
             facts["teacher_parameters"] = sum(p.numel() for p in self.teacher.parameters())
             facts["teacher_bytes"] = sum(t.numel() * t.element_size() for t in self.teacher.state_dict().values())
         return facts
-
-    def state_dict(self) -> dict[str, Tensor]:
-        assert self.teacher is not None, "feature_distill: prepare() must run before state_dict()"
-        return {f"teacher.{n}": t for n, t in self.teacher.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Loads into the teacher; before ``prepare`` the weights are kept and become the teacher there."""
-        teacher_state = {n.removeprefix("teacher."): t for n, t in state.items()}
-        if self.teacher is None:
-            self._pending_teacher_state = teacher_state
-        else:
-            self.teacher.load_state_dict(teacher_state, strict=True)
 
 
 def feature_penalty(features: Tensor, target: Tensor) -> Tensor:

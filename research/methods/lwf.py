@@ -12,8 +12,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from research.data.inputs import Inputs, compact
-from research.methods.base import FinetuneContext, Method, MethodConfig, TrainStep
+from research.methods.base import FinetuneContext, MethodConfig, TrainStep
 from research.methods.registry import register
+from research.methods.teacher import FrozenTeacher
 from research.models.multihead import MultiHeadNet
 
 
@@ -27,7 +28,7 @@ class LwFConfig(MethodConfig):
 
 
 @register
-class LwF(Method):
+class LwF(FrozenTeacher):
     """LwF: α · Σ_h KL(softmax(z_h^teacher / T) ‖ softmax(z_h^student / T)), averaged over the batch.
 
     Distilled: the pretrained model (a frozen copy taken in ``prepare``, run in eval mode without gradients)
@@ -57,7 +58,6 @@ class LwF(Method):
     config: LwFConfig
 
     teacher: MultiHeadNet | None = None
-    _pending_teacher_state: dict[str, Tensor] | None = None
 
     def configure_trainable(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
         if self.config.train_old_heads:
@@ -70,10 +70,7 @@ class LwF(Method):
         teacher = copy.deepcopy(model)
         for head in [h for h in teacher.heads if h not in self.old_units]:
             del teacher.heads[head]  # the new task's head: the teacher has nothing to say about it
-        if self._pending_teacher_state is not None:  # resuming: the saved teacher, not the current student
-            teacher.load_state_dict(self._pending_teacher_state, strict=True)
-            self._pending_teacher_state = None
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.freeze(teacher)  # resuming: the saved teacher, not the current student
 
     def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:
         if self.config.alpha == 0:
@@ -96,18 +93,6 @@ class LwF(Method):
                 teacher = self.teacher.heads[head](teacher_features)[:, :units]
             total = total + distillation_loss(student, teacher, self.config.temperature)
         return {"lwf": self.config.alpha * total}
-
-    def state_dict(self) -> dict[str, Tensor]:
-        assert self.teacher is not None, "lwf: prepare() must run before state_dict()"
-        return {f"teacher.{n}": t for n, t in self.teacher.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Loads into the teacher; before ``prepare`` the weights are kept and become the teacher there."""
-        teacher_state = {n.removeprefix("teacher."): t for n, t in state.items()}
-        if self.teacher is None:
-            self._pending_teacher_state = teacher_state
-        else:
-            self.teacher.load_state_dict(teacher_state, strict=True)
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
@@ -183,6 +184,17 @@ def _by_length(inputs: Inputs) -> Tensor | None:
     if not isinstance(inputs, dict) or "attention_mask" not in inputs:
         return None
     return torch.argsort(inputs["attention_mask"].sum(dim=1), stable=True)
+
+
+def require_kind(encoder: InputEncoder, kind: str, where: str, what: str) -> None:
+    """ConfigError unless the model takes ``kind`` inputs (``text`` or ``array``); ``what`` says what holds them."""
+    if kind not in encoder.kinds:
+        raise ConfigError(f"{where}: {what}, which this model does not take (it takes {', '.join(encoder.kinds)})")
+
+
+def items_kind(items: np.ndarray) -> str:
+    """``text`` for strings (an object array), ``array`` for numbers."""
+    return "text" if items.dtype == object else "array"
 
 
 def seeded_sample(n: int, max_samples: int | None, seed: int) -> Tensor | None:

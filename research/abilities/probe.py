@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, ValidationError
 from sklearn.model_selection import train_test_split
 
-from research.abilities.base import Ability, AbilityConfig, ModelView, register_ability, seeded_sample
+from research.abilities.base import Ability, AbilityConfig, ModelView, register_ability, require_kind, seeded_sample
 from research.abilities.measures import probe_accuracy
 from research.config import TaskConfig
 from research.data.inputs import count
@@ -56,11 +56,7 @@ class Probe(Ability):
             raise ConfigError(f"{where}.data.transform: a probe's reference set is scored as stored; no transform")
         columns = (task.text_column, task.text_pair_column, task.label_column)
         source = load_source(task.source, task.path, scale=task.scale, columns=columns)
-        if source.kind not in encoder.kinds:
-            raise ConfigError(
-                f"{where}.data.source: '{task.source}' gives {source.kind} examples, which this model does not "
-                f"take (it takes {', '.join(encoder.kinds)})"
-            )
+        require_kind(encoder, source.kind, f"{where}.data.source", f"'{task.source}' gives {source.kind} examples")
         ids = resolve_classes(source, task, f"{where}.data")
         rows = np.flatnonzero(np.isin(source.y, ids))
         keep = seeded_sample(len(rows), config.max_samples, config.seed)

@@ -20,10 +20,17 @@ from typing import Any, Literal
 from pydantic import Field
 from torch import Tensor
 
-from research.abilities.base import Ability, AbilityConfig, ModelView, register_ability, seeded_sample
+from research.abilities.base import (
+    Ability,
+    AbilityConfig,
+    ModelView,
+    items_kind,
+    register_ability,
+    require_kind,
+    seeded_sample,
+)
 from research.abilities.data import read_reference
 from research.abilities.measures import linear_cka, mean_cosine_to_reference
-from research.errors import ConfigError
 from research.models.adapters import InputEncoder
 
 
@@ -43,12 +50,7 @@ class Representation(Ability):
     def __init__(self, config: RepresentationConfig, encoder: InputEncoder, where: str) -> None:
         super().__init__(config, encoder, where)
         x = read_reference(config.data, config.text_column, f"{where}.data")
-        kind = "text" if x.dtype == object else "array"
-        if kind not in encoder.kinds:
-            raise ConfigError(
-                f"{where}.data: '{config.data}' holds {kind} inputs, which this model does not take (it takes "
-                f"{', '.join(encoder.kinds)})"
-            )
+        require_kind(encoder, items_kind(x), f"{where}.data", f"'{config.data}' holds {items_kind(x)} inputs")
         self.inputs_in_data = len(x)
         keep = seeded_sample(len(x), config.max_samples, config.seed)
         self.inputs = encoder.encode(x if keep is None else x[keep.numpy()])

@@ -17,11 +17,18 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from research.abilities.base import Ability, AbilityConfig, ModelView, register_ability, seeded_sample
+from research.abilities.base import (
+    Ability,
+    AbilityConfig,
+    ModelView,
+    items_kind,
+    register_ability,
+    require_kind,
+    seeded_sample,
+)
 from research.abilities.data import read_pairs
 from research.abilities.measures import pair_cosines, spearman
 from research.data.inputs import Inputs, count
-from research.errors import ConfigError
 from research.models.adapters import InputEncoder
 
 
@@ -45,12 +52,7 @@ class Similarity(Ability):
         super().__init__(config, encoder, where)
         columns = (config.a_column, config.b_column, config.score_column)
         a, b, gold = read_pairs(config.data, columns, f"{where}.data")
-        kind = "text" if a.dtype == object else "array"
-        if kind not in encoder.kinds:
-            raise ConfigError(
-                f"{where}.data: '{config.data}' holds {kind} pairs, which this model does not take (it takes "
-                f"{', '.join(encoder.kinds)})"
-            )
+        require_kind(encoder, items_kind(a), f"{where}.data", f"'{config.data}' holds {items_kind(a)} pairs")
         self.pairs_in_data = len(gold)
         keep = seeded_sample(len(gold), config.max_samples, config.seed)
         if keep is not None:

@@ -20,10 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,11 +28,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from research.labels import NOT_A_SETTING, flatten_config, is_missing, setting_labels
+
 METRIC_COLUMNS = ["run_id", "step", "epoch", "task", "role", "metric", "value"]
 CACHE_FOLDER = ".analysis-cache"
 CACHE_FORMAT = 4  # bump whenever the tables change shape, so an old cache is not read
-# Config keys that do not make two runs different settings.
-NOT_A_SETTING = ("config.seed", "config.out", "config.logging.")
 
 
 @dataclass
@@ -112,20 +109,6 @@ def _run_row(run_id: str, summary: dict[str, Any], config: dict[str, Any]) -> di
     }
 
 
-def flatten_config(config: dict[str, Any], prefix: str = "config.") -> dict[str, Any]:
-    """Nested config → ``config.a.b`` columns; lists become JSON text so every column has one simple type."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, f"{dotted}."))
-        elif isinstance(value, list):
-            flat[dotted] = json.dumps(value, sort_keys=True)
-        else:
-            flat[dotted] = value
-    return flat
-
-
 def _assemble(rows: list[dict], metrics: list[pd.DataFrame], method_tables: list[pd.DataFrame]) -> RunSet:
     runs = pd.DataFrame(rows)
     if runs.empty:
@@ -157,42 +140,8 @@ def _setting_id(row: dict[str, Any]) -> str:
         for k, v in row.items()
         if k.startswith("config.") and (not k.startswith(NOT_A_SETTING) or k == "config.logging.log_every_n_steps")
     }
-    text = json.dumps({k: v for k, v in config.items() if not _missing(v)}, sort_keys=True, default=str)
+    text = json.dumps({k: v for k, v in config.items() if not is_missing(v)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def setting_labels(runs: pd.DataFrame) -> list[str]:
-    """A readable label per run that tells apart the settings present in ``runs`` (see the module docstring)."""
-    if runs.empty:
-        return []
-    columns = [c for c in runs.columns if c.startswith("config.") and not c.startswith(NOT_A_SETTING)]
-    varying = [c for c in columns if runs[c].astype(str).nunique() > 1]
-    labels = []
-    for row in runs.to_dict("records"):
-        parts = [str(row["method"])]
-        if "config.name" in varying:
-            parts.insert(0, str(row["config.name"]))
-        same_method = runs[runs["method"] == row["method"]]
-        for column in varying:
-            if column in ("config.name", "config.method.name") or _missing(row[column]):
-                continue
-            if column.startswith("config.method."):
-                if same_method[column].astype(str).nunique() > 1:
-                    parts.append(f"{column.removeprefix('config.method.')}={_short(row[column])}")
-            else:
-                parts.append(f"{column.removeprefix('config.')}={_short(row[column])}")
-        if row["method"] == "wise_ft":  # its final weights are the fine-tuned ones; the α sweep is separate
-            parts[parts.index("wise_ft")] = "wise_ft (α=1)"
-        labels.append(" ".join(parts))
-    return labels
-
-
-def _short(value: Any) -> str:
-    return f"{value:.12g}" if isinstance(value, float) else str(value)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
 
 
 # --------------------------------------------------------------------------------------------- cache
@@ -233,86 +182,3 @@ def _write_cache(root: Path, key: str, result: RunSet) -> None:
         (folder / "key.json").write_text(json.dumps({"key": key}))
     except OSError:
         pass
-
-
-# --------------------------------------------------------------------------------------------- W&B
-
-
-def load_wandb_offline(paths: Iterable[str | Path]) -> RunSet:
-    """W&B offline run files (``run-*.wandb``, or folders searched for them) → a RunSet, read with W&B's own
-    ``wandb leet inspect --json`` (no server). The run id is the W&B run id; ``epoch`` is not logged to W&B and
-    is -1."""
-    files: list[Path] = []
-    for path in map(Path, paths):
-        files.extend(sorted(path.rglob("run-*.wandb")) if path.is_dir() else [path])
-    rows, metrics = [], []
-    for file in files:
-        records = list(_wandb_records(file))
-        run = next(r["run"] for r in records if r["type"] == "run")
-        config = _wandb_config(run["config"].get("update", {}))
-        exit_code = next((r["exit"].get("exit_code", 0) for r in records if r["type"] == "exit"), None)
-        status = "completed" if exit_code == 0 else ("running" if exit_code is None else "failed")
-        rows.append(_run_row(run["run_id"], {"status": status}, config))
-        history = (r["history"]["item"] for r in records if r["type"] == "history")
-        metrics.append(history_frame(run["run_id"], history))
-    return _assemble(rows, metrics, [])
-
-
-def load_wandb_api(path: str, filters: dict[str, Any] | None = None, api: Any = None) -> RunSet:
-    """Runs of a W&B project (``entity/project``) through the public API (needs a network and an API key).
-    ``api`` defaults to ``wandb.Api()``; anything with the same ``runs(path, filters)`` interface works."""
-    if api is None:
-        import wandb
-
-        api = wandb.Api()
-    rows, metrics = [], []
-    for run in api.runs(path, filters=filters or {}):
-        config = _wandb_config(dict(run.config))
-        status = {"finished": "completed", "running": "running"}.get(run.state, "failed")
-        rows.append(_run_row(run.id, {"status": status}, config))
-        metrics.append(history_frame(run.id, run.scan_history()))
-    return _assemble(rows, metrics, [])
-
-
-def history_frame(run_id: str, history: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """W&B history rows (``pretrain/<task>/acc`` etc. at ``trainer/global_step``) → the tidy metrics format.
-    Only the evaluation scores are read; training scalars and drift stay in the run directory."""
-    records = []
-    for item in history:
-        step = item.get("trainer/global_step")
-        if step is None:
-            continue
-        for key, value in item.items():
-            parts = key.split("/")
-            if len(parts) == 3 and parts[0] in ("pretrain", "finetune") and value is not None:
-                records.append((run_id, int(step), -1, parts[1], parts[0], parts[2], float(value)))
-    return pd.DataFrame.from_records(records, columns=METRIC_COLUMNS)
-
-
-def _wandb_config(config: dict[str, Any]) -> dict[str, Any]:
-    """W&B's config minus its own bookkeeping; the API wraps values as ``{"value": ...}`` in some versions."""
-    clean = {}
-    for key, value in config.items():
-        if key.startswith("_"):
-            continue
-        if isinstance(value, dict) and set(value) == {"value"}:
-            value = value["value"]
-        clean[key] = value
-    return clean
-
-
-def _wandb_records(file: Path) -> Iterator[dict[str, Any]]:
-    executable = shutil.which("wandb") or str(Path(sys.executable).parent / "wandb")
-    proc = subprocess.run(
-        [executable, "leet", "inspect", "--json", str(file)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "WANDB_MODE": "offline"},
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise ValueError(f"cannot read W&B run file {file}: {proc.stderr.strip()[:300]}")
-    for line in proc.stdout.splitlines():
-        if line.strip():
-            yield json.loads(line)

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.load import load_runs, load_wandb_api, load_wandb_offline
+from analysis.load import load_runs
 from analysis.summarize import run_accuracy_matrix, run_summary, setting_summary
 from analysis.tables import latex_table, markdown_table, table_cells
+from analysis.wandb_load import load_wandb_api, load_wandb_offline
 
 STEPS = [0, 5, 10]
 

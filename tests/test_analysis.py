@@ -4,7 +4,6 @@ run directories whose numbers are known (no training involved), plus the W&B loa
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,6 @@ import yaml
 from analysis.load import load_runs
 from analysis.summarize import run_accuracy_matrix, run_summary, setting_summary
 from analysis.tables import latex_table, markdown_table, table_cells
-from analysis.wandb_load import load_wandb_api, load_wandb_offline
 
 STEPS = [0, 5, 10]
 
@@ -311,50 +309,6 @@ def test_report_command_refuses_a_folder_without_runs(tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "research: error:" in proc.stderr
     assert list(empty.iterdir()) == []
-
-
-def test_wandb_offline_and_api_loaders_match_the_run_directory(make_cfg) -> None:
-    from research.training import run
-
-    result = run(make_cfg("logging.wandb=offline", "method.name=ewc"))
-    local = result.metrics
-    local = local[local["metric"] == "acc"][["step", "task", "role", "value"]].reset_index(drop=True)
-
-    offline = load_wandb_offline([result.run_dir / "wandb"])
-    (row,) = offline.runs.to_dict("records")
-    assert row["status"] == "completed" and row["method"] == "ewc" and row["config.method.lam"] == 100.0
-    got = offline.metrics[offline.metrics["metric"] == "acc"][["step", "task", "role", "value"]]
-    pd.testing.assert_frame_equal(
-        got.sort_values(["step", "task"]).reset_index(drop=True),
-        local.sort_values(["step", "task"]).reset_index(drop=True),
-        check_dtype=False,
-        atol=1e-6,
-    )
-
-    # The public-API loader, against a stand-in for the W&B cloud built from the same offline records.
-    from test_wandb import wandb_records
-
-    (path,) = result.run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    records = wandb_records(path)
-    info = next(r["run"] for r in records if r["type"] == "run")
-    history = [r["history"]["item"] for r in records if r["type"] == "history"]
-
-    class CloudRun:
-        id = info["run_id"]
-        state = "finished"
-        config = {k: {"value": v} for k, v in info["config"]["update"].items()}  # the API's wrapped form
-
-        def scan_history(self):
-            return iter(history)
-
-    class Api:
-        def runs(self, path, filters):
-            assert path == "me/forgetting-lab"
-            return [CloudRun()]
-
-    online = load_wandb_api("me/forgetting-lab", api=Api())
-    pd.testing.assert_frame_equal(online.metrics, offline.metrics)
-    assert re.fullmatch(r"ewc", online.runs.loc[0, "method"])
 
 
 def test_bold_follows_the_printed_value_and_latex_is_escaped() -> None:

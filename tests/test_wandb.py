@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from analysis.wandb_load import load_wandb_api, load_wandb_offline
 from research.training import run
 
 WANDB = Path(sys.executable).parent / "wandb"
@@ -116,3 +119,45 @@ def test_wandb_failure_at_init_leaves_the_run_completed(
     metrics = result.metrics
     assert np.isfinite(metrics.value).all()
     assert set(metrics[metrics.step == 0].task) == {"digits_0_4", "digits_5_9"}
+
+
+def test_wandb_offline_and_api_loaders_match_the_run_directory(make_cfg) -> None:
+    from research.training import run
+
+    result = run(make_cfg("logging.wandb=offline", "method.name=ewc"))
+    local = result.metrics
+    local = local[local["metric"] == "acc"][["step", "task", "role", "value"]].reset_index(drop=True)
+
+    offline = load_wandb_offline([result.run_dir / "wandb"])
+    (row,) = offline.runs.to_dict("records")
+    assert row["status"] == "completed" and row["method"] == "ewc" and row["config.method.lam"] == 100.0
+    got = offline.metrics[offline.metrics["metric"] == "acc"][["step", "task", "role", "value"]]
+    pd.testing.assert_frame_equal(
+        got.sort_values(["step", "task"]).reset_index(drop=True),
+        local.sort_values(["step", "task"]).reset_index(drop=True),
+        check_dtype=False,
+        atol=1e-6,
+    )
+
+    # The public-API loader, against a stand-in for the W&B cloud built from the same offline records.
+    (path,) = result.run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    records = wandb_records(path)
+    info = next(r["run"] for r in records if r["type"] == "run")
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+
+    class CloudRun:
+        id = info["run_id"]
+        state = "finished"
+        config = {k: {"value": v} for k, v in info["config"]["update"].items()}  # the API's wrapped form
+
+        def scan_history(self):
+            return iter(history)
+
+    class Api:
+        def runs(self, path, filters):
+            assert path == "me/forgetting-lab"
+            return [CloudRun()]
+
+    online = load_wandb_api("me/forgetting-lab", api=Api())
+    pd.testing.assert_frame_equal(online.metrics, offline.metrics)
+    assert re.fullmatch(r"ewc", online.runs.loc[0, "method"])

@@ -2,21 +2,26 @@
 hyperparameter sweeps and WiSE-FT interpolation.
 
 Every function takes a pandas DataFrame (the columns are listed in its docstring), writes ``<out_dir>/<name>.pdf``
-and ``<out_dir>/<name>.png`` (200 dpi) and returns ``[pdf_path, png_path]``. Figures are built on
-:class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot, no global figure state) under
-:func:`analysis.style.paper_style`. Colours and line styles follow :mod:`analysis.style`.
+and ``<out_dir>/<name>.png`` (200 dpi; nothing when ``out_dir`` is None) and returns the figure, a
+:class:`PaperFigure`: a :class:`matplotlib.figure.Figure` on the Agg canvas (no pyplot, no global figure state),
+made under :func:`analysis.style.paper_style`, that a notebook shows as is and that a reader can restyle
+(``fig.axes[0].set_title(...)``) and save again (``fig.save(out_dir, name)``). Its ``paths`` are the files
+written; for code written when these functions returned ``[pdf_path, png_path]``, the figure also reads as that
+list (``paths[-1]``, ``for p in fig``). Colours and line styles follow :mod:`analysis.style`.
 
-Conventions: bands and error bars are ±1 standard deviation over seeds (sample std, ddof = 1); with one seed the
-std is NaN and nothing is drawn for it. Accuracy axes span the data (bands included) plus a small margin, never
+Conventions: bands and error bars are ±1 standard deviation over seeds (sample std, ddof = 1), cut at the range
+the quantity can take (an accuracy band never leaves [0, 1]); with one seed the std is NaN and nothing is drawn
+for it. Accuracy axes span the data (bands included) plus a small margin, never
 less than 0.1 accuracy, clipped to [0, 1]; an axis that does not start at 0 carries a break mark (two short
 slashes) at its foot so the reader sees it is truncated. Accuracy ticks are plain decimals.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +32,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.markers import MarkerStyle
+from matplotlib.patches import Rectangle
 from matplotlib.path import Path as MplPath
-from matplotlib.text import Annotation
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator, ScalarFormatter
 
 from analysis.style import (
     BAND_ALPHA,
+    BASELINES,
+    METHOD_FAMILIES,
     PNG_DPI,
     method_color,
+    method_family,
     order_methods,
     order_settings,
     paper_style,
@@ -44,7 +52,6 @@ from analysis.style import (
 MIN_WIDTH = 3.4  # inches: one column
 MAX_WIDTH = 7.0  # inches: full page width
 MIN_ACCURACY_SPAN = 0.1
-GROW = 0.15  # a point label may widen its axes by this fraction before it flips to the other side of its point
 OLD_STYLE = {"linestyle": "-", "marker": "o"}
 NEW_STYLE = {"linestyle": "--", "marker": "s"}
 OLD_LABEL = "old tasks (stability)"
@@ -76,20 +83,56 @@ def _check_frame(frame: object, columns: Sequence[str], what: str) -> pd.DataFra
     return frame
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(min(max(width, MIN_WIDTH), MAX_WIDTH), height), layout="constrained")
+class PaperFigure(Figure):
+    """A figure of this module: a matplotlib :class:`~matplotlib.figure.Figure` that remembers the files it was
+    saved to (``paths``: pdf, png) and shows itself in a notebook. Iterating, indexing and ``len`` read
+    ``paths``, so code that took the ``[pdf_path, png_path]`` these functions used to return keeps working."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.paths: list[Path] = []
+
+    def save(self, out_dir: str | Path, name: str) -> list[Path]:
+        """Write ``<out_dir>/<name>.pdf`` and ``.png`` (e.g. again, after restyling) and return their paths."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        pdf, png = out / f"{name}.pdf", out / f"{name}.png"
+        with paper_style():  # the print sizes the figure was made with (savefig reads a few rcParams)
+            self.savefig(pdf)
+            self.savefig(png, dpi=PNG_DPI)
+        self.paths = [pdf, png]
+        return self.paths
+
+    def _repr_png_(self) -> bytes:
+        """What Jupyter shows for the figure (no pyplot backend involved)."""
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=110)
+        return buffer.getvalue()
+
+    def __iter__(self):
+        return iter(self.paths)
+
+    def __getitem__(self, index: int) -> Path:
+        return self.paths[index]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __bool__(self) -> bool:  # a figure is truthy whatever len says (matplotlib tests `if fig`)
+        return True
+
+
+def _new_figure(width: float, height: float) -> PaperFigure:
+    fig = PaperFigure(figsize=(min(max(width, MIN_WIDTH), MAX_WIDTH), height), layout="constrained")
     FigureCanvasAgg(fig)
     fig.get_layout_engine().set(h_pad=0.04, w_pad=0.04, hspace=0.03, wspace=0.03)
     return fig
 
 
-def _save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pdf, png = out / f"{name}.pdf", out / f"{name}.png"
-    fig.savefig(pdf)
-    fig.savefig(png, dpi=PNG_DPI)
-    return [pdf, png]
+def _save(fig: PaperFigure, out_dir: str | Path | None, name: str) -> PaperFigure:
+    if out_dir is not None:
+        fig.save(out_dir, name)
+    return fig
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
@@ -170,12 +213,23 @@ def _break_mark(ax: Axes, axis: str) -> None:
     )
 
 
-def _band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, color: str) -> None:
-    """±std band behind every line (zorder 1), skipped where std is undefined."""
+def _band(
+    ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, color: str, lo: float = 0.0, hi: float = 1.0
+) -> list[np.ndarray]:
+    """±std band behind every line (zorder 1), cut to [lo, hi] (the values the quantity can take), skipped where
+    std is undefined. Returns the band's edges as drawn (for the axis limits)."""
+    lower, upper = np.clip(mean - std, lo, hi), np.clip(mean + std, lo, hi)
     ok = np.isfinite(std) & np.isfinite(mean)
-    if not ok.any():
-        return
-    ax.fill_between(x, mean - std, mean + std, where=ok, color=color, alpha=BAND_ALPHA, linewidth=0, zorder=1)
+    if ok.any():
+        ax.fill_between(x, lower, upper, where=ok, color=color, alpha=BAND_ALPHA, linewidth=0, zorder=1)
+    return [lower, upper]
+
+
+def _clipped_error(mean: float, std: float, lo: float = 0.0, hi: float = 1.0) -> list[list[float]] | None:
+    """An error bar of ±std cut to [lo, hi], as matplotlib's asymmetric ``[[below], [above]]``; None without std."""
+    if not (np.isfinite(std) and np.isfinite(mean)):
+        return None
+    return [[mean - max(mean - std, lo)], [min(mean + std, hi) - mean]]
 
 
 def _legend_columns(labels: Sequence[str], width: float, handle: float = 0.55) -> int:
@@ -196,71 +250,32 @@ def _seed_phrase(counts: Iterable[int], legend: bool = True) -> str:
     return f"mean ± std over {counts[0]}–{counts[-1]} seeds" + (", n per setting in legend" if legend else "")
 
 
-def _error(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
-def _place_labels(fig: Figure, ax: Axes, labels: list[Annotation], rounds: int = 30) -> None:
-    """Make point labels readable: a label sticking out of the right of the axes by up to ``GROW`` of its width
-    stays (the axes grow to hold it), further it moves to the other side of its point; one sticking out on the
-    left moves right or is nudged in; overlapping labels are pushed apart vertically; then the right and top
-    limits of the axes are raised until every label fits inside."""
+def _label_points(
+    ax: Axes, x: np.ndarray, y: np.ndarray, texts: Sequence[str], bold: Sequence[bool] | None = None
+) -> None:
+    """A label beside every point (``bold`` ones in bold), moved by adjustText until no two labels overlap each
+    other or a point (a thin leader line joins a label that had to move away), kept inside the axes."""
+    weights = ["bold" if b else "normal" for b in (bold if bold is not None else [False] * len(texts))]
+    labels = [
+        ax.text(xi, yi, text, ha="left", va="bottom", fontweight=w, **LABEL_KW)
+        for xi, yi, text, w in zip(x, y, texts, weights, strict=True)
+    ]
     if not labels:
         return
-    to_points = 72.0 / fig.dpi
-    fig.draw_without_rendering()
-    renderer = fig.canvas.get_renderer()
-    frame = ax.get_window_extent(renderer)
-    for label in labels:
-        box = label.get_window_extent(renderer)
-        dx, dy = label.xyann
-        ha = label.get_horizontalalignment()
-        if box.x1 > frame.x1 + GROW * frame.width and ha == "left":
-            label.set_horizontalalignment("right")
-            dx = -abs(dx)
-        elif box.x0 < frame.x0 and ha == "right":
-            label.set_horizontalalignment("left")
-            dx = abs(dx)
-        if box.y0 < frame.y0 and label.get_verticalalignment() == "top":
-            label.set_verticalalignment("bottom")
-            dy = abs(dy)
-        label.xyann = (dx, dy)
-        box = label.get_window_extent(renderer)
-        if box.x1 > frame.x1 + GROW * frame.width:
-            dx -= (box.x1 - frame.x1 - GROW * frame.width) * to_points
-        elif box.x0 < frame.x0:
-            dx += (frame.x0 - box.x0) * to_points
-        label.xyann = (dx, dy)
-    for _ in range(rounds):
-        moved = False
-        boxes = [label.get_window_extent(renderer) for label in labels]
-        order = sorted(range(len(labels)), key=lambda i: -boxes[i].y1)
-        for a_pos, i in enumerate(order):
-            for j in order[a_pos + 1 :]:
-                a, b = boxes[i], boxes[j]
-                if a.x1 < b.x0 or b.x1 < a.x0 or a.y1 < b.y0 or b.y1 < a.y0:
-                    continue
-                shift = (b.y1 - a.y0 + 2) * to_points
-                dx, dy = labels[j].xyann
-                labels[j].xyann = (dx, dy - shift)
-                boxes[j] = labels[j].get_window_extent(renderer)
-                moved = True
-        if not moved:
-            break
-    for _ in range(6):
-        fig.draw_without_rendering()
-        renderer = fig.canvas.get_renderer()
-        frame = ax.get_window_extent(renderer)
-        boxes = [label.get_window_extent(renderer) for label in labels]
-        top, right = max(b.y1 for b in boxes), max(b.x1 for b in boxes)
-        if top <= frame.y1 + 0.5 and right <= frame.x1 + 0.5:
-            break
-        if top > frame.y1 + 0.5:
-            lo, hi = ax.get_ylim()
-            ax.set_ylim(lo, hi + (top - frame.y1 + 3) / frame.height * (hi - lo))
-        if right > frame.x1 + 0.5:
-            lo, hi = ax.get_xlim()
-            ax.set_xlim(lo, hi + (right - frame.x1 + 3) / frame.width * (hi - lo))
+    # Imported here: adjustText imports pyplot, which importing this module must not (no global figure state);
+    # it is handed the axes, so it never touches pyplot's current figure.
+    from adjustText import adjust_text
+
+    ax.figure.draw_without_rendering()
+    adjust_text(
+        labels,
+        x=np.asarray(x, dtype=float),
+        y=np.asarray(y, dtype=float),
+        ax=ax,
+        expand=(1.1, 1.3),
+        ensure_inside_axes=True,
+        arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.5, "shrinkA": 1, "shrinkB": 2},
+    )
 
 
 # --- 1. Forgetting curves -------------------------------------------------------------------------------------
@@ -297,9 +312,101 @@ def _align_steps(data: pd.DataFrame) -> pd.DataFrame:
     return data
 
 
+def _curve_stats(curves: pd.DataFrame, drawn: list[str]) -> tuple[pd.DataFrame, list[tuple[str, str]], pd.Series]:
+    """Mean and std over seeds per (setting, role, task, step) of the drawn settings, the panels (old tasks
+    first) and each setting's number of seeds."""
+    data = curves[curves["setting"].astype(str).isin(drawn)].copy()
+    data["setting"] = data["setting"].astype(str)
+    data["value"] = pd.to_numeric(data["value"])
+    data["step"] = pd.to_numeric(data["step"]).astype(float)
+    data["task"] = data["task"].astype(str)
+    data["role"] = data["role"].astype(str)
+    data = _align_steps(data)
+    panels = [("pretrain", t) for t in dict.fromkeys(data.loc[data["role"] == "pretrain", "task"].astype(str))]
+    panels += [("finetune", t) for t in dict.fromkeys(data.loc[data["role"] == "finetune", "task"].astype(str))]
+    per_seed = data.groupby(["setting", "role", "task", "step", "seed"])["value"].mean()
+    stats = per_seed.groupby(level=["setting", "role", "task", "step"]).agg(["mean", "std"]).sort_index()
+    return stats, panels, data.groupby("setting")["seed"].nunique()
+
+
+def _check_curves(curves: pd.DataFrame, settings: Sequence[str] | None) -> tuple[pd.DataFrame, dict, list[str]]:
+    curves = _check_frame(curves, CURVE_COLUMNS, "forgetting_curves")
+    roles = set(curves["role"].astype(str))
+    if not roles <= {"pretrain", "finetune"}:
+        raise ValueError(f"forgetting_curves: role must be 'pretrain' or 'finetune'; got {sorted(roles)}")
+    styles = setting_styles(curves)
+    if settings is None:
+        return curves, styles, order_settings(curves)
+    drawn = list(dict.fromkeys(str(s) for s in settings))
+    unknown = [s for s in drawn if s not in styles]
+    if unknown:
+        raise ValueError(f"forgetting_curves: settings {unknown} are not in the frame; it has {list(styles)}")
+    if not drawn:
+        raise ValueError("forgetting_curves: settings is empty; nothing to plot")
+    return curves, styles, drawn
+
+
+def _draw_panels(
+    axes: Sequence[Axes],
+    panels: list[tuple[str, str]],
+    stats: pd.DataFrame,
+    drawn: list[str],
+    styles: dict,
+    *,
+    title_chars: int,
+    kinds: dict[str, str] | None,
+    floor: float,
+) -> list[list[np.ndarray]]:
+    """Each panel's lines (mean) and bands (± std, cut to [floor, 1]); returns each panel's plotted values."""
+    line_width = 1.4 if len(drawn) <= 8 else 1.1  # many overlapping curves read better thinner
+    present = set(stats.index.droplevel("step"))
+    values: list[list[np.ndarray]] = []
+    for ax, (role, task) in zip(axes, panels, strict=False):
+        panel_values: list[np.ndarray] = []
+        for layer in ("band", "line"):
+            for setting in drawn:
+                key = (setting, role, task)
+                if key not in present:
+                    continue
+                part = stats.loc[key]
+                x = part.index.to_numpy(dtype=float)
+                mean, std = part["mean"].to_numpy(float), _std(part["std"])
+                style = styles[setting]
+                if layer == "band":
+                    panel_values += [mean, *_band(ax, x, mean, std, style.color, lo=floor)]
+                else:
+                    ax.plot(
+                        x,
+                        mean,
+                        linewidth=line_width,
+                        color=style.color,
+                        linestyle=style.linestyle,
+                        marker=style.marker,
+                        markersize=3,
+                        markevery=max(1, len(x) // 8),
+                        zorder=3,
+                    )
+        kind = (kinds or {"pretrain": "(pretraining task)", "finetune": "(new task)"})[role]
+        fits = len(task) + len(kind) + 1 <= title_chars
+        ax.set_title(f"{task} {kind}" if fits else f"{task}\n{kind}")
+        values.append(panel_values)
+    return values
+
+
+def _legend_label(setting: str, seeds: pd.Series, same_as: Mapping[str, str] | None) -> str:
+    label = f"{setting} (n={seeds[setting]})"
+    if same_as and setting in same_as:
+        label += f" ≡ {same_as[setting]}"
+    return label
+
+
+def _setting_handle(style) -> Line2D:
+    return Line2D([], [], color=style.color, linestyle=style.linestyle, marker=style.marker, markersize=3.5)
+
+
 def forgetting_curves(
     curves: pd.DataFrame,
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     name: str = "forgetting_curves",
     settings: Sequence[str] | None = None,
     *,
@@ -307,7 +414,8 @@ def forgetting_curves(
     quantity: str = "accuracy",
     kinds: dict[str, str] | None = None,
     floor: float = 0.0,
-) -> list[Path]:
+    same_as: Mapping[str, str] | None = None,
+) -> PaperFigure:
     """Accuracy on every task during fine-tuning, one panel per pretraining task (``role == "pretrain"``)
     followed by one per new task (``role == "finetune"``). ``quantity`` names what the values are (the y
     label and title), ``kinds`` what each role's panels show (their titles), ``floor`` the lowest value the
@@ -317,118 +425,163 @@ def forgetting_curves(
     Per setting, the mean over seeds at each step (seeds are aligned on equal step values) is a line and ±1 std
     over seeds a band behind it; the legend (below the panels) gives each setting's number of seeds.
     ``settings`` restricts and orders the settings drawn (default: all, in :func:`order_settings` order).
-    ``sharey`` puts all panels on one accuracy scale so drops compare across tasks."""
-    curves = _check_frame(curves, CURVE_COLUMNS, "forgetting_curves")
-    roles = set(curves["role"].astype(str))
-    if not roles <= {"pretrain", "finetune"}:
-        raise ValueError(f"forgetting_curves: role must be 'pretrain' or 'finetune'; got {sorted(roles)}")
-    styles = setting_styles(curves)
-    if settings is None:
-        drawn = order_settings(curves)
-    else:
-        drawn = list(dict.fromkeys(str(s) for s in settings))
-        unknown = [s for s in drawn if s not in styles]
-        if unknown:
-            raise ValueError(f"forgetting_curves: settings {unknown} are not in the frame; it has {list(styles)}")
-        if not drawn:
-            raise ValueError("forgetting_curves: settings is empty; nothing to plot")
-    data = curves[curves["setting"].astype(str).isin(drawn)].copy()
-    data["setting"] = data["setting"].astype(str)
-    data["value"] = pd.to_numeric(data["value"])
-    data["step"] = pd.to_numeric(data["step"]).astype(float)
-    data["task"] = data["task"].astype(str)
-    data["role"] = data["role"].astype(str)
-    data = _align_steps(data)
-
-    panels = [("pretrain", t) for t in dict.fromkeys(data.loc[data["role"] == "pretrain", "task"].astype(str))]
-    panels += [("finetune", t) for t in dict.fromkeys(data.loc[data["role"] == "finetune", "task"].astype(str))]
-    per_seed = data.groupby(["setting", "role", "task", "step", "seed"])["value"].mean()
-    stats = per_seed.groupby(level=["setting", "role", "task", "step"]).agg(["mean", "std"]).sort_index()
-    seeds = data.groupby("setting")["seed"].nunique()
-
+    ``sharey`` puts all panels on one accuracy scale so drops compare across tasks. ``same_as`` maps a setting
+    to another whose measurements it repeats exactly; the legend says "≡ other" (their lines coincide)."""
+    curves, styles, drawn = _check_curves(curves, settings)
+    stats, panels, seeds = _curve_stats(curves, drawn)
     ncols = min(len(panels), 4)
     nrows = math.ceil(len(panels) / ncols)
     width = min(max(2.25 * ncols + 0.5, MIN_WIDTH), MAX_WIDTH)
-    labels = [f"{s} (n={seeds[s]})" for s in drawn]
+    labels = [_legend_label(s, seeds, same_as) for s in drawn]
     legend_cols = _legend_columns(labels, width)
     legend_rows = math.ceil(len(labels) / legend_cols)
     height = 0.45 + 2.0 * nrows + 0.2 + 0.19 * legend_rows
     title_chars = int((width / ncols - 0.35) / 0.062)  # characters of 8.5 pt text that fit over one panel
-    line_width = 1.4 if len(drawn) <= 8 else 1.1  # many overlapping curves read better thinner
     with paper_style():
         fig = _new_figure(width, height)
         axes = fig.subplots(nrows, ncols, sharex=True, sharey=sharey, squeeze=False).ravel()
         for ax in axes[len(panels) :]:
             ax.set_visible(False)
-        everything: list[np.ndarray] = []
-        present = set(stats.index.droplevel("step"))
-        for ax, (role, task) in zip(axes, panels, strict=False):
-            panel_values: list[np.ndarray] = []
-            for layer in ("band", "line"):
-                for setting in drawn:
-                    key = (setting, role, task)
-                    if key not in present:
-                        continue
-                    part = stats.loc[key]
-                    x = part.index.to_numpy(dtype=float)
-                    mean, std = part["mean"].to_numpy(float), _std(part["std"])
-                    style = styles[setting]
-                    if layer == "band":
-                        _band(ax, x, mean, std, style.color)
-                        panel_values += [mean, mean - std, mean + std]
-                    else:
-                        ax.plot(
-                            x,
-                            mean,
-                            linewidth=line_width,
-                            color=style.color,
-                            linestyle=style.linestyle,
-                            marker=style.marker,
-                            markersize=3,
-                            markevery=max(1, len(x) // 8),
-                            zorder=3,
-                        )
-            kind = (kinds or {"pretrain": "(pretraining task)", "finetune": "(new task)"})[role]
-            fits = len(task) + len(kind) + 1 <= title_chars
-            title = f"{task} {kind}" if fits else f"{task}\n{kind}"
-            ax.set_title(title)
-            if sharey:
-                everything += panel_values
-            else:
-                _accuracy_axis(ax, panel_values, label=quantity, floor=floor)
-        if sharey:
-            _accuracy_axis(axes[0], everything, label=quantity, floor=floor)
-            for ax in axes[1 : len(panels)]:
-                ax.tick_params(labelleft=ax.get_subplotspec().is_first_col())
-        for index, ax in enumerate(axes[: len(panels)]):
-            if not ax.get_subplotspec().is_first_col():
-                ax.set_ylabel("")
-            if index + ncols >= len(panels):
-                ax.set_xlabel("fine-tuning step")
-                ax.tick_params(labelbottom=True)
-        handles = [
-            Line2D(
-                [],
-                [],
-                color=styles[s].color,
-                linestyle=styles[s].linestyle,
-                marker=styles[s].marker,
-                markersize=3.5,
-            )
-            for s in drawn
-        ]
+        values = _draw_panels(axes, panels, stats, drawn, styles, title_chars=title_chars, kinds=kinds, floor=floor)
+        _finish_panels(axes, panels, values, ncols, sharey=sharey, quantity=quantity, floor=floor)
+        handles = [_setting_handle(styles[s]) for s in drawn]
         fig.legend(handles, labels, loc="outside lower center", ncols=legend_cols, columnspacing=1.2)
         fig.suptitle(f"{quantity[0].upper()}{quantity[1:]} during fine-tuning: {_seed_phrase(seeds[drawn])}")
+        return _save(fig, out_dir, name)
+
+
+def _finish_panels(
+    axes: Sequence[Axes],
+    panels: list,
+    values: list[list[np.ndarray]],
+    ncols: int,
+    *,
+    sharey: bool,
+    quantity: str,
+    floor: float,
+) -> None:
+    """Accuracy axes (one shared scale, or one per panel), y labels on the first column, x labels on the last
+    row of each column."""
+    if sharey:
+        _accuracy_axis(axes[0], [v for panel in values for v in panel], label=quantity, floor=floor)
+        for ax in axes[1 : len(panels)]:
+            ax.tick_params(labelleft=ax.get_subplotspec().is_first_col())
+    else:
+        for ax, panel in zip(axes, values, strict=False):
+            _accuracy_axis(ax, panel, label=quantity, floor=floor)
+    for index, ax in enumerate(axes[: len(panels)]):
+        if not ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("")
+        if index + ncols >= len(panels):
+            ax.set_xlabel("fine-tuning step")
+            ax.tick_params(labelbottom=True)
+
+
+def family_panels(settings: pd.DataFrame) -> dict[str, list[str]]:
+    """The settings of each method family (:data:`analysis.style.METHOD_FAMILIES`, in its order; "other" last)
+    present in ``settings`` (columns ``setting``, ``method``), each with the baselines (fine-tuning, joint
+    training) present added, so every family is read against the same two references. A family with nothing
+    but baselines is left out unless nothing else is there."""
+    order = order_settings(settings)
+    methods = dict(zip(settings["setting"].astype(str), settings["method"].astype(str), strict=False))
+    baselines = [s for s in order if methods[s] in BASELINES]
+    families: dict[str, list[str]] = {}
+    for setting in order:
+        if methods[setting] not in BASELINES:
+            families.setdefault(method_family(methods[setting]), []).append(setting)
+    ranked = {f: i for i, f in enumerate([*METHOD_FAMILIES, "other"])}
+    result = {
+        family: order_settings(settings[settings["setting"].isin(members + baselines)])
+        for family, members in sorted(families.items(), key=lambda item: ranked[item[0]])
+    }
+    return result or {"references": baselines}
+
+
+def forgetting_curves_by_family(
+    curves: pd.DataFrame,
+    out_dir: str | Path | None,
+    name: str = "forgetting_curves",
+    *,
+    quantity: str = "accuracy",
+    kinds: dict[str, str] | None = None,
+    floor: float = 0.0,
+    same_as: Mapping[str, str] | None = None,
+) -> PaperFigure:
+    """:func:`forgetting_curves` as small multiples: one row of panels per method family
+    (:func:`family_panels`), each row with its own legend on the right and the baselines (fine-tuning, joint
+    training) in every row; every panel of a task on one accuracy scale, so rows compare."""
+    curves, styles, drawn = _check_curves(curves, None)
+    stats, panels, seeds = _curve_stats(curves, drawn)
+    families = family_panels(curves[["setting", "method"]].drop_duplicates())
+    ncols = min(len(panels), 4)
+    rows_per_family = math.ceil(len(panels) / ncols)
+    longest = max(len(_legend_label(s, seeds, same_as)) for s in drawn)
+    legend_width = 0.55 + 0.058 * longest
+    width = min(2.0 * ncols + 0.5 + legend_width, MAX_WIDTH + 0.5)
+    panel_height = 1.55
+    height = 0.4 + len(families) * (rows_per_family * panel_height + 0.25)
+    title_chars = int(((width - legend_width) / ncols - 0.35) / 0.062)
+    with paper_style():
+        fig = _new_figure(width, height)
+        fig.set_size_inches(width, height)  # may exceed the one-page width: the legends sit beside the panels
+        subfigures = np.atleast_1d(fig.subfigures(len(families), 1, hspace=0.02))
+        every_axis: list[Axes] = []
+        every_panel: list[tuple[Axes, str, str, list[np.ndarray]]] = []
+        for subfigure, (family, members) in zip(subfigures, families.items(), strict=True):
+            axes = subfigure.subplots(rows_per_family, ncols, sharex=True, squeeze=False).ravel()
+            for ax in axes[len(panels) :]:
+                ax.set_visible(False)
+            values = _draw_panels(
+                axes, panels, stats, members, styles, title_chars=title_chars, kinds=kinds, floor=floor
+            )
+            for ax, (role, task), panel in zip(axes, panels, values, strict=False):
+                every_panel.append((ax, role, task, panel))
+            every_axis += list(axes[: len(panels)])
+            labels = [_legend_label(s, seeds, same_as) for s in members]
+            subfigure.legend(
+                [_setting_handle(styles[s]) for s in members], labels, loc="outside right center", title=family
+            )
+            for index, ax in enumerate(axes[: len(panels)]):
+                if index + ncols >= len(panels):
+                    ax.set_xlabel("fine-tuning step")
+        for role, task in panels:  # one scale per task across the families
+            mine = [(ax, v) for ax, r, t, v in every_panel if (r, t) == (role, task)]
+            limits_from = [x for _, v in mine for x in v]
+            for ax, _ in mine:
+                _accuracy_axis(ax, limits_from, label=quantity, floor=floor)
+                if not ax.get_subplotspec().is_first_col():
+                    ax.set_ylabel("")
+        fig.suptitle(
+            f"{quantity[0].upper()}{quantity[1:]} during fine-tuning by method family: {_seed_phrase(seeds[drawn])}"
+        )
         return _save(fig, out_dir, name)
 
 
 # --- 2. Stability–plasticity plane ---------------------------------------------------------------------------
 
 
-def stability_plasticity(points: pd.DataFrame, out_dir: str | Path, name: str = "stability_plasticity") -> list[Path]:
+def outliers(values: np.ndarray, fence: float = 1.5) -> np.ndarray:
+    """Mask of the values outside Tukey's fences, ``[Q1 − fence·IQR, Q3 + fence·IQR]`` (quartiles by linear
+    interpolation); with fewer than 4 finite values nothing is an outlier. NaN is never an outlier."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    if finite.size < 4:
+        return np.zeros(values.shape, dtype=bool)
+    q1, q3 = np.percentile(finite, [25, 75])
+    spread = fence * (q3 - q1)
+    with np.errstate(invalid="ignore"):
+        return (values < q1 - spread) | (values > q3 + spread)
+
+
+def stability_plasticity(
+    points: pd.DataFrame, out_dir: str | Path | None, name: str = "stability_plasticity"
+) -> PaperFigure:
     """Old-task accuracy (stability, y) against new-task accuracy (plasticity, x), one point per setting with
-    ±1 std error bars; the Pareto front (``front`` column, computed by the caller) as a staircase through its
-    points, which are labelled with their setting. ``points`` columns: ``setting``, ``method``, ``n`` (seeds),
+    ±1 std error bars (cut to [0, 1]); the Pareto front (``front`` column, computed by the caller) as a
+    staircase through its points. Every point is labelled with its setting (placed by adjustText so labels do
+    not overlap; the front's labels in bold). When some settings lie far from the rest (:func:`outliers` on
+    either axis), a small overview on the left shows every setting and the zoomed region, and the main panel
+    zooms past the outliers onto the others. ``points`` columns: ``setting``, ``method``, ``n`` (seeds),
     ``old_mean``, ``old_std``, ``new_mean``, ``new_std``, ``front`` (bool)."""
     points = _check_frame(points, POINT_COLUMNS, "stability_plasticity").copy()
     points["setting"] = points["setting"].astype(str)
@@ -438,93 +591,107 @@ def stability_plasticity(points: pd.DataFrame, out_dir: str | Path, name: str = 
     styles = setting_styles(points)
     drawn = order_settings(points)
     rows = points.set_index("setting").loc[drawn]
-    labels = [f"{s} (n={int(rows.at[s, 'n'])})" if np.isfinite(rows.at[s, "n"]) else s for s in drawn]
-    entries = len(labels) + int(rows["front"].astype(bool).any())
-    axes_height = 3.1
-    # The legend goes to the right of the plane when it fits in one column beside it, else below in columns.
-    legend_right = entries * 0.17 <= axes_height
-    if legend_right:
-        width = 3.6 + 0.5 + 0.058 * max(len(label) for label in labels)
-        legend_cols, height, where = 1, axes_height + 0.35, "outside right center"
-    else:
-        width = 6.0
-        legend_cols = _legend_columns(labels, width, handle=0.3)
-        height = axes_height + 0.35 + 0.19 * math.ceil(entries / legend_cols)
-        where = "outside lower center"
+    far = outliers(rows["new_mean"].to_numpy(float)) | outliers(rows["old_mean"].to_numpy(float))
+    zoom = bool(far.any()) and int((~far).sum()) >= 2
+    width = min(max(4.2, 3.4 + 0.16 * len(drawn)) + (2.2 if zoom else 0), MAX_WIDTH)
+    height = min(max(3.2, 2.6 + 0.1 * len(drawn)), 5.2)
     with paper_style():
         fig = _new_figure(width, height)
-        ax = fig.subplots()
-        handles = []
-        for setting in drawn:
-            row, style = rows.loc[setting], styles[setting]
-            ax.errorbar(
-                row["new_mean"],
-                row["old_mean"],
-                xerr=_error(row["new_std"]),
-                yerr=_error(row["old_std"]),
-                fmt=style.marker,
-                color=style.color,
-                markeredgecolor=method_color(style.method),
-                markeredgewidth=0.7,
-                markersize=5,
-                elinewidth=0.8,
-                capsize=1.5,
-                zorder=3,
+        if zoom:
+            overview, ax = fig.subplots(1, 2, width_ratios=[1, 2.4])
+            inside = _plane(ax, rows, styles, limits_from=rows[~far])  # every point within its limits labelled
+            x0, x1 = ax.get_xlim()
+            y0, y1 = ax.get_ylim()
+            _plane(overview, rows, styles, labelled=[s for s in rows.index if s not in inside])
+            overview.add_patch(
+                Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="0.35", linewidth=0.7, zorder=5)
             )
-            handles.append(
-                Line2D(
-                    [],
-                    [],
-                    linestyle="none",
-                    marker=style.marker,
-                    color=style.color,
-                    markeredgecolor=method_color(style.method),
-                    markersize=5,
-                )
-            )
-        front = rows[rows["front"].astype(bool)].sort_values(["new_mean", "old_mean"], ascending=[True, False])
-        if len(front):
-            ax.plot(
-                front["new_mean"],
-                front["old_mean"],
-                drawstyle="steps-pre",
-                color="0.3",
-                linestyle=(0, (4, 2)),
-                linewidth=0.9,
-                zorder=2,
-            )
-            handles.append(Line2D([], [], color="0.3", linestyle=(0, (4, 2)), linewidth=0.9))
-            labels = [*labels, "Pareto front"]
-        xs = [rows["new_mean"], rows["new_mean"] - rows["new_std"], rows["new_mean"] + rows["new_std"]]
-        ys = [rows["old_mean"], rows["old_mean"] - rows["old_std"], rows["old_mean"] + rows["old_std"]]
-        _accuracy_axis(ax, xs, axis="x", label="new-task accuracy (plasticity)")
-        _accuracy_axis(ax, ys, axis="y", label="old-task accuracy (stability)")
-        fig.draw_without_rendering()
-        texts = []
-        fx, fy = front["new_mean"].to_numpy(dtype=float), front["old_mean"].to_numpy(dtype=float)
-        for i, setting in enumerate(front.index):
-            (dx, dy), ha, va = _outward(ax, fx, fy, i)
-            texts.append(
-                ax.annotate(
-                    setting, (fx[i], fy[i]), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, **LABEL_KW
-                )
-            )
-        fig.legend(handles, labels, loc=where, ncols=legend_cols, columnspacing=1.0, handletextpad=0.3)
-        ax.set_title(f"Stability vs plasticity: {_seed_phrase(rows['n'])}")
-        _place_labels(fig, ax, texts)
+            overview.set_title(f"all {len(rows)} settings")
+            ax.set_title(f"zoom: the {len(inside)} settings inside the box")
+            ax.set_ylabel("")
+            fig.suptitle(f"Stability vs plasticity: {_seed_phrase(rows['n'])}")
+        else:
+            ax = fig.subplots()
+            _plane(ax, rows, styles)
+            ax.set_title(f"Stability vs plasticity: {_seed_phrase(rows['n'])}")
         return _save(fig, out_dir, name)
+
+
+def _plane(
+    ax: Axes,
+    rows: pd.DataFrame,
+    styles: dict,
+    labelled: Sequence[str] | None = None,
+    limits_from: pd.DataFrame | None = None,
+) -> list[str]:
+    """One stability–plasticity panel: every row's point and error bars (the axes limits from ``limits_from``,
+    default every row, so points outside are clipped away), the Pareto front, and a label on each setting of
+    ``labelled`` (default: every point inside the axes limits). Returns the labelled settings."""
+    for setting in rows.index:
+        row, style = rows.loc[setting], styles[setting]
+        ax.errorbar(
+            row["new_mean"],
+            row["old_mean"],
+            xerr=_clipped_error(row["new_mean"], row["new_std"]),
+            yerr=_clipped_error(row["old_mean"], row["old_std"]),
+            fmt=style.marker,
+            color=style.color,
+            markeredgecolor=style.base,
+            markeredgewidth=0.7,
+            markersize=5,
+            elinewidth=0.8,
+            capsize=1.5,
+            zorder=3,
+        )
+    front = rows[rows["front"].astype(bool)].sort_values(["new_mean", "old_mean"], ascending=[True, False])
+    if len(front):
+        ax.plot(
+            front["new_mean"],
+            front["old_mean"],
+            drawstyle="steps-pre",
+            color="0.3",
+            linestyle=(0, (4, 2)),
+            linewidth=0.9,
+            zorder=2,
+            label="Pareto front (labels in bold)",
+        )
+    source = rows if limits_from is None else limits_from
+    xs = [source["new_mean"], *[(source["new_mean"] + sign * source["new_std"]).clip(0, 1) for sign in (-1, 1)]]
+    ys = [source["old_mean"], *[(source["old_mean"] + sign * source["old_std"]).clip(0, 1) for sign in (-1, 1)]]
+    _accuracy_axis(ax, xs, axis="x", label="new-task accuracy (plasticity)")
+    _accuracy_axis(ax, ys, axis="y", label="old-task accuracy (stability)")
+    if labelled is None:
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        within = rows["new_mean"].between(x0, x1) & rows["old_mean"].between(y0, y1)
+        labelled = list(rows.index[within])
+        if len(front):  # the main panel explains the staircase
+            ax.legend(loc="lower left", handlelength=2.0)
+    chosen = rows.loc[list(labelled)]
+    _label_points(
+        ax,
+        chosen["new_mean"].to_numpy(float),
+        chosen["old_mean"].to_numpy(float),
+        list(chosen.index),
+        bold=list(chosen["front"].astype(bool)),
+    )
+    return list(chosen.index)
 
 
 # --- 3. Accuracy matrix ---------------------------------------------------------------------------------------
 
 
 def accuracy_heatmap(
-    matrix: pd.DataFrame, out_dir: str | Path, name: str = "accuracy_matrix", title: str | None = None
-) -> list[Path]:
+    matrix: pd.DataFrame,
+    out_dir: str | Path | None,
+    name: str = "accuracy_matrix",
+    title: str | None = None,
+    delta_from: str | None = None,
+) -> PaperFigure:
     """An accuracy matrix as a heatmap: rows are points in time (the index, e.g. "start", "after task_b"),
     columns the evaluated tasks, each cell annotated with its accuracy (2 decimals), colour scale fixed to 0–1
     with a colour bar, and ``title`` (e.g. the setting) above it. A NaN cell (a task not scored yet) is light
-    grey and reads "n/a"."""
+    grey and reads "n/a". With ``delta_from`` (a row label, e.g. "before fine-tuning") every other cell also
+    shows its change from that row's cell in the same column, signed, under the accuracy (e.g. "−0.14")."""
     if not isinstance(matrix, pd.DataFrame):
         raise ValueError(f"accuracy_heatmap needs a pandas DataFrame; got {type(matrix).__name__}")
     if matrix.empty or matrix.shape[1] == 0:
@@ -532,12 +699,16 @@ def accuracy_heatmap(
     values = matrix.apply(pd.to_numeric).to_numpy(dtype=float)
     rows = [str(i) for i in matrix.index]
     cols = [str(c) for c in matrix.columns]
+    if delta_from is not None and delta_from not in rows:
+        raise ValueError(f"accuracy_heatmap: delta_from {delta_from!r} is not a row; rows are {rows}")
+    base = values[rows.index(delta_from)] if delta_from is not None else None
     rotate = max(len(c) for c in cols) * len(cols) > 40 or max(len(c) for c in cols) > 12
     row_label_width = 0.06 * max(len(r) for r in rows)
     width = row_label_width + 0.62 * len(cols) + 1.3
     # A long title (a setting label) wraps to the figure's width, at about 0.075 in per character.
     lines = textwrap.wrap(title, max(int(min(max(width, MIN_WIDTH), MAX_WIDTH) / 0.075), 20)) if title else []
-    height = 0.9 + 0.36 * len(rows) + (0.045 * max(len(c) for c in cols) if rotate else 0.15) + 0.2 * len(lines)
+    labels_height = 0.045 * max(len(c) for c in cols) if rotate else 0.15
+    height = 0.9 + (0.5 if base is not None else 0.36) * len(rows) + labels_height + 0.2 * len(lines)
     with paper_style():
         fig = _new_figure(width, max(height, 1.8))
         ax = fig.subplots()
@@ -547,7 +718,10 @@ def accuracy_heatmap(
             if np.isfinite(value):
                 r, g, b, _ = image.cmap(image.norm(value))
                 colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color=colour)
+                text = f"{value:.2f}"
+                if base is not None and rows[i] != delta_from and np.isfinite(base[j]):
+                    text += "\n" + f"{value - base[j]:+.2f}".replace("-", "−")
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour, linespacing=1.1)
             else:
                 ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="0.3")
         ax.set_xticks(range(len(cols)), labels=cols)
@@ -588,7 +762,9 @@ def _set_parameter_scale(ax: Axes, x: np.ndarray) -> str:
     return "linear"
 
 
-def sweep_plot(sweep: pd.DataFrame, out_dir: str | Path, name: str = "sweep", parameter: str = "lam") -> list[Path]:
+def sweep_plot(
+    sweep: pd.DataFrame, out_dir: str | Path | None, name: str = "sweep", parameter: str = "lam"
+) -> PaperFigure:
     """Old-task and new-task accuracy against one hyperparameter, ±1 std bands over seeds. ``sweep`` columns:
     ``method``, ``x`` (the hyperparameter value), ``old_mean``, ``old_std``, ``new_mean``, ``new_std``, ``n``.
     Colour is the method; old tasks are solid lines with circles, the new task dashed with squares. The x axis is
@@ -625,8 +801,7 @@ def sweep_plot(sweep: pd.DataFrame, out_dir: str | Path, name: str = "sweep", pa
                     mean = part[f"{prefix}_mean"].to_numpy(dtype=float)
                     std = _std(part[f"{prefix}_std"])
                     if layer == "band":
-                        _band(ax, x, mean, std, method_color(method))
-                        values += [mean, mean - std, mean + std]
+                        values += [mean, *_band(ax, x, mean, std, method_color(method))]
                     else:
                         ax.plot(x, mean, color=method_color(method), markersize=4, zorder=3, **style)
         _accuracy_axis(ax, values)
@@ -649,24 +824,7 @@ def _alpha_labels(alphas: np.ndarray, most: int = 6) -> list[int]:
     return sorted({round(float(i)) for i in np.linspace(0, len(alphas) - 1, most)})
 
 
-def _outward(ax: Axes, x: np.ndarray, y: np.ndarray, i: int, distance: float = 6.0) -> tuple:
-    """Offset (points) and alignment that put a label beside point ``i`` of a curve, along the curve's normal on
-    its upper-right side (the empty side of a trade-off curve)."""
-    points = ax.transData.transform(np.column_stack([x, y]))
-    before, after = points[max(i - 1, 0)], points[min(i + 1, len(points) - 1)]
-    tangent = after - before
-    if not np.isfinite(tangent).all() or np.hypot(*tangent) == 0:
-        normal = np.array([1.0, 1.0]) / math.sqrt(2)
-    else:
-        normal = np.array([-tangent[1], tangent[0]]) / np.hypot(*tangent)
-        if normal.sum() < 0:
-            normal = -normal
-    ha = "left" if normal[0] > 0.35 else ("right" if normal[0] < -0.35 else "center")
-    va = "bottom" if normal[1] > 0.35 else ("top" if normal[1] < -0.35 else "center")
-    return (distance * normal[0], distance * normal[1]), ha, va
-
-
-def wise_ft_curve(curve: pd.DataFrame, out_dir: str | Path, name: str = "wise_ft") -> list[Path]:
+def wise_ft_curve(curve: pd.DataFrame, out_dir: str | Path | None, name: str = "wise_ft") -> PaperFigure:
     """WiSE-FT weight interpolation (Wortsman et al. 2022) ``θ(α) = (1 − α)·θ_pretrained + α·θ_fine-tuned`` for
     the parameters that exist in the pretrained model (backbone, old heads, a shared head's pretrained rows);
     parameters created for fine-tuning (a new task's own head, a shared head's rows for the new classes) keep
@@ -685,11 +843,10 @@ def wise_ft_curve(curve: pd.DataFrame, out_dir: str | Path, name: str = "wise_ft
     with paper_style():
         fig = _new_figure(6.8, 3.0)
         left, right = fig.subplots(1, 2)
-        _band(left, alpha, old, old_std, colour)
-        _band(left, alpha, new, new_std, colour)
+        drawn = [old, new, *_band(left, alpha, old, old_std, colour), *_band(left, alpha, new, new_std, colour)]
         left.plot(alpha, old, color=colour, markersize=4, zorder=3, label=OLD_LABEL, **OLD_STYLE)
         left.plot(alpha, new, color=colour, markersize=4, zorder=3, label=NEW_LABEL, **NEW_STYLE)
-        _accuracy_axis(left, [old, old - old_std, old + old_std, new, new - new_std, new + new_std])
+        _accuracy_axis(left, drawn)
         left.set_xlim(-0.03, 1.03)
         left.set_xlabel("α  (0 = pretrained, 1 = fine-tuned)")
         left.legend(loc="best")
@@ -700,8 +857,8 @@ def wise_ft_curve(curve: pd.DataFrame, out_dir: str | Path, name: str = "wise_ft
             right.errorbar(
                 new[i],
                 old[i],
-                xerr=_error(new_std[i]),
-                yerr=_error(old_std[i]),
+                xerr=_clipped_error(new[i], new_std[i]),
+                yerr=_clipped_error(old[i], old_std[i]),
                 fmt="o",
                 color=colour,
                 markersize=4,
@@ -709,23 +866,20 @@ def wise_ft_curve(curve: pd.DataFrame, out_dir: str | Path, name: str = "wise_ft
                 elinewidth=0.7,
                 zorder=3,
             )
-        _accuracy_axis(right, [new, new - new_std, new + new_std], axis="x", label="new-task accuracy (plasticity)")
-        _accuracy_axis(right, [old, old - old_std, old + old_std], axis="y", label="old-task accuracy (stability)")
-        fig.draw_without_rendering()
+        new_band = [np.clip(new - new_std, 0, 1), np.clip(new + new_std, 0, 1)]
+        old_band = [np.clip(old - old_std, 0, 1), np.clip(old + old_std, 0, 1)]
+        _accuracy_axis(right, [new, *new_band], axis="x", label="new-task accuracy (plasticity)")
+        _accuracy_axis(right, [old, *old_band], axis="y", label="old-task accuracy (stability)")
+        right.set_title("trade-off")
+        shown = _alpha_labels(alpha)
         texts = []
-        for i in _alpha_labels(alpha):
+        for i in shown:
             text = f"α={alpha[i]:g}"
             if alpha[i] == 0:
                 text += " (pretrained)"
             elif alpha[i] == 1:
                 text += " (fine-tuned)"
-            (dx, dy), ha, va = _outward(right, new, old, i)
-            texts.append(
-                right.annotate(
-                    text, (new[i], old[i]), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, **LABEL_KW
-                )
-            )
-        right.set_title("trade-off")
+            texts.append(text)
+        _label_points(right, new[shown], old[shown], texts)
         fig.suptitle(f"WiSE-FT weight interpolation: {_seed_phrase(curve['n'], legend=False)}")
-        _place_labels(fig, right, texts)
         return _save(fig, out_dir, name)

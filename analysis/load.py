@@ -32,7 +32,7 @@ from research.labels import NOT_A_SETTING, flatten_config, is_missing, setting_l
 
 METRIC_COLUMNS = ["run_id", "step", "epoch", "task", "role", "metric", "value"]
 CACHE_FOLDER = ".analysis-cache"
-CACHE_FORMAT = 4  # bump whenever the tables change shape, so an old cache is not read
+CACHE_FORMAT = 5  # bump whenever the tables change shape, so an old cache is not read
 
 
 @dataclass
@@ -101,12 +101,35 @@ def _run_row(run_id: str, summary: dict[str, Any], config: dict[str, Any]) -> di
         "method": method.get("name"),
         "seed": config.get("seed"),
         "group": (config.get("logging") or {}).get("group"),
+        "grid": grid_of(config),
+        "steps": summary.get("steps"),
+        # What the run cost (analysis.summarize.run_costs) and how big each task's splits were (the protocol).
+        "finetune_seconds": (summary.get("timings") or {}).get("finetune_seconds"),
+        "eval_seconds": (summary.get("timings") or {}).get("eval_seconds"),
+        "method_info": json.dumps(summary.get("method_info") or {}, sort_keys=True, default=str),
+        "task_sizes": json.dumps(
+            {k: {"role": v.get("role"), **(v.get("sizes") or {})} for k, v in (summary.get("tasks") or {}).items()}
+        ),
         # Where each fine-tuning task ended on the step axis (JSON list of {task, step}; absent in W&B data).
         "task_ends": json.dumps(summary.get("task_ends") or []),
         # Each ability's score metric ({ability: metric} as JSON; research.abilities; absent in W&B data).
         "ability_scores": json.dumps({k: v.get("score") for k, v in (summary.get("abilities") or {}).items()}),
         **flat,
     }
+
+
+def grid_of(config: dict[str, Any]) -> str | None:
+    """The grid a run belongs to: ``logging.grid`` (set by ``research grid``), else ``logging.group`` (older runs,
+    whose grid set only the W&B group); None for a run started on its own."""
+    logging = config.get("logging") or {}
+    return logging.get("grid") or logging.get("group") or None
+
+
+def study_of(grid: Any, experiment: Any) -> str:
+    """What a run's results are compared within: its grid (``grid <name>``), or for a run started on its own its
+    experiment (``experiment <name>``). Setting labels and the report's tables are made per study, so an
+    unrelated run added to the folder changes neither."""
+    return f"grid {grid}" if not is_missing(grid) and grid else f"experiment {experiment}"
 
 
 def _assemble(rows: list[dict], metrics: list[pd.DataFrame], method_tables: list[pd.DataFrame]) -> RunSet:
@@ -116,13 +139,21 @@ def _assemble(rows: list[dict], metrics: list[pd.DataFrame], method_tables: list
         runs = pd.DataFrame(columns=columns)
     if "setting_id" not in runs:
         runs["setting_id"] = pd.Series(dtype="string")
-    labels = pd.Series(setting_labels(runs), index=runs.index, dtype=object)
-    # Configs that differ only where labels do not look (e.g. the logging interval) must not share a label.
-    for label, ids in runs.groupby(labels)["setting_id"]:
-        if ids.nunique() > 1:
-            labels[ids.index] = [f"{label} [{sid[:6]}]" for sid in ids]
+    if "grid" not in runs:
+        runs["grid"] = None
+    runs["study"] = [study_of(g, e) for g, e in zip(runs["grid"], runs["experiment"], strict=True)]
+    labels = pd.Series(index=runs.index, dtype=object)
+    for _, members in runs.groupby("study", sort=False):  # within each study only (see study_of)
+        # Columns no run of this study has would otherwise count as varying (NaN against a value elsewhere).
+        own = members.dropna(axis="columns", how="all")
+        labels[members.index] = setting_labels(own)
+        # Configs that differ only where labels do not look (e.g. the logging interval) must not share a label.
+        for label, ids in own.groupby(labels[members.index])["setting_id"]:
+            if ids.nunique() > 1:
+                labels[ids.index] = [f"{label} [{sid[:6]}]" for sid in ids]
     runs["setting"] = labels
-    front = ["run_id", "status", "error", "experiment", "method", "seed", "setting", "setting_id", "group", "task_ends"]
+    front = ["run_id", "status", "error", "experiment", "method", "seed", "setting", "setting_id", "study", "grid"]
+    front += ["group", "task_ends"]
     if "ability_scores" in runs:
         front.append("ability_scores")
     runs = runs[front + sorted(c for c in runs.columns if c not in front)]

@@ -309,3 +309,29 @@ def aggregate_seeds(frame: pd.DataFrame, by: str | Sequence[str], value: str, co
     result = pd.DataFrame(rows, columns=[*keys, *SUMMARY_COLUMNS])
     result["n"] = result["n"].astype(int)
     return result
+
+
+def overlaps_best(
+    means: Sequence[float] | np.ndarray,
+    lows: Sequence[float] | np.ndarray,
+    highs: Sequence[float] | np.ndarray,
+    higher: bool = True,
+) -> np.ndarray:
+    """Boolean mask of the entries the seeds cannot tell apart from the best one: the best is the highest mean
+    (``higher``) or the lowest; an entry is marked when its interval ``[lows[i], highs[i]]`` intersects the best
+    one's (closed intervals, so touching counts). An entry without an interval (NaN ends, e.g. a single seed)
+    counts as the point ``[mean, mean]``. Entries with a NaN mean are never marked; with no finite mean nothing
+    is. Ties for the best mean are all marked (each contains its own mean)."""
+    mean = np.asarray(means, dtype=float)
+    low = np.asarray(lows, dtype=float)
+    high = np.asarray(highs, dtype=float)
+    if not mean.shape == low.shape == high.shape or mean.ndim != 1:
+        raise ValueError(f"means, lows and highs are 1-D of one length; got {mean.shape}, {low.shape}, {high.shape}")
+    valid = np.isfinite(mean)
+    if not valid.any():
+        return np.zeros(mean.shape, dtype=bool)
+    no_interval = ~(np.isfinite(low) & np.isfinite(high))
+    low = np.where(no_interval, mean, low)
+    high = np.where(no_interval, mean, high)
+    best = int(np.nanargmax(mean) if higher else np.nanargmin(mean))
+    return valid & (low <= high[best]) & (high >= low[best])

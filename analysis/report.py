@@ -1,12 +1,20 @@
 """``research report RUNS_DIR --out DIR``: every table and figure of a set of runs, and one self-contained
 ``report.html`` (images embedded) that a person can open and read.
 
-    DIR/report.html            the report
-    DIR/results.md, .tex       the results table (mean ± std over seeds, best per column in bold)
-    DIR/figures/*.pdf, *.png   forgetting curves, stability–plasticity with the Pareto front, accuracy matrices
-                               (final accuracies of single-task settings; one per sequence setting),
-                               hyperparameter sweeps, WiSE-FT trade-off (when present)
-    DIR/data/*.parquet         the tidy data every table and figure was made from
+What it covers: every run under RUNS_DIR, or those selected by grid (``config.logging.grid``, else
+``logging.group``), experiment (``config.name``) or run id. Runs are compared only within their *study* (their
+grid, or for a run started on its own its experiment; :func:`analysis.load.study_of`): each study gets its own
+protocol, tables and figures, and "best" is never decided across unrelated experiments. With one study:
+
+    DIR/report.html                 the report
+    DIR/results.md, results.tex     the results table (main columns; fits one column of a paper)
+    DIR/results_wide.md, .tex       every metric (a table* scaled to the text width when wider)
+    DIR/figures/*.pdf, *.png        forgetting curves (small multiples per method family when there are many
+                                    settings), stability–plasticity with the Pareto front, accuracy matrices,
+                                    hyperparameter sweeps, WiSE-FT trade-off (when present)
+    DIR/data/*.parquet              the tidy data every table and figure was made from
+
+With several studies each study's files carry its name: ``results_<study>.tex``, ``figures/<study>/``.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import base64
 import html
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +33,20 @@ from analysis import figures
 from analysis.abilities import ability_curves, ability_summary, ability_table
 from analysis.load import RunSet, load_runs
 from analysis.metrics import aggregate_seeds, pareto_front
-from analysis.style import order_settings
-from analysis.summarize import accuracy_curves, run_summary, setting_accuracy_matrix, setting_summary
-from analysis.tables import latex_table, markdown_table, table_cells
+from analysis.protocol import eval_sizes, protocol
+from analysis.style import REFERENCE_METHODS, order_settings
+from analysis.summarize import (
+    accuracy_curves,
+    identical_settings,
+    repeated_seeds,
+    run_summary,
+    setting_accuracy_matrix,
+    setting_summary,
+)
+from analysis.tables import REFERENCE_NOTE, Row, latex_table, markdown_table, table_rows
 
 CONFIDENCE = 0.95
+FAMILY_PANELS_FROM = 9  # settings from which the forgetting curves are drawn as small multiples per family
 
 
 @dataclass
@@ -38,82 +56,249 @@ class Report:
     figures: list[Path] = field(default_factory=list)
     data: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # figures that had nothing to show, and why
+    studies: list[str] = field(default_factory=list)  # what the report compares within (grids, experiments)
 
 
 class NoRuns(ValueError):
-    """The folder holds no completed run to report on."""
+    """The folder holds no completed run to report on, or none matching the selection."""
 
 
-def build_report(runs_dir: str | Path, out_dir: str | Path) -> Report:
-    everything = load_runs(runs_dir)
+# --------------------------------------------------------------------------------------------- selection
+
+
+def select_runs(
+    everything: RunSet,
+    where: str | Path,
+    grid: str | None = None,
+    experiment: str | None = None,
+    run_ids: Sequence[str] | None = None,
+) -> RunSet:
+    """The runs of ``everything`` in ``grid`` and ``experiment`` and among ``run_ids`` (each None: no
+    condition). Raises :class:`NoRuns` when nothing matches or a run id is not there, listing what exists."""
+    runs = everything.runs
+    keep = pd.Series(True, index=runs.index)
+    if grid is not None:
+        keep &= runs["grid"] == grid
+    if experiment is not None:
+        keep &= runs["experiment"] == experiment
+    if run_ids is not None:
+        missing = [r for r in dict.fromkeys(run_ids) if r not in set(runs["run_id"])]
+        if missing:
+            raise NoRuns(f"{where}: no run director{'y' if len(missing) == 1 else 'ies'} {', '.join(missing)}")
+        keep &= runs["run_id"].isin(list(run_ids))
+    if not keep.any():
+        asked = [f"{k} '{v}'" for k, v in (("grid", grid), ("experiment", experiment)) if v is not None]
+        asked += [f"run ids {', '.join(run_ids)}"] if run_ids is not None else []
+        raise NoRuns(f"{where}: no runs of {' and '.join(asked)}; {available(everything)}")
+    ids = set(runs.loc[keep, "run_id"])
+    return RunSet(
+        runs[keep].reset_index(drop=True),
+        everything.metrics[everything.metrics["run_id"].isin(ids)].reset_index(drop=True),
+        everything.method_tables[everything.method_tables["run_id"].isin(ids)].reset_index(drop=True)
+        if len(everything.method_tables)
+        else everything.method_tables,
+    )
+
+
+def available(runs: RunSet) -> str:
+    """The grids and experiments among ``runs``, with their run counts, for a message."""
+
+    def listing(column: str) -> str:
+        counts = runs.runs[column].dropna().value_counts(sort=False)
+        return ", ".join(f"{name} ({count} runs)" for name, count in counts.items()) or "none"
+
+    return f"grids there: {listing('grid')}; experiments there: {listing('experiment')}"
+
+
+# --------------------------------------------------------------------------------------------- build
+
+
+def build_report(
+    runs_dir: str | Path,
+    out_dir: str | Path,
+    grid: str | None = None,
+    experiment: str | None = None,
+    run_ids: list[str] | None = None,
+) -> Report:
+    """Tables, figures and ``report.html`` for the runs of ``runs_dir`` (optionally only those of ``grid``,
+    ``experiment`` or ``run_ids``), one section per study (see the module docstring)."""
+    loaded = load_runs(runs_dir)
+    if loaded.runs.empty:
+        raise NoRuns(f"{runs_dir}: no completed runs to report on (0 run directories)")
+    everything = select_runs(loaded, runs_dir, grid, experiment, run_ids)
     runs = everything.completed()
     if runs.runs.empty:
         found = len(everything.runs)
-        raise NoRuns(f"{runs_dir}: no completed runs to report on ({found} run director{'y' if found == 1 else 'ies'})")
+        raise NoRuns(
+            f"{runs_dir}: no completed runs to report on ({found} run director{'y' if found == 1 else 'ies'}"
+            f"{' selected' if (grid, experiment, run_ids) != (None, None, None) else ''})"
+        )
     out = Path(out_dir)
-    for folder in ("figures", "data"):  # an earlier report's files must not outlive it
-        (out / folder).mkdir(parents=True, exist_ok=True)
-        for old in (out / folder).glob("*"):
-            if old.is_file() and old.suffix in (".png", ".pdf", ".parquet"):
-                old.unlink()
-
-    per_run = run_summary(runs)
-    settings = setting_summary(per_run, CONFIDENCE)
-    order = order_settings(settings)
-    settings = settings.set_index("setting").loc[order].reset_index()
-    curves = accuracy_curves(runs)
+    _clear(out)
     report = Report(html=out / "report.html")
-
+    report.studies = list(dict.fromkeys(runs.runs["study"]))
+    several = len(report.studies) > 1
+    sections, all_settings, all_summaries = [], [], []
+    for study in report.studies:
+        ids = set(runs.runs.loc[runs.runs["study"] == study, "run_id"])
+        mine = _subset(runs, ids)
+        slug = _slug(study, {_slug(s, set()) for s in report.studies if s != study}) if several else ""
+        section = _study(mine, study, slug, out, report)
+        sections.append(section)
+        all_settings.append(section.settings.assign(study=study))
+        all_summaries.append(section.per_run.assign(study=study))
     for name, frame in (
         ("runs", runs.runs),
         ("metrics", runs.metrics),
-        ("run_summary", per_run),
-        ("settings", settings),
+        ("run_summary", pd.concat(all_summaries, ignore_index=True)),
+        ("settings", pd.concat(all_settings, ignore_index=True)),
     ):
         path = out / "data" / f"{name}.parquet"
         frame.to_parquet(path, index=False)
         report.data.append(path)
-    caption = f"Mean ± std over seeds; n = runs (seeds) per row; best per column in bold. {len(runs.runs)} runs."
-    (out / "results.md").write_text(markdown_table(settings))
-    (out / "results.tex").write_text(latex_table(settings, caption=caption))
-    report.tables += [out / "results.md", out / "results.tex"]
+    report.html.write_text(_html(everything, runs, sections, report))
+    return report
 
+
+def _clear(out: Path) -> None:
+    """An earlier report's files must not outlive it (another selection may have had other studies)."""
+    for folder in ("figures", "data"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        for old in (out / folder).rglob("*"):
+            if old.is_file() and old.suffix in (".png", ".pdf", ".parquet"):
+                old.unlink()
+    for old in [*out.glob("results*.md"), *out.glob("results*.tex"), *out.glob("abilities*.md")]:
+        old.unlink()
+
+
+def _subset(runs: RunSet, ids: set[str]) -> RunSet:
+    tables = runs.method_tables
+    return RunSet(
+        runs.runs[runs.runs["run_id"].isin(ids)].reset_index(drop=True),
+        runs.metrics[runs.metrics["run_id"].isin(ids)].reset_index(drop=True),
+        tables[tables["run_id"].isin(ids)].reset_index(drop=True) if len(tables) else tables,
+    )
+
+
+def _slug(study: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9-]+", "_", study.removeprefix("grid ").removeprefix("experiment ")).strip("_")
+    base = base or "study"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+@dataclass
+class Study:
+    """One study's part of the report."""
+
+    name: str
+    runs: RunSet
+    per_run: pd.DataFrame
+    settings: pd.DataFrame
+    caption: str
+    same_as: dict[str, str]
+    figures: list[tuple[str, str, Path]]  # (title, explanation, png)
+    tables: list[Path]
+
+
+def _study(runs: RunSet, study: str, slug: str, out: Path, report: Report) -> Study:
+    per_run = run_summary(runs)
+    settings = setting_summary(per_run, CONFIDENCE)
+    order = order_settings(settings)
+    settings = settings.set_index("setting").loc[order].reset_index()
+    same_as = identical_settings(runs, order)
+    caption = _caption(runs, settings, study if slug else None)
+    suffix = f"_{slug}" if slug else ""
+    label = f"tab:results-{slug}" if slug else "tab:results"
+    written = {
+        f"results{suffix}.md": markdown_table(settings),
+        f"results{suffix}.tex": latex_table(settings, caption=caption, label=label),
+        f"results{suffix}_wide.md": markdown_table(settings, wide=True),
+        f"results{suffix}_wide.tex": latex_table(settings, caption=caption, label=f"{label}-wide", wide=True),
+    }
+    tables = []
+    for name, text in written.items():
+        (out / name).write_text(text)
+        tables.append(out / name)
     abilities = ability_summary(runs)
     if not abilities.empty:  # the loaded model's other abilities (research.abilities), in a table of their own
-        (out / "abilities.md").write_text(ability_table(abilities, list(settings["setting"])))
-        abilities.to_parquet(out / "data" / "ability_summary.parquet", index=False)
-        report.tables.append(out / "abilities.md")
-        report.data.append(out / "data" / "ability_summary.parquet")
+        (out / f"abilities{suffix}.md").write_text(ability_table(abilities, list(settings["setting"])))
+        abilities.to_parquet(out / "data" / f"ability_summary{suffix}.parquet", index=False)
+        tables.append(out / f"abilities{suffix}.md")
+        report.data.append(out / "data" / f"ability_summary{suffix}.parquet")
+    report.tables += tables
+    folder = out / "figures" / slug if slug else out / "figures"
+    sections = _figures(runs, accuracy_curves(runs), settings, same_as, folder, report, study if slug else "")
+    return Study(study, runs, per_run, settings, caption, same_as, sections, tables)
 
-    sections = _figures(runs, curves, settings, out / "figures", report)
-    report.html.write_text(_html(everything, runs, settings, sections, report))
-    return report
+
+def _caption(runs: RunSet, settings: pd.DataFrame, study: str | None) -> str:
+    """The results table's caption: what a cell is, what bold means, the resolution of one example."""
+    counts = sorted({int(n) for n in settings["n"]})
+    seeds = f"{counts[0]} seeds" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} seeds (n per row)"
+    sizes = [n for values in eval_sizes(runs.runs).values() for n in values]
+    resolution = f" One evaluation example is {1 / min(sizes):.4f} accuracy (1/{min(sizes)})." if sizes else ""
+    references = settings["method"].isin(REFERENCE_METHODS).any()
+    parts = [
+        f"{study}: " if study else "",
+        f"Mean ± std over {seeds}. Bold: every method whose {CONFIDENCE:.0%} confidence interval (Student t over "
+        "seeds) overlaps the best one's; the seeds do not separate bold entries.",
+        resolution,
+        " Time: fine-tuning seconds without the evaluations, the method's preparation included, mean over seeds.",
+        " † Reference, not a method: never bolded." if references else "",
+    ]
+    return "".join(parts)
 
 
 # --------------------------------------------------------------------------------------------- figures
 
 
-def _figures(runs: RunSet, curves: pd.DataFrame, settings: pd.DataFrame, folder: Path, report: Report) -> list:
+def _figures(
+    runs: RunSet,
+    curves: pd.DataFrame,
+    settings: pd.DataFrame,
+    same_as: dict[str, str],
+    folder: Path,
+    report: Report,
+    study: str,
+) -> list[tuple[str, str, Path]]:
     """Make every figure that has data; returns (title, explanation, png path) for the HTML."""
     sections = []
+    where = f" ({study})" if study else ""
 
-    def add(title: str, text: str, paths: list[Path]) -> None:
-        report.figures += paths
-        sections.append((title, text, next(p for p in paths if p.suffix == ".png")))
+    def add(title: str, text: str, figure: figures.PaperFigure) -> None:
+        report.figures += figure.paths
+        sections.append((title, text, next(p for p in figure.paths if p.suffix == ".png")))
 
-    add(
-        "Forgetting curves",
+    identical = ""
+    if same_as:
+        pairs = "; ".join(f"{a} ≡ {b}" for a, b in same_as.items())
+        identical = (
+            f" Settings whose every accuracy equals another's (same seeds, every step; their lines coincide): {pairs}."
+        )
+    by_family = len(settings) >= FAMILY_PANELS_FROM
+    text = (
         "Accuracy of every task against fine-tuning steps (step 0 = the pretrained model): the original "
         "(pretraining) tasks on the left, the new task(s) on the right. Lines are the mean over seeds, bands "
-        "± one standard deviation. A new task that is not scored before its own training (a shared head without "
-        "outputs for its classes yet) starts at its first evaluation.",
-        figures.forgetting_curves(curves, folder, sharey=False),
+        "± one standard deviation (cut at 0 and 1). A new task that is not scored before its own training (a "
+        "shared head without outputs for its classes yet) starts at its first evaluation."
     )
+    if by_family:
+        text += (
+            " One row per method family; plain fine-tuning and joint training (when run) are in every row, so each "
+            "family reads against the same baselines, and each task's panels share one scale."
+        )
+        figure = figures.forgetting_curves_by_family(curves, folder, same_as=same_as)
+    else:
+        figure = figures.forgetting_curves(curves, folder, sharey=False, same_as=same_as)
+    add(f"Forgetting curves{where}", text + identical, figure)
     scores = ability_curves(runs)
     if not scores.empty:
         scores = scores.assign(task=scores["task"] + ": " + scores["metric"])
         add(
-            "Abilities",
+            f"Abilities{where}",
             "The loaded model's other abilities against fine-tuning steps (step 0 = the loaded model): word "
             "similarity as Spearman's correlation with human scores, representation drift as linear CKA to the "
             "step-0 features, probe accuracy on frozen features (research.abilities). Mean over seeds, bands ± one "
@@ -129,7 +314,7 @@ def _figures(runs: RunSet, curves: pd.DataFrame, settings: pd.DataFrame, folder:
             ),
         )
     if "old_acc_mean" not in settings or settings["old_acc_mean"].isna().all():
-        report.skipped.append("Stability and plasticity: no pretraining task is scored by a head in these runs")
+        report.skipped.append(f"Stability and plasticity{where}: no pretraining task is scored by a head in these runs")
     else:
         points = settings.rename(
             columns={
@@ -141,28 +326,30 @@ def _figures(runs: RunSet, curves: pd.DataFrame, settings: pd.DataFrame, folder:
         )[["setting", "method", "n", "old_mean", "old_std", "new_mean", "new_std"]].copy()
         points["front"] = pareto_front(points["old_mean"].to_numpy(), points["new_mean"].to_numpy())
         add(
-            "Stability and plasticity",
+            f"Stability and plasticity{where}",
             "Each setting's final accuracy on the old (pretraining) tasks (stability) against its plasticity (each "
             "new task's accuracy right after it was learned, averaged over the new tasks; for one new task its final "
-            "accuracy), mean ± std over seeds. The Pareto front joins the settings no other setting beats on both.",
+            "accuracy), mean ± std over seeds. The Pareto front joins the settings no other setting beats on both; "
+            "their labels are bold.",
             figures.stability_plasticity(points, folder),
         )
-    for setting, text, matrix, name in _accuracy_matrices(runs, settings):
+    for setting, text, matrix, name, delta in _accuracy_matrices(runs, settings):
         title = f"Accuracy matrix: {setting}" if setting else "Accuracy matrix"
-        add(title, text, figures.accuracy_heatmap(matrix, folder, name=name, title=setting))
+        heatmap = figures.accuracy_heatmap(matrix, folder, name=name, title=setting, delta_from=delta)
+        add(f"{title}{where}", text, heatmap)
     for method, parameter, sweep in _sweeps(runs, settings):
         add(
-            f"Sweep: {method} {parameter}",
+            f"Sweep: {method} {parameter}{where}",
             f"{method}'s final old-task accuracy and its plasticity (new-task accuracy right after each new task "
             f"was learned) as its {parameter} varies (mean ± std over seeds; other settings at their defaults).",
             figures.sweep_plot(sweep, folder, name=f"sweep_{method}_{parameter}", parameter=parameter),
         )
     wise = _wise_ft(runs)
     if wise is None:
-        report.skipped.append("WiSE-FT trade-off: no wise_ft runs, or several wise_ft settings (not pooled)")
+        report.skipped.append(f"WiSE-FT trade-off{where}: no wise_ft runs, or several wise_ft settings (not pooled)")
     else:
         add(
-            "WiSE-FT trade-off",
+            f"WiSE-FT trade-off{where}",
             "Accuracy of the weight-space interpolation between the pretrained (α = 0) and the fine-tuned model "
             "(α = 1), mean ± std over seeds. The parameters that exist in the pretrained model θ₀ (the backbone, "
             "the old tasks' heads, a shared head's pretrained rows) are interpolated, (1 − α)·θ₀ + α·θ_ft; the "
@@ -173,10 +360,13 @@ def _figures(runs: RunSet, curves: pd.DataFrame, settings: pd.DataFrame, folder:
     return sections
 
 
-def _accuracy_matrices(runs: RunSet, settings: pd.DataFrame) -> list[tuple[str | None, str, pd.DataFrame, str]]:
-    """``(setting, text, matrix, file name)`` of each accuracy-matrix figure: one settings × tasks matrix of the
-    final accuracies of the settings with one fine-tuning task (setting None), then one time × task matrix per
-    setting with more than one fine-tuning task (mean over its seeds, titled with the setting)."""
+def _accuracy_matrices(
+    runs: RunSet, settings: pd.DataFrame
+) -> list[tuple[str | None, str, pd.DataFrame, str, str | None]]:
+    """``(setting, text, matrix, file name, row to show the change from)`` of each accuracy-matrix figure: one
+    settings × tasks matrix of the final accuracies of the settings with one fine-tuning task (setting None;
+    each cell also shows its change from the step-0 row), then one time × task matrix per setting with more
+    than one fine-tuning task (mean over its seeds, titled with the setting)."""
     is_sequence = runs.runs["task_ends"].map(lambda t: len(json.loads(t)) > 1 if isinstance(t, str) else False)
     sequences = [s for s in settings["setting"] if s in set(runs.runs.loc[is_sequence, "setting"])]
     single = [s for s in settings["setting"] if s not in sequences]
@@ -190,7 +380,7 @@ def _accuracy_matrices(runs: RunSet, settings: pd.DataFrame) -> list[tuple[str |
             f"mean over {len(ids)} seed(s). n/a: the task was not scored yet (a shared head has no outputs for its "
             "classes before its own training starts)."
         )
-        result.append((setting, text, matrix, _unique_name(setting, names)))
+        result.append((setting, text, matrix, _unique_name(setting, names), None))
     return result
 
 
@@ -204,7 +394,10 @@ def _unique_name(setting: str, taken: set[str]) -> str:
     return name
 
 
-def _final_matrix(runs: RunSet, settings: list[str]) -> tuple[None, str, pd.DataFrame, str]:
+START_ROW = "before fine-tuning"
+
+
+def _final_matrix(runs: RunSet, settings: list[str]) -> tuple[None, str, pd.DataFrame, str, str]:
     """Settings × tasks: each setting's final accuracy per task, under a row with the accuracy before
     fine-tuning (mean over the runs of these settings)."""
     mine = runs.runs.loc[runs.runs["setting"].isin(settings), "run_id"]
@@ -214,18 +407,20 @@ def _final_matrix(runs: RunSet, settings: list[str]) -> tuple[None, str, pd.Data
     rows = at_end.pivot_table(index="setting", columns="task", values="value", aggfunc="mean", sort=False)
     tasks = list(dict.fromkeys(final.sort_values("role", ascending=False)["task"]))  # old tasks first
     start = final[final["step"] == final.groupby("run_id")["step"].transform("min")]
-    start_row = start.groupby("task")["value"].mean().rename("before fine-tuning")
+    start_row = start.groupby("task")["value"].mean().rename(START_ROW)
     matrix = pd.concat([start_row.to_frame().T, rows.loc[settings]]).reindex(columns=tasks)
     matrix.index.name = "setting (final accuracy)"
     text = (
-        "Final accuracy on every task (columns) per setting (rows, mean over seeds); the first row is the model "
-        "before fine-tuning (mean over these runs; n/a where a task was not scored before fine-tuning)."
+        "Final accuracy on every task (columns) per setting (rows, mean over seeds), and under it its change from "
+        "the first row, the model before fine-tuning (mean over these runs; n/a where a task was not scored "
+        "before fine-tuning): a negative change on an old task is what it forgot."
     )
-    return None, text, matrix, "accuracy_matrix"
+    return None, text, matrix, "accuracy_matrix", START_ROW
 
 
 def _sweeps(runs: RunSet, settings: pd.DataFrame):
-    """Methods with one numeric hyperparameter taking three or more values across their settings."""
+    """Methods with one numeric hyperparameter taking two or more values across their settings, that value
+    being all that differs between them."""
     per_run = runs.runs
     for method in dict.fromkeys(settings["method"]):
         mine = per_run[per_run["method"] == method]
@@ -235,7 +430,8 @@ def _sweeps(runs: RunSet, settings: pd.DataFrame):
             if c.startswith("config.method.")
             and c != "config.method.name"
             and pd.api.types.is_numeric_dtype(mine[c])
-            and mine[c].nunique() >= 3
+            and not pd.api.types.is_bool_dtype(mine[c])
+            and mine[c].nunique() >= 2
         ]
         if len(params) != 1:
             continue
@@ -335,34 +531,42 @@ METRIC_TEXT = [
     ),
     ("retention", "final accuracy divided by step-0 accuracy."),
     ("forgetting AUC", "the mean drop below the step-0 accuracy over fine-tuning (area under the forgetting curve)."),
+    (
+        "time (s)",
+        "fine-tuning wall-clock seconds without the evaluations (their cost depends on how often the model was "
+        "scored), the method's preparation (e.g. a Fisher estimate) included; mean over seeds.",
+    ),
+    (
+        "bold",
+        "every method whose 95% Student-t confidence interval over seeds overlaps the best one's (a single seed "
+        "counts as a point): the seeds cannot tell bold entries apart. References (feature extraction, joint "
+        "training) are never bolded.",
+    ),
 ]
 
 
-def _html(everything: RunSet, runs: RunSet, settings: pd.DataFrame, sections: list, report: Report) -> str:
-    headers, texts, best = table_cells(settings)
-    table = ["<table><thead><tr>", *[f"<th>{html.escape(h)}</th>" for h in headers], "</tr></thead><tbody>"]
-    for cells, marks in zip(texts, best, strict=True):
-        tds = [
-            f"<td>{'<b>' if b else ''}{html.escape(c)}{'</b>' if b else ''}</td>"
-            for c, b in zip(cells, marks, strict=True)
-        ]
-        table.append("<tr>" + "".join(tds) + "</tr>")
-    table.append("</tbody></table>")
+def _html(everything: RunSet, runs: RunSet, studies: list[Study], report: Report) -> str:
     failed = everything.runs[everything.runs["status"] != "completed"]
     seeds = sorted({int(s) for s in runs.runs["seed"]})
+    names = ", ".join(html.escape(s) for s in report.studies)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Forgetting report</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>Forgetting report</h1>",
-        f"<p>{len(runs.runs)} completed runs of {len(settings)} settings "
-        f"({', '.join(html.escape(str(e)) for e in dict.fromkeys(runs.runs['experiment']))}); seeds "
-        f"{', '.join(map(str, seeds))}. Every mean is over seeds, shown with its standard deviation (sample, "
-        f"n − 1) and the number of seeds n; the data files also hold Student-t {CONFIDENCE:.0%} confidence "
-        "intervals (<code>data/settings.parquet</code>).</p>",
+        f"<p>{len(runs.runs)} completed runs of {sum(len(s.settings) for s in studies)} settings in "
+        f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} ({names}); seeds {', '.join(map(str, seeds))}. "
+        "Runs are compared only within their study (a grid, or for runs started on their own an experiment). "
+        f"Every mean is over seeds, shown with its standard deviation (sample, n − 1) and the number of seeds n; "
+        f"the data files also hold Student-t {CONFIDENCE:.0%} confidence intervals "
+        "(<code>data/settings.parquet</code>).</p>",
     ]
-    from analysis.summarize import repeated_seeds
-
-    repeats = repeated_seeds(run_summary(runs))
+    if len(studies) > 1:
+        parts.append(
+            "<p>Contents: "
+            + " · ".join(f"<a href='#{_anchor(s.name)}'>{html.escape(s.name)}</a>" for s in studies)
+            + "</p>"
+        )
+    repeats = repeated_seeds(pd.concat([s.per_run for s in studies], ignore_index=True))
     if len(repeats):
         items = "".join(
             f"<li>{html.escape(str(r.setting))}: seed {r.seed} × {r.runs}</li>" for r in repeats.itertuples()
@@ -378,24 +582,110 @@ def _html(everything: RunSet, runs: RunSet, settings: pd.DataFrame, sections: li
             for r in failed.itertuples()
         )
         parts.append(f"<p>Left out: {len(failed)} run(s) that did not complete:</p><ul>{items}</ul>")
-    parts += ["<h2>Results</h2>", "".join(table)]
-    for title, text, png in sections:
+    for study in studies:
+        parts += _study_html(study, report, several=len(studies) > 1)
+    parts.append("<h2>What the metrics mean</h2><dl>")
+    parts += [f"<dt>{html.escape(a)}</dt><dd>{html.escape(b)}</dd>" for a, b in METRIC_TEXT]
+    parts.append("</dl>")
+    tables = ", ".join(f"<code>{html.escape(p.name)}</code>" for p in report.tables)
+    parts.append(
+        f"<p class='small'>Tables: {tables} (LaTeX: booktabs; the main table fits one column, the wide one is a "
+        "<code>table*</code>). Tidy data: <code>data/</code>.</p></body></html>"
+    )
+    return "\n".join(parts)
+
+
+def _anchor(name: str) -> str:
+    return "study-" + re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-")
+
+
+def _study_html(study: Study, report: Report, several: bool) -> list[str]:
+    h2 = "h3" if several else "h2"  # a study's own headings sit under its name
+    parts = [f"<h2 id='{_anchor(study.name)}'>{html.escape(study.name)}</h2>"] if several else []
+    parts.append(f"<{h2}>Protocol</{h2}><dl class='protocol'>")
+    parts += [f"<dt>{html.escape(a)}</dt><dd>{html.escape(b)}</dd>" for a, b in protocol(study.runs.runs)]
+    parts.append("</dl>")
+    parts += [f"<{h2}>Results</{h2}>", f"<p class='small'>{html.escape(study.caption)}</p>"]
+    parts.append(_html_table(*table_rows(study.settings)))
+    if study.settings["method"].isin(REFERENCE_METHODS).any():
+        parts.append(f"<p class='small'>{html.escape(REFERENCE_NOTE)}</p>")
+    if study.same_as:
+        pairs = ", ".join(f"{html.escape(a)} ≡ {html.escape(b)}" for a, b in study.same_as.items())
+        parts.append(
+            f"<p class='small'>Identical settings (every accuracy of every seed equal; they are one result, not two "
+            f"confirmations): {pairs}.</p>"
+        )
+    parts.append("<details><summary>Every metric</summary>")
+    parts.append(_html_table(*table_rows(study.settings, wide=True)))
+    parts.append("</details>")
+    parts += _cost_html(study, h2)
+    for title, text, png in study.figures:
         data = base64.b64encode(png.read_bytes()).decode()
         pdf = png.with_suffix(".pdf").relative_to(report.html.parent)
         parts.append(
-            f"<h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>"
+            f"<{h2}>{html.escape(title)}</{h2}><p>{html.escape(text)}</p>"
             f"<img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"
             f"<p class='small'>Vector version: <a href='{html.escape(str(pdf))}'><code>{html.escape(str(pdf))}</code>"
             "</a></p>"
         )
-    parts.append("<h2>What the metrics mean</h2><dl>")
-    parts += [f"<dt>{html.escape(a)}</dt><dd>{html.escape(b)}</dd>" for a, b in METRIC_TEXT]
-    parts.append("</dl>")
-    parts.append(
-        "<p class='small'>Tables: <code>results.md</code>, <code>results.tex</code> (booktabs). Tidy data: "
-        "<code>data/</code>.</p></body></html>"
-    )
-    return "\n".join(parts)
+    return parts
+
+
+def _html_table(columns, rows: list[Row]) -> str:
+    headers = ["setting", "n", *[c.header for c in columns]]
+    table = ["<table><thead><tr>", *[f"<th>{html.escape(h)}</th>" for h in headers], "</tr></thead><tbody>"]
+    previous = False
+    for row in rows:
+        if row.reference and not previous:
+            table.append(f"</tbody><tbody class='reference'><tr><th colspan='{len(headers)}'>references</th></tr>")
+        previous = row.reference
+        tds = [
+            f"<td{'' if i == 0 else ' class=num'}>{'<b>' if b else ''}{html.escape(c)}{'</b>' if b else ''}</td>"
+            for i, (c, b) in enumerate(zip(row.cells, row.bold, strict=True))
+        ]
+        table.append("<tr>" + "".join(tds) + "</tr>")
+    table.append("</tbody></table>")
+    return "".join(table)
+
+
+COSTS = [
+    ("train_seconds", "fine-tuning (s)", "{:.1f}"),
+    ("prepare_seconds", "of which preparation (s)", "{:.2f}"),
+    ("kept_examples", "examples kept", "{:.0f}"),
+    ("kept_megabytes", "extra tensors (MB)", "{:.2f}"),
+]
+
+
+def _cost_html(study: Study, heading: str) -> list[str]:
+    """At what cost: time and what a method keeps besides the model, as far as the runs recorded it."""
+    settings = study.settings
+    shown = [c for c in COSTS if f"{c[0]}_mean" in settings and settings[f"{c[0]}_mean"].notna().any()]
+    if not shown:
+        return [f"<{heading}>At what cost</{heading}><p>These runs recorded no timings (e.g. loaded from W&B).</p>"]
+    headers = ["setting", "n", *[h for _, h, _ in shown]]
+    rows = ["<table><thead><tr>", *[f"<th>{html.escape(h)}</th>" for h in headers], "</tr></thead><tbody>"]
+    for record in settings.to_dict("records"):
+        cells = [html.escape(str(record["setting"])), str(int(record["n"]))]
+        for column, _, form in shown:
+            mean, std = record.get(f"{column}_mean"), record.get(f"{column}_std")
+            if pd.isna(mean):
+                cells.append("–")
+            elif pd.isna(std) or column != "train_seconds":
+                cells.append(form.format(mean))
+            else:
+                cells.append(f"{form.format(mean)} ± {form.format(std)}")
+        rows.append("<tr>" + "".join(f"<td{'' if i == 0 else ' class=num'}>{c}</td>" for i, c in enumerate(cells)))
+    rows.append("</tbody></table>")
+    return [
+        f"<{heading}>At what cost</{heading}>",
+        "<p>Fine-tuning wall-clock seconds without the evaluations (mean ± std over seeds; the method's "
+        "preparation, such as estimating a Fisher, is inside it and also shown alone where the method times it), "
+        "and what a method keeps besides the model: rehearsal examples (replay, DER, A-GEM) and extra tensors it "
+        "reports (a teacher's weights). Times compare only between runs on the same machine and load. – : not "
+        "recorded by the method (e.g. EWC's anchor and Fisher, two copies of the trained parameters, are kept but "
+        "not reported).</p>",
+        "".join(rows),
+    ]
 
 
 CSS = """
@@ -403,8 +693,13 @@ body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; 
 table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
 th, td { padding: 0.3em 0.6em; border-bottom: 1px solid #ddd; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
+td.num, th { white-space: nowrap; }
 thead th { border-bottom: 2px solid #444; }
+tbody.reference { border-top: 2px solid #444; color: #444; }
+tbody.reference th { text-align: left; font-weight: normal; font-style: italic; }
+details { margin: 0.5em 0 1em; }
 img { max-width: 100%; border: 1px solid #eee; }
 .small { font-size: 0.85em; color: #555; }
 dt { font-weight: bold; margin-top: 0.5em; }
+dl.protocol dd { margin-left: 1.5em; }
 """

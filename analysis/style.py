@@ -6,7 +6,8 @@ Rules (the same in every figure, whatever subset of methods or settings it shows
   bound and weight interpolation). Methods not in it come after, alphabetically (:func:`order_methods`).
 * **Method colour** — :func:`method_color` is a fixed table lookup (:data:`METHOD_COLORS`), so "ewc" is the same
   red whether or not other methods are plotted. An unknown method gets a colour from :data:`_EXTRA_COLORS` picked
-  by a CRC32 of its name: stable across runs and figures, though two unknown methods can share a colour.
+  by a CRC32 of its name, stable across runs and figures; drawn together, unknown methods never share one
+  (:func:`method_colors` moves a collision to the next free colour).
 * **Setting style** — a *setting* is a method plus hyperparameters ("ewc lam=1000"). Settings are ordered by
   method (as above), then by their label in natural order, so numbers compare as numbers ("lam=10" before
   "lam=1000") (:func:`order_settings`). The ``k``-th setting of a method (0-based, in that order, counted over
@@ -73,19 +74,40 @@ METHOD_COLORS: dict[str, str] = {
     "lora": "#c49c94",  # dusty rose
 }
 
-# For methods not in the table, chosen by hash of the name (see the module docstring).
+# For methods not in the table. Each is at least 23 CIELAB ΔE from every table colour and from each other (picked
+# greedily from matplotlib's qualitative maps), so a new method never looks like an existing one.
 _EXTRA_COLORS: list[str] = [
-    "#5254a3",
-    "#8ca252",
-    "#bd9e39",
-    "#ad494a",
-    "#a55194",
-    "#3182bd",
-    "#e6550d",
-    "#31a354",
-    "#756bb1",
-    "#636363",
+    "#f0027f",
+    "#aec7e8",
+    "#fc8d62",
+    "#d6616b",
+    "#1b9e77",
+    "#e7cb94",
+    "#a65628",
+    "#8c6d31",
+    "#f7b6d2",
+    "#9c9ede",
 ]
+
+# Rows that are not methods to rank: a frozen backbone (nothing can be forgotten) and joint training (the old
+# tasks' data trained alongside, an upper bound). Tables keep them apart and never bold them.
+REFERENCE_METHODS: tuple[str, ...] = ("feature_extraction", "joint")
+# The baseline and the upper bound drawn in every panel of a per-family figure.
+BASELINES: tuple[str, ...] = ("finetune", "joint")
+# Method families, for figures drawn as small multiples (one panel per family); unknown methods go to "other".
+METHOD_FAMILIES: dict[str, tuple[str, ...]] = {
+    "regularisation": ("l2sp", "ewc", "online_ewc", "si", "mas"),
+    "distillation": ("lwf", "feature_distill"),
+    "rehearsal": ("replay", "agem", "der", "derpp"),
+    "parameter-efficient and interpolation": ("partial", "lp_ft", "lora", "wise_ft"),
+    "references": ("finetune", "feature_extraction", "joint"),
+}
+
+
+def method_family(method: str) -> str:
+    """The family of :data:`METHOD_FAMILIES` a method belongs to; "other" for a method not listed."""
+    return next((family for family, members in METHOD_FAMILIES.items() if method in members), "other")
+
 
 LINESTYLES: list[str | tuple] = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 2))]
 MARKERS: list[str] = ["o", "s", "^", "D", "v", "P", "X"]
@@ -154,6 +176,24 @@ def method_color(method: str) -> str:
     return _EXTRA_COLORS[zlib.crc32(method.encode("utf-8")) % len(_EXTRA_COLORS)]
 
 
+def method_colors(methods: Iterable[str]) -> dict[str, str]:
+    """Colours for methods drawn together: a table method keeps its :data:`METHOD_COLORS` colour; unknown
+    methods, taken in alphabetical order, each get their :func:`method_color` slot, or the next slot no other
+    unknown method took (so up to ``len(_EXTRA_COLORS)`` new methods never share a colour)."""
+    methods = [str(m) for m in methods]  # read once: any iterable
+    colours = {m: METHOD_COLORS[m] for m in methods if m in METHOD_COLORS}
+    taken: set[int] = set()
+    for method in sorted(set(methods) - set(METHOD_COLORS)):
+        slot = zlib.crc32(method.encode("utf-8")) % len(_EXTRA_COLORS)
+        for step in range(len(_EXTRA_COLORS)):
+            if (slot + step) % len(_EXTRA_COLORS) not in taken:
+                slot = (slot + step) % len(_EXTRA_COLORS)
+                break
+        taken.add(slot)
+        colours[method] = _EXTRA_COLORS[slot]
+    return colours
+
+
 def lighten(color: str, amount: float) -> str:
     """``color`` blended towards white by ``amount`` in [0, 1] (0: unchanged)."""
     r, g, b = mcolors.to_rgb(color)
@@ -206,6 +246,7 @@ def order_settings(frame: pd.DataFrame) -> list[str]:
 @dataclass(frozen=True)
 class SettingStyle:
     method: str
+    base: str  # the method's colour (edges of markers); ``color`` is it lightened for the k-th setting
     color: str
     linestyle: str | tuple
     marker: str
@@ -216,6 +257,7 @@ def setting_styles(frame: pd.DataFrame) -> dict[str, SettingStyle]:
     """Style of every setting in ``frame``, in :func:`order_settings` order (see the module docstring rule).
     Pass the full results frame, not a subset, so that a setting keeps its style across figures."""
     methods = _setting_methods(frame)
+    colours = method_colors(methods.values())
     counts: dict[str, int] = {}
     styles: dict[str, SettingStyle] = {}
     for setting in order_settings(frame):
@@ -224,7 +266,8 @@ def setting_styles(frame: pd.DataFrame) -> dict[str, SettingStyle]:
         counts[method] = k + 1
         styles[setting] = SettingStyle(
             method=method,
-            color=lighten(method_color(method), min(LIGHTEN_STEP * k, LIGHTEN_MAX)),
+            base=colours[method],
+            color=lighten(colours[method], min(LIGHTEN_STEP * k, LIGHTEN_MAX)),
             linestyle=LINESTYLES[k % len(LINESTYLES)],
             marker=MARKERS[k % len(MARKERS)],
             index=k,

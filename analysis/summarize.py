@@ -49,30 +49,41 @@ OLD_TASK_METRICS = {
 
 
 class Reported(NamedTuple):
-    """A reported metric: its column, its table header, whether higher is better, and where the results table
-    shows it: "always", "sequences" (only when some setting has more than one fine-tuning task; with one task
-    it would repeat another column) or "data" (only in the data files)."""
+    """A reported metric: its column, its header in Markdown/HTML, whether higher is better (None: a cost, never
+    ranked), where the results tables show it, and its short LaTeX header. ``table``: "main" (the default table,
+    which fits one column of a paper, and the wide one), "sequences" (both tables, only when some setting has
+    more than one fine-tuning task; with one task it would repeat another column), "single" (both tables when
+    no setting is a sequence; else only the wide one, to leave the main table's width to plasticity), "wide"
+    (only the wide table: with one fine-tuning task these repeat a main column, e.g. BWT = −forgetting, final
+    drop = forgetting, retention ≈ old acc / step-0 acc) or "data" (only in the data files)."""
 
     column: str
     header: str
-    higher: bool
-    table: str = "always"
+    higher: bool | None
+    table: str = "main"
+    latex: str = ""
 
 
 # In the order tables show them.
 REPORTED = [
-    Reported("old_acc", "old tasks: final acc", True),
-    Reported("new_acc", "new tasks: mean final acc", True),
-    Reported("plasticity", "plasticity", True, "sequences"),  # = new_acc for one fine-tuning task
+    Reported("old_acc", "old tasks: final acc", True, "main", r"old acc.~$\uparrow$"),
+    Reported("new_acc", "new tasks: mean final acc", True, "main", r"new acc.~$\uparrow$"),
+    Reported("plasticity", "plasticity", True, "sequences", r"plasticity~$\uparrow$"),  # = new_acc for one task
     Reported("last_task_plasticity", "last new task: plasticity", True, "data"),
-    Reported("forgetting", "forgetting", False),
-    Reported("bwt", "BWT", True),
-    Reported("final_drop", "final drop", False),
-    Reported("peak_drop", "peak-to-final drop", False),
-    Reported("stability_gap", "stability gap", False),
-    Reported("retention", "retention", True),
-    Reported("forgetting_auc", "forgetting AUC", False),
+    Reported("forgetting", "forgetting", False, "main", r"forgetting~$\downarrow$"),
+    Reported("bwt", "BWT", True, "wide", r"BWT~$\uparrow$"),
+    Reported("final_drop", "final drop", False, "wide", r"final drop~$\downarrow$"),
+    Reported("peak_drop", "peak-to-final drop", False, "wide", r"peak-to-final~$\downarrow$"),
+    Reported("stability_gap", "stability gap", False, "single", r"stab.\ gap~$\downarrow$"),
+    Reported("retention", "retention", True, "wide", r"retention~$\uparrow$"),
+    Reported("forgetting_auc", "forgetting AUC", False, "wide", r"forg.\ AUC~$\downarrow$"),
+    Reported("train_seconds", "time (s)", None, "main", "time (s)"),
+    Reported("prepare_seconds", "preparation (s)", None, "wide", "prep.\\ (s)"),
+    Reported("kept_examples", "examples kept", None, "data"),
+    Reported("kept_megabytes", "extra memory (MB)", None, "data"),
 ]
+# Cost columns: read from summary.json (timings, method_info), not from the curves.
+COST_METRICS = ("train_seconds", "prepare_seconds", "kept_examples", "kept_megabytes")
 MATRIX_METRICS = ("forgetting", "bwt", "plasticity", "last_task_plasticity")
 
 
@@ -105,8 +116,44 @@ def run_summary(runs: RunSet) -> pd.DataFrame:
     wide = per_task.pivot_table(index="run_id", columns="metric", values="value", aggfunc="mean", sort=False)
     from_matrix = pd.DataFrame([matrix_metrics(runs, run_id) for run_id in wide.index], index=wide.index)
     wide = wide.join(from_matrix).reset_index()
+    costs = pd.DataFrame([run_costs(row) for row in runs.runs.to_dict("records")], index=runs.runs["run_id"])
+    wide = wide.merge(costs, left_on="run_id", right_index=True, how="left")
     metrics = [r.column for r in REPORTED if r.column in wide]
     return runs.with_runs(wide)[["run_id", "setting", "method", "seed", "finetune_tasks", *metrics]]
+
+
+# method_info keys (research/methods/*: info()) that say what a method keeps besides the model.
+KEPT_EXAMPLES_KEYS = ("buffer_size", "memory_size")  # replay, der/derpp; agem
+KEPT_BYTES_KEYS = ("teacher_bytes",)  # feature_distill's frozen copy of the backbone
+
+
+def run_costs(row: dict) -> dict[str, float]:
+    """What a run cost, from its ``summary.json`` as :func:`analysis.load.load_runs` keeps it (``finetune_seconds``,
+    ``eval_seconds``, ``method_info`` as JSON text); NaN where the run did not record it (e.g. W&B data):
+
+    - ``train_seconds``: fine-tuning wall-clock time without the evaluations (their cost depends on how often
+      the model was scored, not on the method); it includes the method's preparation before each task;
+    - ``prepare_seconds``: the sum of the method's own ``*_seconds`` timings in ``method_info`` (the Fisher or
+      importance estimate of EWC, online EWC, MAS, SI, L2-SP); NaN for a method that records none;
+    - ``kept_examples``: the examples a method keeps to rehearse (replay and DER buffers, A-GEM's memory);
+    - ``kept_megabytes``: bytes of extra tensors it reports keeping (feature_distill's teacher), in MB (10⁶)."""
+    finetune = _number(row.get("finetune_seconds"))
+    evaluation = _number(row.get("eval_seconds"))
+    info = row.get("method_info")
+    info = json.loads(info) if isinstance(info, str) else (info or {})
+    timed = [_number(v) for k, v in info.items() if k.endswith("_seconds")]
+    examples = [_number(info[k]) for k in KEPT_EXAMPLES_KEYS if k in info]
+    stored = [_number(info[k]) for k in KEPT_BYTES_KEYS if k in info]
+    return {
+        "train_seconds": finetune - (0.0 if np.isnan(evaluation) else evaluation),
+        "prepare_seconds": float(np.sum(timed)) if timed else np.nan,
+        "kept_examples": float(np.sum(examples)) if examples else np.nan,
+        "kept_megabytes": float(np.sum(stored)) / 1e6 if stored else np.nan,
+    }
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else np.nan
 
 
 def matrix_metrics(runs: RunSet, run_id: str) -> dict[str, float]:
@@ -213,3 +260,24 @@ def _or_nan(fn, *args) -> float:
         return float(fn(*args))
     except ValueError:  # e.g. retention of a task that started at accuracy 0
         return float("nan")
+
+
+def identical_settings(runs: RunSet, order: list[str] | None = None) -> dict[str, str]:
+    """Settings whose accuracy measurements repeat an earlier setting's exactly: ``{setting: earlier setting}``.
+    Two settings are identical when they ran the same seeds and every (seed, step, task) accuracy is equal, e.g.
+    online EWC and EWC on one fine-tuning task (the same penalty until a second task). Settings are compared in
+    ``order`` (default: the order of their first run); each maps to the first one it repeats."""
+    acc = runs.with_runs(runs.metrics[runs.metrics["metric"] == "acc"])
+    signatures: dict[str, tuple] = {}
+    for setting, part in acc.groupby("setting", sort=False):
+        rows = part[["seed", "step", "task", "value"]].sort_values(["seed", "task", "step"], kind="stable")
+        signatures[str(setting)] = tuple(map(tuple, rows.astype(str).to_numpy().tolist()))
+    first: dict[tuple, str] = {}
+    same: dict[str, str] = {}
+    ranked = [s for s in (order or []) if s in signatures] + [s for s in signatures if s not in (order or [])]
+    for setting, signature in ((s, signatures[s]) for s in ranked):
+        if signature and signature in first:
+            same[setting] = first[signature]
+        else:
+            first.setdefault(signature, setting)
+    return same

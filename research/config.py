@@ -38,7 +38,9 @@ USER_SOURCES = ("npz", "folder", "text")  # sources that read the user's files f
 class Strict(BaseModel):
     """Base for every config section: unknown keys are rejected, values are checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 # Seeds feed numpy, torch and Lightning, which all take unsigned 32-bit values.
@@ -51,25 +53,35 @@ class TransformConfig(Strict):
     """A transform applied to every example of a task, e.g. to express "same classes, shifted domain"."""
 
     kind: Literal["permute", "rotate"]
-    seed: Seed = 0  # permute: which fixed permutation of the input features
-    degrees: float = 0.0  # rotate: angle in degrees (image sources only)
+    """permute: a fixed permutation of the input features; rotate: images rotated counter-clockwise"""
+    seed: Seed = 0
+    """permute: which fixed permutation of the input features"""
+    degrees: float = 0.0
+    """rotate: the angle in degrees (image sources only)"""
 
 
 class TaskConfig(Strict):
     """A named classification problem drawn from one source, optionally restricted to some classes."""
 
     name: str
+    """the task's name: its head, its rows in metrics.parquet and its W&B keys (letters, digits, '_', '-')"""
     source: Literal["digits", "mnist1d", "npz", "folder", "text", "relations"]
-    path: str | None = None  # npz file, image folder or text table, for the user-data sources
-    # text only: a CSV, JSONL or parquet file (or a folder written by datasets' save_to_disk) with these columns.
+    """built in: digits, mnist1d, relations; the user's files: npz, folder, text (with ``path``)"""
+    path: str | None = None
+    """npz, folder, text: the file or folder; a relative path in an experiment file is relative to that file"""
     text_column: str = "text"
-    text_pair_column: str | None = None  # the second text of a pair (e.g. premise and hypothesis)
+    """text: the column of the text (a CSV, JSONL or parquet file, or a datasets ``save_to_disk`` folder)"""
+    text_pair_column: str | None = None
+    """text: the column of the second text of a pair (e.g. premise and hypothesis)"""
     label_column: str = "label"
-    classes: list[int | str] | None = None  # None = every class of the source
+    """text: the column of the label"""
+    classes: list[int | str] | None = None
+    """the classes the task takes from its source, by class name; null: every class"""
     transform: TransformConfig | None = None
-    # npz only: x is divided by this (255 maps 8-bit pixels to [0, 1]); None = x as stored, integers included.
-    # Image folders are always scaled to [0, 1] and built-in sources come scaled, so they take no scale.
+    """a transform of every example (``{kind: rotate, degrees: 90}``, ``{kind: permute, seed: 1}``): a domain shift"""
     scale: PositiveFloat | None = None
+    """npz only: x is divided by it (255 maps 8-bit pixels to [0, 1]); null: x as stored (folders and built-in
+    sources come scaled)"""
 
     @field_validator("name")
     @classmethod
@@ -120,14 +132,20 @@ class DataConfig(Strict):
     """How every task's pool is split. The split is fixed by ``split_seed``, not by the run's seed."""
 
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.15
+    """the share of each source pool held out for validation (stratified by label)"""
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    """the share of each source pool held out for testing (stratified by label)"""
     split_seed: Seed = 0
-    mnist1d_samples: PositiveInt = 5000  # examples generated for the MNIST-1D source (before splitting)
-    # Image folders and text tables whose model inputs would take more memory than the budget are read from disk
-    # when needed instead of held in memory (research.data.stream); "always"/"never" decide for every such task.
+    """fixes the split of every pool, independently of the run's seed"""
+    mnist1d_samples: PositiveInt = 5000
+    """examples generated for the MNIST-1D source (before splitting)"""
     stream: Literal["auto", "always", "never"] = "auto"
+    """image folders and text tables: read from disk when needed instead of held in memory; auto: when their
+    model inputs would take more than ``memory_budget_mb`` (same numbers either way; not part of the run id)"""
     memory_budget_mb: PositiveFloat = 4096.0
-    workers: Annotated[int, Field(ge=0)] = 2  # DataLoader processes reading a streamed task's training batches
+    """the memory above which ``stream: auto`` streams a task"""
+    workers: Annotated[int, Field(ge=0)] = 2
+    """DataLoader processes preparing a streamed task's training batches"""
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:
@@ -143,22 +161,40 @@ class ModelConfig(Strict):
     to a non-default value is refused."""
 
     arch: str = "mlp"
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256], min_length=1)  # mlp: block widths
-    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], min_length=1)  # cnn: block channels
-    batchnorm: bool = False  # mlp, cnn
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # mlp, cnn
+    """the backbone family (research.models.adapters): mlp, cnn (pretrained here), hf, timm, torchvision, custom
+    (loaded from outside)"""
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256], min_length=1)
+    """mlp: the width of each block"""
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], min_length=1)
+    """cnn: the channels of each block"""
+    batchnorm: bool = False
+    """mlp, cnn: batch normalisation in every block"""
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """mlp, cnn: dropout probability in every block"""
     heads: Literal["per_task", "shared"] = "per_task"
-    # hf: a hub id or local directory (default: the packaged all-MiniLM-L6-v2); timm/torchvision: a model name.
+    """per_task: an output layer per task (an old task is scored by its own head); shared: one output layer over
+    the classes seen so far (scored by argmax over every output)"""
     name: str | None = None
-    revision: str | None = None  # hf: a hub branch, tag or commit
-    pooling: Literal["mean", "cls", "pooler"] | None = None  # hf; None: what the model card uses
-    max_length: PositiveInt = 128  # hf: tokens per text (pair), longer ones truncated
-    gradient_checkpointing: bool = False  # hf: recompute activations in the backward pass (saves memory)
-    weights: str | None = None  # timm/torchvision: a local weights file (safetensors, or weights-only torch)
-    pretrained: bool = True  # timm/torchvision: load the family's pretrained weights (when no weights file)
-    factory: str | None = None  # custom: module.path:function returning the nn.Module
-    kwargs: dict[str, Any] = Field(default_factory=dict)  # custom: keyword arguments of the factory
-    blocks: list[str] | None = None  # custom: submodule names, bottom to top
+    """hf: a hub id or a ``save_pretrained`` directory (null: the packaged all-MiniLM-L6-v2); timm, torchvision: a
+    model name"""
+    revision: str | None = None
+    """hf: a hub branch, tag or commit"""
+    pooling: Literal["mean", "cls", "pooler"] | None = None
+    """hf: how token states become one feature vector; null: what the model card uses"""
+    max_length: PositiveInt = 128
+    """hf: tokens per text (pair); longer ones are truncated"""
+    gradient_checkpointing: bool = False
+    """hf: recompute activations in the backward pass (less memory, more time)"""
+    weights: str | None = None
+    """timm, torchvision: a local weights file (safetensors, or a weights-only torch file)"""
+    pretrained: bool = True
+    """timm, torchvision: load the family's pretrained weights (when there is no weights file)"""
+    factory: str | None = None
+    """custom: ``module.path:function`` returning the nn.Module"""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """custom: keyword arguments of the factory"""
+    blocks: list[str] | None = None
+    """custom: submodule names, bottom to top (what partial unfreezing and ``train.lr_decay`` count)"""
 
     COMMON: ClassVar[tuple[str, ...]] = ("arch", "heads")
     BUILT_IN: ClassVar[tuple[str, ...]] = ("hidden", "channels", "batchnorm", "dropout")
@@ -209,23 +245,35 @@ class OptimConfig(Strict):
     block below it at a further factor of ``lr_decay`` (Howard & Ruder 2018, ULMFiT's discriminative rates)."""
 
     epochs: PositiveInt = 5
+    """passes over the training data (each task of a sequence gets this many)"""
     max_steps: PositiveInt | None = None
+    """stop after this many optimizer steps (per task), even within an epoch; null: epochs decide"""
     lr: PositiveFloat = 1e-3
+    """the learning rate of the heads (and of the backbone, scaled by ``backbone_lr_scale`` and ``lr_decay``)"""
     batch_size: PositiveInt = 64
+    """examples per batch"""
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    """the torch optimizer"""
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    """sgd only: momentum"""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    backbone_lr_scale: PositiveFloat = 1.0  # to freeze the backbone, use method feature_extraction
+    """the optimizer's weight decay (decoupled for adamw)"""
+    backbone_lr_scale: PositiveFloat = 1.0
+    """the top backbone block trains at ``lr`` times this (to freeze the backbone, use method
+    feature_extraction)"""
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 1.0
-    # Lightning's mixed precision for the training steps (evaluation and the methods' estimators stay in 32-bit).
+    """each block below the top one trains at this factor of the block above it (layer-wise rates)"""
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
-    # Gradients of this many consecutive batches are summed into one update (each batch's loss / k), so an
-    # optimizer step sees batch_size · k examples; steps, evaluations and logging count updates.
+    """Lightning's precision of the training steps (evaluation and the methods' estimators stay 32-bit);
+    16-mixed needs a GPU"""
     accumulate_grad_batches: PositiveInt = 1
-    # Distributed data parallel (fine-tuning only; started from `research run`, which Lightning runs once more per
-    # extra process): each process takes its share of every batch, gradients are averaged, rank 0 writes.
+    """this many consecutive batches are summed into one update (each batch's loss / k); steps, evaluations and
+    logging count updates"""
     devices: PositiveInt = 1
+    """processes (CPU) or GPUs of a distributed fine-tuning run; more than 1 needs ``strategy: ddp``"""
     strategy: Literal["auto", "ddp"] = "auto"
+    """ddp: distributed data parallel fine-tuning, started from `research run` (each process takes its share of
+    every batch; rank 0 writes)"""
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -242,6 +290,18 @@ class OptimConfig(Strict):
 class PretrainConfig(Strict):
     """The pretraining stage: trained once per distinct config (cached by hash) or loaded from a checkpoint."""
 
+    tasks: list[TaskConfig] = Field(default_factory=list)
+    """the tasks the lab pretrains on; optional for a model loaded from outside (hf, timm, torchvision, custom),
+    whose backbone stays as loaded while only these tasks' heads are trained on its frozen features"""
+    checkpoint: str | None = None
+    """mlp, cnn: your pretrained weights instead of pretraining here (a safetensors file, or a directory holding
+    model.safetensors); a relative path in an experiment file is relative to that file"""
+    seed: Seed = 0
+    """the pretraining seed, fixed apart from the run's seed so every run of a grid starts from the same
+    weights"""
+    train: OptimConfig = Field(default_factory=lambda: OptimConfig(epochs=20))
+    """the pretraining loop (the same keys as ``train``; default 20 epochs)"""
+
     @field_validator("train")
     @classmethod
     def _pretraining_in_one_process(cls, train: OptimConfig) -> OptimConfig:
@@ -249,18 +309,12 @@ class PretrainConfig(Strict):
             raise ValueError("train: pretraining runs in one process; distributed training applies to fine-tuning")
         return train
 
-    # The tasks the lab pretrains on. Optional for a model loaded from outside (model.arch hf, timm, torchvision,
-    # custom): its backbone stays as loaded and only these tasks' heads are trained, on its frozen features.
-    tasks: list[TaskConfig] = Field(default_factory=list)
-    checkpoint: str | None = None  # safetensors file, or a directory holding model.safetensors
-    seed: Seed = 0  # fixed independently of the run seed so every run of a grid starts from the same weights
-    train: OptimConfig = Field(default_factory=lambda: OptimConfig(epochs=20))
-
 
 class FinetuneConfig(Strict):
     """The new tasks, fine-tuned one after another on one step axis (methods that support sequences only)."""
 
     tasks: list[TaskConfig]
+    """the new tasks, fine-tuned one after another on one step axis (several: methods that support sequences)"""
 
     @field_validator("tasks")
     @classmethod
@@ -272,53 +326,91 @@ class FinetuneConfig(Strict):
 
 class EvalConfig(Strict):
     every_n_steps: PositiveInt = 10
+    """every task is scored at step 0 and every this many optimizer steps (and at the end)"""
     split: Literal["val", "test"] = "test"
+    """which held-out split the evaluations score"""
     batch_size: PositiveInt = 2048
-    max_samples: PositiveInt | None = None  # per task; a fixed-seed subsample for large eval sets
+    """examples per evaluation batch"""
+    max_samples: PositiveInt | None = None
+    """per task: score a fixed-seed subsample of this many examples (large eval sets); null: all of them"""
 
 
 class LoggingConfig(Strict):
-    """Where numbers go besides the run directory. Not part of the run id: it does not change results."""
+    """Where numbers go besides the run directory. Not part of the run id (it does not change results), except
+    ``log_every_n_steps``, which changes the rows a run records.
 
-    wandb: Literal["offline", "online", "disabled"] = Field(
-        default_factory=lambda: "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    )
-    project: str = "forgetting-lab"
-    group: str | None = None  # W&B group; a grid sets it to the grid's name
-    run_name: str | None = None  # W&B display name; default: experiment, method, changed settings, seed
-    tags: list[str] = Field(default_factory=list)  # extra W&B tags (a grid adds its sub-grid's)
+    ``wandb``, ``project`` and ``entity`` left at None follow W&B's own conventions, resolved when the run starts
+    (research.tracking.resolve_destination; the values used are in summary.json's ``wandb``): the config, then
+    ``WANDB_MODE`` / ``WANDB_PROJECT`` / ``WANDB_ENTITY``, then a stored ``wandb login`` (``online``); otherwise
+    ``offline``, project ``forgetting-lab`` and W&B's default entity."""
+
+    # The keys that are part of the run id; every other logging key is left out of it (research.config.run_id).
+    IN_RUN_ID: ClassVar[tuple[str, ...]] = ("log_every_n_steps",)
+
+    wandb: Literal["offline", "online", "disabled"] | None = None
+    """W&B mode; null: `WANDB_MODE`, else online when a `wandb login` is stored, else offline"""
+    project: str | None = None
+    """W&B project; null: `WANDB_PROJECT`, else forgetting-lab"""
+    entity: str | None = None
+    """W&B entity (user or team); null: `WANDB_ENTITY`, else W&B's default"""
+    group: str | None = None
+    """W&B group; a grid sets it per setting (`<grid>/<setting>`), so W&B's grouped line is the seeds' mean"""
+    grid: str | None = None
+    """the grid this run belongs to (set by the grid; `research report --grid` selects by it)"""
+    setting: str | None = None
+    """the run's readable setting label within its grid (set by the grid)"""
+    run_name: str | None = None
+    """W&B display name; null: experiment, method, changed settings, seed"""
+    tags: list[str] = Field(default_factory=list)
+    """extra W&B tags (a grid adds its name and the sub-grid's)"""
     progress: bool = True
+    """progress display while training (display only)"""
     log_every_n_steps: PositiveInt = 25
+    """training scalars (the loss and each method term) are recorded every this many optimizer steps (part of the
+    run id: it changes the recorded rows)"""
 
 
 class CheckpointConfig(Strict):
     """Fine-tuning checkpoints, so that a run killed mid-training resumes where it was instead of starting over.
     Not part of the run id: a resumed run produces exactly the numbers of an uninterrupted one."""
 
-    # A checkpoint costs tens of milliseconds (model, optimizer, method state, measurements so far), so by
-    # default one is taken once a minute of training has passed: short runs take none, long runs lose at most
-    # a minute. ``every_n_steps`` adds checkpoints at fixed step intervals. 0 switches either off.
     every_n_seconds: Annotated[float, Field(ge=0)] = 60.0
+    """take a checkpoint once this much training time has passed since the last one (0: never by time); one
+    costs tens of milliseconds, so short runs take none and long runs lose at most this much"""
     every_n_steps: Annotated[int, Field(ge=0)] = 0
+    """also take one every this many optimizer steps (0: never by steps)"""
 
 
 class ExperimentConfig(Strict):
     name: str = "experiment"
+    """the experiment's name (W&B tags, report labels)"""
     seed: Seed = 0
+    """the run's seed: the fine-tuning order of batches, new heads, methods' sampling"""
     out: str = "runs"
+    """the folder run directories go to, one per run id"""
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    """where training runs; auto: a GPU when there is one"""
     data: DataConfig = Field(default_factory=DataConfig)
+    """how every task's data is split and read"""
     model: ModelConfig = Field(default_factory=ModelConfig)
-    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)  # optional for a model loaded from outside
+    """the backbone and its heads"""
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    """the pretraining stage (cached by config hash), or your checkpoint"""
     finetune: FinetuneConfig
+    """the new tasks"""
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "finetune"})
-    # What the loaded model could do before fine-tuning, scored with the tasks (research.abilities): each entry
-    # {name, kind, ...} is validated against its kind's typed config.
+    """``name`` (see `research methods`) and that method's own hyperparameters"""
     abilities: list[dict[str, Any]] = Field(default_factory=list)
+    """what the model could do before fine-tuning, scored with the tasks: ``{name, kind, ...}`` entries (see
+    `research abilities`)"""
     train: OptimConfig = Field(default_factory=OptimConfig)
+    """the fine-tuning loop"""
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    """when and on what the tasks are scored"""
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    """W&B, progress display, training-scalar interval (not part of the run id)"""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """fine-tuning checkpoints for resuming a killed run (not part of the run id)"""
 
     @model_validator(mode="after")
     def _eval_split_exists(self) -> ExperimentConfig:
@@ -394,17 +486,79 @@ class ExperimentConfig(Strict):
 def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read an experiment YAML, apply ``key=value`` overrides, and validate. Raises ConfigError."""
     raw = read_experiment(path)
-    for item in overrides or []:
-        key, value = parse_override(item)
+    parsed = [(item, *parse_override(item)) for item in overrides or []]
+    for item, key, value in parsed:
         set_key(raw, key, value, where=f"override '{item}'")
-    return validate_config(raw)
+    try:
+        return validate_config(raw)
+    except ConfigError as err:
+        sweeps = [item for item, _, value in parsed if isinstance(value, str) and "," in value]
+        if not sweeps:
+            raise
+        raise ConfigError(
+            f"{err} (override '{sweeps[0]}' looks like a Hydra sweep: one command runs one setting; list the "
+            "values in a grid file and run `research grid` (see experiments/grids/))"
+        ) from None
 
 
 def read_experiment(path: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """An experiment YAML as plain data (not yet validated). Raises ConfigError."""
+    """An experiment YAML as plain data (not yet validated), its relative file paths made absolute against the
+    file's own folder (so it runs the same from any working directory). Raises ConfigError."""
     if path is None:
         return {}
-    return read_yaml_mapping(path, "an experiment file")
+    raw = read_yaml_mapping(path, "an experiment file")
+    paths_relative_to(raw, Path(path).resolve().parent)
+    return raw
+
+
+def missing_files(cfg: ExperimentConfig) -> str | None:
+    """The first user file or folder the config names that does not exist, as ``key: message`` with the absolute
+    path tried (relative paths in an experiment file were made relative to that file when it was read; on the
+    command line they are relative to the working directory); None when all exist."""
+    named = [
+        (f"{section}.tasks.{i}.path", t.path)
+        for section in ("pretrain", "finetune")
+        for i, t in enumerate(getattr(cfg, section).tasks)
+    ]
+    named += [("pretrain.checkpoint", cfg.pretrain.checkpoint), ("model.weights", cfg.model.weights)]
+    for key, path in named:
+        if path and not Path(path).expanduser().exists():
+            return f"{key}: no such file or folder: {Path(path).expanduser().absolute()}"
+    return None
+
+
+def paths_relative_to(raw: dict[str, Any], folder: Path) -> None:
+    """Make the file paths of a raw config absolute against ``folder``, in place: task ``path``s,
+    ``pretrain.checkpoint`` and ``model.weights``; and, where the value may also be a name rather than a path
+    (an hf ``model.name`` is a directory or a hub id; an ability's ``data`` is a file or a built-in set such as
+    ``wordsim353``), only when it starts with ``./`` or ``../`` or names something that exists there."""
+    sections = {key: raw.get(key) if isinstance(raw.get(key), dict) else {} for key in ("pretrain", "finetune")}
+    for section in sections.values():
+        tasks = section.get("tasks")
+        for task in tasks if isinstance(tasks, list) else []:
+            _absolute(task, "path", folder)
+    _absolute(sections["pretrain"], "checkpoint", folder)
+    model = raw.get("model")
+    _absolute(model, "weights", folder)
+    if isinstance(model, dict) and model.get("arch") == "hf":
+        _absolute(model, "name", folder, maybe_a_name=True)
+    abilities = raw.get("abilities")
+    for ability in abilities if isinstance(abilities, list) else []:
+        _absolute(ability, "data", folder, maybe_a_name=True)
+        if isinstance(ability, dict):
+            _absolute(ability.get("data"), "path", folder)
+
+
+def _absolute(section: Any, key: str, folder: Path, maybe_a_name: bool = False) -> None:
+    value = section.get(key) if isinstance(section, dict) else None
+    if not isinstance(value, str) or not value or "${" in value:  # interpolations resolve later, as written
+        return
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return
+    if maybe_a_name and not (value.startswith(("./", "../")) or (folder / path).exists()):
+        return
+    section[key] = os.path.normpath(folder / path)
 
 
 def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
@@ -437,9 +591,27 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"override '{item}' is not of the form key=value")
     try:
-        return key, OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
     except OmegaConfBaseException as err:
         raise ConfigError(f"override '{item}': cannot parse the value ({str(err).splitlines()[0]})") from None
+    if key in SECTIONS and not isinstance(parsed, dict):  # Hydra's config groups: `method=ewc`
+        example = f"{key}.name={value}" if key == "method" else SECTIONS[key]
+        raise ConfigError(f"override '{item}': {key} is a section, not a value; set one of its keys, e.g. {example}")
+    return key, parsed
+
+
+# The config's sections, with an example override of each (for the hint when one is given a plain value).
+SECTIONS = {
+    "method": "method.name=ewc",
+    "data": "data.split_seed=1",
+    "model": "model.arch=cnn",
+    "pretrain": "pretrain.seed=1",
+    "finetune": "finetune.tasks.0.classes=[5,6]",
+    "train": "train.lr=0.01",
+    "eval": "eval.every_n_steps=5",
+    "logging": "logging.wandb=disabled",
+    "checkpoint": "checkpoint.every_n_steps=100",
+}
 
 
 def set_key(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
@@ -524,12 +696,7 @@ NOT_IN_RUN_ID = (
     "out",
     *(f"data.{key}" for key in DATA_HANDLING),
     "checkpoint",
-    "logging.wandb",
-    "logging.project",
-    "logging.group",
-    "logging.run_name",
-    "logging.tags",
-    "logging.progress",
+    *(f"logging.{key}" for key in LoggingConfig.model_fields if key not in LoggingConfig.IN_RUN_ID),
 )
 
 

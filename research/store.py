@@ -145,21 +145,25 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def git_commit() -> dict[str, Any]:
-    """The commit of the code that produced a run, and whether the working tree had changes."""
-    root = Path(__file__).resolve().parents[1]
+def git_commit(root: Path | None = None) -> dict[str, Any]:
+    """The commit of the code that produced a run, and whether the working tree differed from it: modified,
+    staged or untracked files (a new method file that is not committed yet changes results as much as an edit;
+    ignored files, such as run directories, do not count). ``changed`` counts those files. ``root``: the
+    repository (default: the one this code is in)."""
+    root = root or Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
             cwd=root,
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
-        ).stdout.strip()
-        return {"commit": commit, "dirty": bool(dirty)}
+        ).stdout
+        changed = [line for line in status.splitlines() if line.strip()]
+        return {"commit": commit, "dirty": bool(changed), "changed": len(changed)}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return {"commit": None, "dirty": None, "changed": None}

@@ -22,7 +22,10 @@ for _var, _sub in (
     (_WANDB_ROOT / _sub).mkdir()
     os.environ[_var] = str(_WANDB_ROOT / _sub)
 os.environ.pop("WANDB_API_KEY", None)
-os.environ.pop("WANDB_MODE", None)
+for _var in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "WANDB_IDENTITY_TOKEN_FILE"):
+    os.environ.pop(_var, None)
+# A developer's own `wandb login` (a key in ~/.netrc) must not send the tests' runs online.
+os.environ["NETRC"] = str(_WANDB_ROOT / "netrc")
 os.environ["WANDB_SILENT"] = "true"
 # Nothing downloads in tests: transformers, timm and datasets load only local files (and fail otherwise).
 os.environ["HF_HUB_OFFLINE"] = "1"

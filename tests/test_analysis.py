@@ -31,6 +31,9 @@ def make_run(
     new_tasks: list[str] | None = None,
     steps: list[int] = STEPS,
     task_ends: list[dict] | None = None,
+    grid: str | None = None,
+    experiment: str = "synthetic",
+    summary_extra: dict | None = None,
 ) -> Path:
     """A run directory as `research run` writes it, with the given accuracy curves (one old task 'old'); a None
     in a new task's curve is an evaluation at which that task was not scored (no row)."""
@@ -39,17 +42,18 @@ def make_run(
     new_tasks = new_tasks or ["new"]
     curves_new = new if isinstance(new[0], list) else [new]
     config = {
-        "name": "synthetic",
+        "name": experiment,
         "seed": seed,
         "out": str(root),
         "method": {"name": method, **(params or {})},
         "train": {"lr": 0.01, "epochs": 2},
         "finetune": {"tasks": [{"name": t} for t in new_tasks]},
-        "logging": {"wandb": "disabled", "group": None},
+        "logging": {"wandb": "disabled", "group": grid, "grid": grid},
     }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     summary = {"status": status, "error": None if status == "completed" else "boom", "run_id": run_id}
     summary["task_ends"] = task_ends or [{"task": new_tasks[-1], "step": steps[-1]}]
+    summary.update(summary_extra or {})
     (run_dir / "summary.json").write_text(json.dumps(summary))
     rows = [(s, 0, "old", "pretrain", "acc", a) for s, a in zip(steps, old, strict=True)]
     for task, curve in zip(new_tasks, curves_new, strict=True):
@@ -140,16 +144,17 @@ def test_tables_say_what_the_tidy_data_says(runs_dir: Path) -> None:
     settings = setting_summary(run_summary(load_runs(runs_dir).completed()))
     markdown = markdown_table(settings)
     rows = {line.split("|")[1].strip(): line for line in markdown.splitlines()[2:]}
-    assert "| finetune | 2 | 0.750 ± 0.071 |" in rows["finetune"]
     assert "| ewc lam=1000 | 1 | **0.900** |" in rows["ewc lam=1000"]  # best old-task accuracy, no std for n=1
+    # finetune's 95% interval over its 2 seeds, 0.75 ± 12.706 · 0.0707 / √2, holds the best 0.900: bold too.
+    assert "| finetune | 2 | **0.750 ± 0.071** |" in rows["finetune"]
     # Every mean ± std cell equals the data, rounded.
     for record in settings.to_dict("records"):
         cells = [c.strip().strip("*") for c in rows[record["setting"]].split("|")[1:-1]]
         assert cells[2].split(" ± ")[0] == f"{record['old_acc_mean']:.3f}"
         assert cells[3].split(" ± ")[0] == f"{record['new_acc_mean']:.3f}"
     latex = latex_table(settings, caption="x")
-    assert r"\toprule" in latex and r"\bottomrule" in latex and r"\textbf{0.900}" in latex
-    assert r"0.750 $\pm$ 0.071" in latex
+    assert r"\toprule" in latex and r"\bottomrule" in latex and r"\textbf{\boldmath0.900}" in latex
+    assert r"0.750{\scriptsize$\pm$.071}" in latex  # std without its leading zero
 
 
 def test_sequence_metrics_cover_the_pretraining_tasks_by_hand(tmp_path: Path) -> None:
@@ -225,11 +230,14 @@ def test_a_missing_pretraining_score_at_a_boundary_is_still_an_error(tmp_path: P
 
 
 def test_table_headers_name_each_metric_honestly(runs_dir: Path, tmp_path: Path) -> None:
-    headers, _, _ = table_cells(setting_summary(run_summary(load_runs(runs_dir).completed())))
-    assert headers[:4] == ["setting", "n", "old tasks: final acc", "new tasks: mean final acc"]
-    assert {"forgetting", "BWT", "final drop", "peak-to-final drop"} <= set(headers)
-    assert "plasticity" not in headers  # one new task: it would repeat the new task's final accuracy
-    assert not [h for h in headers if "max drop" in h or "sequences" in h]
+    settings = setting_summary(run_summary(load_runs(runs_dir).completed()))
+    headers, _, _ = table_cells(settings)
+    # The main table: no column that repeats another for one new task (these runs recorded no timings).
+    assert headers[2:] == ["old tasks: final acc", "new tasks: mean final acc", "forgetting", "stability gap"]
+    wide, _, _ = table_cells(settings, wide=True)
+    assert {"forgetting", "BWT", "final drop", "peak-to-final drop", "retention", "forgetting AUC"} <= set(wide)
+    assert "plasticity" not in wide  # one new task: it would repeat the new task's final accuracy
+    assert not [h for h in wide if "max drop" in h or "sequences" in h]
     make_class_incremental(tmp_path / "seq", "ci0", 0, 0.75)
     settings = setting_summary(run_summary(load_runs(tmp_path / "seq").completed()))
     headers, texts, _ = table_cells(settings)
@@ -263,9 +271,9 @@ def test_report_draws_a_titled_accuracy_matrix_per_sequence_setting(tmp_path: Pa
     drawn = {}
     real = figures.accuracy_heatmap
 
-    def spy(matrix, out_dir, name="accuracy_matrix", title=None):
+    def spy(matrix, out_dir, name="accuracy_matrix", title=None, delta_from=None):
         drawn[name] = (title, matrix)
-        return real(matrix, out_dir, name=name, title=title)
+        return real(matrix, out_dir, name=name, title=title, delta_from=delta_from)
 
     monkeypatch.setattr(figures, "accuracy_heatmap", spy)
     built = report.build_report(root, tmp_path / "report")
@@ -325,7 +333,7 @@ def test_bold_follows_the_printed_value_and_latex_is_escaped() -> None:
             "final_drop_std": [0.001, 0.001],
         }
     )
-    rows = markdown_table(settings).splitlines()[2:]
+    rows = markdown_table(settings, wide=True).splitlines()[2:]
     assert "**0.912 ± 0.010**" in rows[0] and "**0.911" not in rows[1]
     assert rows[0].count("**0.003") == 1 and rows[1].count("**0.003") == 1
     assert _latex(r"a_b {x} \ 5% $") == r"a\_b \{x\} \textbackslash{} 5\% \$"
@@ -347,3 +355,130 @@ def test_setting_ids_do_not_depend_on_the_other_runs_and_repeats_are_counted(tmp
     settings = setting_summary(summary).set_index("setting")
     assert settings.loc["ewc lam=10", "n"] == 2 == settings.loc["ewc lam=10", "old_acc_n"]
     assert repeated_seeds(summary).to_dict("records") == [{"setting": "ewc lam=10", "seed": 0, "runs": 2}]
+
+
+# --- what a report covers, what it costs, what it says about the protocol ----------------------------------
+
+
+def test_overlapping_confidence_intervals_are_bold_together() -> None:
+    settings = pd.DataFrame(
+        {
+            "setting": ["A", "B", "C", "joint"],
+            "method": ["a", "b", "c", "joint"],
+            "n": [3, 3, 3, 3],
+            # A is best; B's interval [0.86, 0.90] touches A's [0.90, 0.94]; C's [0.70, 0.80] does not.
+            "old_acc_mean": [0.92, 0.88, 0.75, 0.99],
+            "old_acc_std": [0.01, 0.01, 0.02, 0.0],
+            "old_acc_ci_low": [0.90, 0.86, 0.70, 0.99],
+            "old_acc_ci_high": [0.94, 0.90, 0.80, 0.99],
+        }
+    )
+    _, texts, bold = table_cells(settings)
+    marks = {cells[0]: b[2] for cells, b in zip(texts, bold, strict=True)}
+    assert marks == {"A": True, "B": True, "C": False, "joint": False}  # the reference is never bold...
+    assert [cells[0] for cells in texts][-1] == "joint"  # ...and comes last
+
+
+def test_run_costs_by_hand() -> None:
+    from analysis.summarize import run_costs
+
+    info = {"fisher_seconds": 0.5, "fisher_trace": 3.0, "buffer_size": 200, "teacher_bytes": 2_000_000}
+    costs = run_costs({"finetune_seconds": 10.0, "eval_seconds": 2.5, "method_info": json.dumps(info)})
+    assert costs == {"train_seconds": 7.5, "prepare_seconds": 0.5, "kept_examples": 200.0, "kept_megabytes": 2.0}
+    bare = run_costs({"finetune_seconds": None, "eval_seconds": None, "method_info": "{}"})
+    assert all(pd.isna(v) for v in bare.values())
+
+
+def test_costs_reach_the_table(tmp_path: Path) -> None:
+    timings = {"timings": {"finetune_seconds": 4.0, "eval_seconds": 1.0}, "method_info": {"fisher_seconds": 0.25}}
+    make_run(tmp_path, "e0", "ewc", 0, [0.9, 0.8, 0.8], [0.2, 0.5, 0.9], summary_extra=timings)
+    make_run(tmp_path, "e1", "ewc", 1, [0.9, 0.8, 0.8], [0.2, 0.5, 0.9], summary_extra=timings)
+    settings = setting_summary(run_summary(load_runs(tmp_path).completed()))
+    headers, texts, bold = table_cells(settings)
+    assert texts[0][headers.index("time (s)")] == "3.0" and not bold[0][headers.index("time (s)")]
+    wide, texts, _ = table_cells(settings, wide=True)
+    assert texts[0][wide.index("preparation (s)")] == "0.2"  # 0.25 printed at one decimal
+
+
+def test_identical_settings_are_found() -> None:
+    from analysis.load import RunSet
+    from analysis.summarize import identical_settings
+
+    runs = pd.DataFrame(
+        {"run_id": ["a", "b", "c"], "setting": ["ewc", "online_ewc", "si"], "method": ["ewc", "online_ewc", "si"]}
+    ).assign(seed=0)
+    rows = [(r, 0, "old", "pretrain", "acc", v) for r, v in (("a", 0.9), ("b", 0.9), ("c", 0.8))]
+    rows += [(r, 5, "old", "pretrain", "acc", v) for r, v in (("a", 0.7), ("b", 0.7), ("c", 0.7))]
+    metrics = pd.DataFrame(rows, columns=["run_id", "step", "task", "role", "metric", "value"]).assign(epoch=0)
+    assert identical_settings(RunSet(runs, metrics, pd.DataFrame())) == {"online_ewc": "ewc"}
+    assert identical_settings(RunSet(runs, metrics, pd.DataFrame()), ["online_ewc", "ewc"]) == {"ewc": "online_ewc"}
+
+
+def test_labels_do_not_change_when_an_unrelated_run_is_added(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_run(root, "a0", "ewc", 0, [0.9, 0.8, 0.8], [0.2, 0.5, 0.9], {"lam": 10.0}, grid="g1")
+    make_run(root, "a1", "finetune", 0, [0.9, 0.7, 0.7], [0.2, 0.5, 0.9], grid="g1")
+    before = load_runs(root).runs.set_index("run_id")["setting"].to_dict()
+    # Another grid's run with another lam and another learning rate: pooled, both would enter every label.
+    other = make_run(root, "b0", "ewc", 0, [0.9, 0.8, 0.8], [0.2, 0.5, 0.9], {"lam": 99.0}, grid="g2")
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["train"]["lr"] = 0.5
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    after = load_runs(root).runs.set_index("run_id")
+    assert {k: after.loc[k, "setting"] for k in before} == before == {"a0": "ewc", "a1": "finetune"}
+    assert after.loc["b0", "study"] == "grid g2" and after.loc["a0", "grid"] == "g1"
+
+
+def test_report_selects_runs_and_never_pools_studies(tmp_path: Path) -> None:
+    from analysis.report import NoRuns, build_report
+
+    root = tmp_path / "runs"
+    make_run(root, "a0", "finetune", 0, [0.9, 0.7, 0.7], [0.2, 0.5, 0.9], grid="g1")
+    make_run(root, "a1", "ewc", 0, [0.9, 0.9, 0.9], [0.2, 0.5, 0.6], {"lam": 10.0}, grid="g1")
+    make_run(root, "b0", "finetune", 0, [0.9, 0.2, 0.2], [0.2, 0.5, 0.99], grid="g2", experiment="other")
+    make_run(root, "c0", "finetune", 0, [0.9, 0.5, 0.5], [0.2, 0.5, 0.5], experiment="alone")  # no grid
+    report = build_report(root, tmp_path / "all")
+    assert report.studies == ["grid g1", "grid g2", "experiment alone"]
+    names = sorted(p.name for p in report.tables)
+    assert "results_g1.tex" in names and "results_g2.tex" in names and "results.tex" not in names
+    g2 = (tmp_path / "all" / "results_g2.md").read_text()
+    assert "**0.990**" in g2  # g2's finetune is best of its own study, not compared with g1's runs
+    assert r"\label{tab:results-g1}" in (tmp_path / "all" / "results_g1.tex").read_text()
+    html = report.html.read_text()
+    assert html.count("<h3>Results</h3>") == 3 and "grid g2" in html
+    one = build_report(root, tmp_path / "one", grid="g1")
+    assert one.studies == ["grid g1"] and (tmp_path / "one" / "results.tex").is_file()
+    assert sorted(pd.read_parquet(tmp_path / "one" / "data" / "runs.parquet")["run_id"]) == ["a0", "a1"]
+    assert build_report(root, tmp_path / "ids", run_ids=["b0", "c0"]).studies == ["grid g2", "experiment alone"]
+    assert build_report(root, tmp_path / "exp", experiment="alone").studies == ["experiment alone"]
+    with pytest.raises(NoRuns, match=r"grids there: g1 \(2 runs\), g2 \(1 runs\); experiments there: synthetic"):
+        build_report(root, tmp_path / "x", grid="nope")
+    with pytest.raises(NoRuns, match="no run directory zz"):
+        build_report(root, tmp_path / "x", run_ids=["a0", "zz"])
+
+
+def test_protocol_states_heads_split_sizes_and_schedule(tmp_path: Path) -> None:
+    from analysis.protocol import protocol
+
+    old = {"role": "pretrain", "sizes": {"train": 500, "test": 180}}
+    sizes = {"tasks": {"old": old, "new": {"sizes": {"test": 90}}}}
+    for seed in (0, 1):
+        make_run(tmp_path, f"r{seed}", "finetune", seed, [0.9, 0.8, 0.8], [0.2, 0.5, 0.9], summary_extra=sizes)
+    runs = load_runs(tmp_path).runs
+    config = yaml.safe_load((tmp_path / "r0" / "config.yaml").read_text())
+    assert "eval" not in config  # the synthetic config relies on the defaults for what it does not say
+    items = dict(protocol(runs))
+    assert items["evaluation"].startswith("test (the default) split, examples per task: old: 180; new: 90")
+    assert "1/90 = 0.0111 accuracy" in items["evaluation"]
+    assert "learning rate 0.01" in items["fine-tuning"] and "2 epochs" in items["fine-tuning"]
+    assert items["seeds"].startswith("0, 1 (2 per setting at most)")
+
+
+def test_a_two_value_sweep_gets_its_plot(tmp_path: Path) -> None:
+    from analysis.report import build_report
+
+    for seed in (0, 1):
+        make_run(tmp_path / "runs", f"l{seed}", "ewc", seed, [0.9, 0.8, 0.8], [0.2, 0.5, 0.9], {"lam": 10.0})
+        make_run(tmp_path / "runs", f"h{seed}", "ewc", seed, [0.9, 0.9, 0.9], [0.2, 0.4, 0.6], {"lam": 1000.0})
+    report = build_report(tmp_path / "runs", tmp_path / "report")
+    assert any(p.name == "sweep_ewc_lam.png" for p in report.figures)

@@ -232,7 +232,7 @@ CASES = [
     ),
     pytest.param(
         lambda tmp: ("run", str(SPLIT), [f"pretrain.checkpoint={tmp / 'gone.safetensors'}"]),
-        ["pretrain.checkpoint", "file not found", "gone.safetensors"],
+        ["pretrain.checkpoint", "no such file or folder", "gone.safetensors"],
         id="checkpoint-missing",
     ),
     # --- grid files

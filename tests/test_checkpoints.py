@@ -179,6 +179,6 @@ def test_missing_checkpoint_is_found_before_anything_is_written(tmp_path: Path) 
     cfg = load_config(
         SPLIT, [f"out={out}", "logging.wandb=disabled", f"pretrain.checkpoint={tmp_path / 'nope.safetensors'}"]
     )
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="no such file or folder"):
         run(cfg)
     assert not out.exists()

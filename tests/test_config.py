@@ -72,8 +72,16 @@ def test_later_override_wins() -> None:
     assert load_config(SPLIT, ["seed=1", "seed=7"]).seed == 7
 
 
-def test_wandb_defaults_to_offline_without_an_api_key() -> None:
-    assert load_config(SPLIT).logging.wandb == "offline"
+def test_wandb_defaults_to_offline_without_an_api_key(monkeypatch, tmp_path: Path) -> None:
+    from research.tracking import resolve_destination
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
+    cfg = load_config(SPLIT)
+    assert cfg.logging.wandb is None  # W&B's conventions decide, when the run starts
+    assert resolve_destination(cfg.logging).mode == "offline"
 
 
 # --------------------------------------------------------------------------------------------- bad input

@@ -76,9 +76,13 @@ def make_wise(n: int = 3, points: int = 6) -> pd.DataFrame:
 MATRIX = pd.DataFrame([[0.9, 0.1], [0.5, 0.88]], index=["start", "after task_b"], columns=["task_a", "task_b"])
 
 
-def assert_written(paths: list[Path], out: Path, name: str) -> None:
-    assert paths == [out / f"{name}.pdf", out / f"{name}.png"]
-    pdf, png = paths
+def assert_written(fig: figures.PaperFigure, out: Path, name: str) -> None:
+    """The function returned its matplotlib Figure, which remembers the two files it wrote (and still reads as
+    the ``[pdf, png]`` list these functions used to return)."""
+    assert isinstance(fig, Figure) and fig.axes
+    assert fig.paths == [out / f"{name}.pdf", out / f"{name}.png"] == list(fig)
+    assert fig[-1] == fig.paths[-1] and len(fig) == 2
+    pdf, png = fig.paths
     assert pdf.stat().st_size > 0 and png.stat().st_size > 0
     assert pdf.read_bytes()[:4] == b"%PDF"
     assert png.read_bytes()[:8] == PNG_SIGNATURE
@@ -279,3 +283,115 @@ def test_settings_of_one_method_share_the_hue_and_differ_in_style():
     assert second.color == lighten(method_color("ewc"), 0.22) and second.linestyle == LINESTYLES[1]
     assert second.marker != first.marker
     assert styles["lwf"].color == method_color("lwf") and styles["lwf"].linestyle == LINESTYLES[0]
+
+
+# --- Figures as objects, bands, labels, families, colours ----------------------------------------------------
+
+
+def test_a_figure_can_be_restyled_and_saved_again_or_not_saved_at_all(tmp_path):
+    fig = figures.forgetting_curves(make_curves(), None)  # a notebook's figure: nothing written
+    assert fig.paths == [] and list(tmp_path.iterdir()) == []
+    assert fig._repr_png_()[:8] == PNG_SIGNATURE  # what Jupyter displays
+    fig.axes[0].set_title("restyled")
+    assert fig.save(tmp_path, "again") == [tmp_path / "again.pdf", tmp_path / "again.png"]
+    assert (tmp_path / "again.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_bands_never_leave_zero_to_one(tmp_path):
+    curves = make_curves()
+    curves.loc[curves["seed"] == 0, "value"] = 1.0  # seeds 1.0, 0.8, 0.6 at the top: mean + std > 1
+    curves.loc[curves["seed"] == 1, "value"] = 0.8
+    curves.loc[curves["seed"] == 2, "value"] = 0.6
+    fig = figures.forgetting_curves(curves, None, sharey=False)
+    for ax in fig.axes:
+        for band in ax.collections:
+            vertices = np.concatenate([path.vertices for path in band.get_paths()])
+            assert vertices[:, 1].max() <= 1.0 and vertices[:, 1].min() >= 0.0
+
+
+def test_clipped_error_bars_by_hand():
+    assert figures._clipped_error(0.95, 0.1) == [[pytest.approx(0.1)], [pytest.approx(0.05)]]
+    assert figures._clipped_error(0.05, 0.1) == [[pytest.approx(0.05)], [pytest.approx(0.1)]]
+    assert figures._clipped_error(0.5, float("nan")) is None
+
+
+def test_outliers_by_hand():
+    # 1..7 and x: quartiles (linear interpolation) 2.75 and 6.25 whatever x > 7, IQR 3.5, upper fence 11.5.
+    assert figures.outliers(np.array([1, 2, 3, 4, 5, 6, 7, 11.4])).tolist() == [False] * 8
+    assert figures.outliers(np.array([1, 2, 3, 4, 5, 6, 7, 11.6])).tolist() == [False] * 7 + [True]
+    assert figures.outliers(np.array([1, 2, 3, 4, 5, 6, 7, 11.6, np.nan])).tolist()[-1] is False  # NaN: never
+    assert figures.outliers(np.array([1.0, 100.0, 3.0])).tolist() == [False] * 3  # fewer than 4 values
+
+
+def test_every_point_of_the_plane_is_labelled_and_outliers_get_an_overview(tmp_path):
+    names = [f"ewc lam={10**i}" for i in range(6)] + ["finetune"]
+    rows = [(s, s.split()[0], 3, 0.9 + 0.01 * i, 0.01, 0.95 - 0.005 * i, 0.01) for i, s in enumerate(names)]
+    points = pd.DataFrame(rows, columns=["setting", "method", "n", "old_mean", "old_std", "new_mean", "new_std"])
+    points["front"] = [True] + [False] * 6
+    fig = figures.stability_plasticity(points, tmp_path)
+    (ax,) = fig.axes
+    assert sorted(t.get_text() for t in ax.texts) == sorted(names)
+    assert [t.get_fontweight() for t in ax.texts if t.get_text() == names[0]] == ["bold"]  # on the front
+    far = points.copy()
+    far.loc[6, ["old_mean", "new_mean"]] = [0.2, 0.3]  # finetune far from the rest
+    overview, zoom = figures.stability_plasticity(far, tmp_path, name="far").axes
+    assert [t.get_text() for t in overview.texts] == ["finetune"]
+    assert sorted(t.get_text() for t in zoom.texts) == sorted(names[:6])
+    assert zoom.get_xlim()[0] > 0.5  # zoomed past the outlier
+
+
+def test_family_small_multiples_put_the_baselines_in_every_row(tmp_path):
+    settings = [
+        ("finetune", "finetune"),
+        ("joint", "joint"),
+        ("ewc lam=10", "ewc"),
+        ("si", "si"),
+        ("replay", "replay"),
+        ("lwf", "lwf"),
+        ("my_method", "my_method"),
+    ]
+    frame = pd.DataFrame(settings, columns=["setting", "method"])
+    families = figures.family_panels(frame)
+    assert list(families) == ["regularisation", "distillation", "rehearsal", "other"]
+    assert families["regularisation"] == ["finetune", "ewc lam=10", "si", "joint"]
+    assert all({"finetune", "joint"} <= set(members) for members in families.values())
+    curves = make_curves(settings=settings)
+    fig = figures.forgetting_curves_by_family(curves, tmp_path, same_as={"si": "ewc lam=10"})
+    assert len(fig.subfigs) == 4
+    legends = [[t.get_text() for t in sub.legends[0].get_texts()] for sub in fig.subfigs]
+    assert "si (n=3) ≡ ewc lam=10" in legends[0] and all(any("finetune" in t for t in g) for g in legends)
+
+
+def test_single_task_heatmap_shows_the_change_from_the_start(tmp_path):
+    matrix = pd.DataFrame([[0.9, 0.2], [0.75, 0.95]], index=["before fine-tuning", "finetune"], columns=["a", "b"])
+    fig = figures.accuracy_heatmap(matrix, tmp_path, delta_from="before fine-tuning")
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["0.20", "0.75\n−0.15", "0.90", "0.95\n+0.75"]
+    with pytest.raises(ValueError, match="not a row"):
+        figures.accuracy_heatmap(matrix, tmp_path, delta_from="start")
+
+
+def _lab(colour: str) -> np.ndarray:
+    """CIELAB (D65) of an sRGB colour, to measure how far apart two colours look (ΔE76)."""
+    import matplotlib.colors as mcolors
+
+    rgb = np.array(mcolors.to_rgb(colour))
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    matrix = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = matrix @ linear / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_new_methods_get_colours_distinct_from_the_others():
+    from analysis.style import _EXTRA_COLORS, METHOD_COLORS, method_colors
+
+    table = list(METHOD_COLORS.values())
+    for i, extra in enumerate(_EXTRA_COLORS):
+        others = table + _EXTRA_COLORS[:i] + _EXTRA_COLORS[i + 1 :]
+        assert min(np.linalg.norm(_lab(extra) - _lab(o)) for o in others) > 20, extra
+    new = [f"new_method_{i}" for i in range(len(_EXTRA_COLORS))]
+    colours = method_colors(["ewc", *new])
+    assert colours["ewc"] == METHOD_COLORS["ewc"]
+    assert len({colours[m] for m in new}) == len(new)  # even where two names hash to one slot
+    assert colours == method_colors(reversed(["ewc", *new]))  # the same whatever the order given

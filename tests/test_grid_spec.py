@@ -58,9 +58,10 @@ def test_conditional_subgrids_expand_per_method(tmp_path: Path) -> None:
     assert by_name["l2sp alpha=0.5 seed=1"].config.method["alpha"] == 0.5
     assert "lam" not in by_name["l2sp alpha=0.5 seed=1"].config.method
     assert len({run.run_id for run in grid.runs}) == len(grid.runs)
-    # W&B: one group per grid, job type = method (set by the run), tags and names from the sub-grid.
+    # W&B: one group per setting (its seeds), job type = method (set by the run), tags and names from the sub-grid.
     for run in grid.runs:
-        assert run.config.logging.group == "g"
+        assert run.config.logging.grid == "g"
+        assert run.config.logging.group == f"g/{run.config.logging.setting}"
         assert run.config.logging.run_name == run.name
         assert run.config.logging.tags[0] == f"subgrid-{run.subgrid}"
         assert run.config.logging.progress is False

@@ -489,3 +489,18 @@ def test_aggregate_seeds_rejects_bad_input() -> None:
     runs.loc[runs["method"] == "lwf", "forgetting"] = float("nan")
     with pytest.raises(ValueError, match=r"'lwf'.*no values"):
         aggregate_seeds(runs, "method", "forgetting")
+
+
+def test_overlaps_best_by_hand() -> None:
+    from analysis.metrics import overlaps_best
+
+    means = [0.90, 0.86, 0.80, np.nan, 0.87]
+    lows = [0.88, 0.84, 0.70, np.nan, np.nan]  # the last: one seed, no interval → the point 0.87
+    highs = [0.92, 0.88, 0.85, np.nan, np.nan]
+    # Best 0.90, interval [0.88, 0.92]: [0.84, 0.88] touches it, [0.70, 0.85] does not, 0.87 lies outside it.
+    assert overlaps_best(means, lows, highs).tolist() == [True, True, False, False, False]
+    # Lower is better: best 0.80 [0.70, 0.85]; 0.86's [0.84, 0.88] overlaps; 0.90's [0.88, 0.92] does not.
+    assert overlaps_best(means, lows, highs, higher=False).tolist() == [False, True, True, False, False]
+    assert overlaps_best([np.nan], [np.nan], [np.nan]).tolist() == [False]
+    with pytest.raises(ValueError, match="one length"):
+        overlaps_best([0.1, 0.2], [0.1], [0.2])

@@ -37,12 +37,17 @@ from research.models.modes import eval_mode
 class AbilityConfig(BaseModel):
     """Base of every kind's settings: typed, with defaults, unknown keys rejected."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
     name: str = Field(min_length=1)
+    """the ability's name: its rows in metrics.parquet (role pretrain) and the report (unique, not a task's name)"""
     kind: str
-    # Examples scored at each evaluation: a seeded sample of the data when it has more (None: all of them).
+    """what is scored (`research abilities`): similarity, representation, probe"""
     max_samples: int | None = Field(default=1000, gt=0)
+    """examples scored at each evaluation: a seeded sample of the data when it has more (null: all of them)"""
     seed: int = Field(default=0, ge=0)
+    """the seed of that sample"""
 
 
 class Ability:

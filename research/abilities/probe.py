@@ -28,10 +28,14 @@ from research.models.adapters import InputEncoder
 
 class ProbeConfig(AbilityConfig):
     kind: Literal["probe"] = "probe"
-    data: dict[str, Any]  # a task's data keys: source, path, classes, text_column, label_column, ...
+    data: dict[str, Any]
+    """the labelled set, with a task's data keys: source, path, classes, text_column, label_column, ..."""
     probe: Literal["linear", "knn"] = "linear"
-    k: int = Field(default=5, gt=0)  # knn: neighbours
-    fit_fraction: float = Field(default=0.5, gt=0, lt=1)  # of the (sampled) examples, to fit the probe on
+    """linear: a logistic-regression probe; knn: k nearest neighbours (cosine)"""
+    k: int = Field(default=5, gt=0)
+    """knn: neighbours"""
+    fit_fraction: float = Field(default=0.5, gt=0, lt=1)
+    """the share of the (sampled) examples the probe is fitted on; it is scored on the rest"""
 
 
 @register_ability

@@ -36,8 +36,10 @@ from research.models.adapters import InputEncoder
 
 class RepresentationConfig(AbilityConfig):
     kind: Literal["representation"] = "representation"
-    data: str = Field(min_length=1)  # lee | digits | mnist1d | relations | a .txt/.cor/.csv/.jsonl/.parquet/.npz file
-    text_column: str = "text"  # for a table
+    data: str = Field(min_length=1)
+    """the reference inputs: lee, digits, mnist1d, relations, or a .txt/.cor/.csv/.jsonl/.parquet/.npz file"""
+    text_column: str = "text"
+    """a table's column of the texts"""
 
 
 @register_ability

@@ -34,11 +34,14 @@ from research.models.adapters import InputEncoder
 
 class SimilarityConfig(AbilityConfig):
     kind: Literal["similarity"] = "similarity"
-    data: str = Field(min_length=1)  # wordsim353 | simlex999 | a .tsv/.txt/.csv/.jsonl/.parquet/.npz file
-    # Table columns of the two items and the score (None: the table's first, second and third column).
+    data: str = Field(min_length=1)
+    """wordsim353, simlex999, or a .tsv/.txt/.csv/.jsonl/.parquet/.npz file of pairs and human scores"""
     a_column: str | None = None
+    """a table's column of the first items (null: its first column)"""
     b_column: str | None = None
+    """a table's column of the second items (null: its second column)"""
     score_column: str | None = None
+    """a table's column of the human scores (null: its third column)"""
 
 
 @register_ability

@@ -31,15 +31,28 @@ def extend_snapshot(start: dict[str, Tensor] | None, model: nn.Module) -> dict[s
     return extended
 
 
+def parameter_block_names(model: nn.Module) -> dict[str, str]:
+    """Each parameter's block: the model's own ``parameter_blocks()`` where it has one, else :func:`block_of`."""
+    blocks = model.parameter_blocks() if hasattr(model, "parameter_blocks") else {}
+    return {name: blocks.get(name) or block_of(name) for name, _ in model.named_parameters()}
+
+
+def trained_blocks(model: nn.Module) -> set[str]:
+    """The blocks that train now: those with a parameter that requires a gradient (a frozen backbone, or the
+    per-task head of a task other than the current one, does not)."""
+    names = parameter_block_names(model)
+    return {names[name] for name, p in model.named_parameters() if p.requires_grad}
+
+
 @torch.no_grad()
 def weight_drift(model: nn.Module, start: dict[str, Tensor]) -> dict[str, dict[str, float]]:
     """Per block: ``drift_l2`` = ‖θ − θ₀‖₂ over the block's parameters, and ``drift_relative`` = that divided by
     ‖θ₀‖₂ (0 when ‖θ₀‖ is 0)."""
     moved: dict[str, Tensor] = {}
     size: dict[str, Tensor] = {}
-    blocks = model.parameter_blocks() if hasattr(model, "parameter_blocks") else {}
+    blocks = parameter_block_names(model)
     for name, p in model.named_parameters():
-        block = blocks.get(name) or block_of(name)
+        block = blocks[name]
         moved[block] = moved.get(block, 0) + (p - start[name]).pow(2).sum()
         size[block] = size.get(block, 0) + start[name].pow(2).sum()
     out = {}

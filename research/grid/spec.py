@@ -1,6 +1,6 @@
 """Grid files: a base experiment, seeds, and sub-grids, expanded into content-addressed runs.
 
-    name: ewc_sweep                      # optional; default: the file's name. The W&B group of every run.
+    name: ewc_sweep                      # optional; default: the file's name (W&B: config logging.grid, a tag)
     base: ../split_digits.yaml           # experiment file, relative to this grid file
     overrides: {train.epochs: 5}         # optional; dotted keys applied to every run (values taken as they are)
     seeds: [0, 1, 2]
@@ -21,6 +21,10 @@ which and why. Such a sub-grid sets no method hyperparameter: those belong to on
 
 Every expanded config is validated, and its run id is the hash of the resolved config (seed included), so
 two sub-grids that resolve to the same run are one run, and rerunning a grid finds what already completed.
+
+W&B: every run records its grid (``logging.grid``) and its setting's readable label (``logging.setting``, the
+label the analysis gives it: research.labels), and the runs of one setting, all its seeds, share the W&B group
+``<grid>/<setting>``, so W&B's grouped line is their mean over seeds. None of this is part of a run id.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from pydantic import Field, ValidationError, field_validator
 
 from research.config import (
@@ -50,6 +55,8 @@ from research.config import (
 )
 from research.data.fingerprint import content_fingerprints
 from research.errors import ConfigError
+from research.labels import flatten_config, setting_labels
+from research.tracking import setting_group, short_tag
 
 # Keys a sub-grid may not set: seeds come from ``seeds``, and all runs of a grid share one ``out``.
 NOT_IN_SUBGRIDS = ("seed", "out")
@@ -102,10 +109,12 @@ class GridRun:
 
     @property
     def setting_id(self) -> str:
-        """Runs that differ only by seed share it (their resolved configs are equal but for the seed)."""
+        """Runs that differ only by seed share it (their resolved configs are equal but for the seed, the output
+        folder and the logging keys other than the logging interval, which changes the recorded rows)."""
         data = resolved(self.config)
-        for key in ("seed", "out", "logging"):
+        for key in ("seed", "out"):
             data.pop(key)
+        data["logging"] = {"log_every_n_steps": data["logging"]["log_every_n_steps"]}
         return stable_hash(data)
 
     @property
@@ -182,7 +191,25 @@ def load_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
     if not runs:
         why = "; ".join(f"{which}: {reason}" for which, reason in left_out)
         raise ConfigError(f"{path}: nothing to run on {base_path.name}, every method is left out: {why}")
+    label_settings(name, list(runs.values()))
     return Grid(name=name, path=path, runs=list(runs.values()), duplicates=duplicates, left_out=left_out)
+
+
+def label_settings(grid_name: str, runs: list[GridRun]) -> None:
+    """Give each run its grid, its setting's label and the setting's W&B group (``logging.grid``,
+    ``logging.setting``, ``logging.group``). The label is the analysis's (research.labels.setting_labels over the
+    grid's runs); two settings it cannot tell apart (they differ only in the logging interval) get a hash
+    suffix, so a group never mixes settings."""
+    frame = pd.DataFrame([{"method": r.config.method["name"], **flatten_config(resolved(r.config))} for r in runs])
+    labels = setting_labels(frame)
+    ids_of: dict[str, set[str]] = {}
+    for run, label in zip(runs, labels, strict=True):
+        ids_of.setdefault(label, set()).add(run.setting_id)
+    for run, label in zip(runs, labels, strict=True):
+        if len(ids_of[label]) > 1:
+            label = f"{label} [{run.setting_id[:6]}]"
+        logging = run.config.logging
+        logging.grid, logging.setting, logging.group = grid_name, label, setting_group(grid_name, label)
 
 
 def registered_methods(subgrid: dict[str, Any], where: str) -> tuple[dict[str, Any], bool]:
@@ -257,9 +284,9 @@ def _grid_run(
     logging = raw.get("logging")
     raw["logging"] = {
         **(logging if isinstance(logging, dict) else {}),
-        "group": grid_name,
+        "grid": grid_name,  # the setting and its W&B group follow once every run is known (label_settings)
         "run_name": name,
-        "tags": [f"subgrid-{subgrid}", *(f"setting:{k}" for k in flat if k != "method.name")][:20],
+        "tags": [f"subgrid-{subgrid}", *(short_tag(f"setting:{k}") for k in flat if k != "method.name")][:20],
         "progress": False,  # the grid shows one progress display; per-run bars would interleave
     }
     try:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import sys
 import time
@@ -22,7 +23,7 @@ import pandas as pd
 import torch
 
 from research.abilities import build_abilities
-from research.config import ExperimentConfig, resolved, run_id
+from research.config import ExperimentConfig, missing_files, resolved, run_id
 from research.data.fingerprint import content_fingerprints
 from research.data.tasks import TaskSet, build_tasks
 from research.errors import ConfigError, RunBusy, RunFailed
@@ -41,7 +42,16 @@ from research.store import (
     write_metrics,
     write_table,
 )
-from research.tracking import Tracker, tracked_name
+from research.tracking import (
+    Destination,
+    Tracker,
+    accuracy_matrix,
+    forgetting_summary,
+    replayed_drift,
+    resolve_destination,
+    tracked_name,
+    wandb_config,
+)
 from research.training.finetune import Checkpointing, FinetuneOutcome, finetune_model, run_finetune
 from research.training.pretrain import Pretrained, check_checkpoint, pretrained_weights
 from research.training.resume import load_checkpoint, remove_checkpoint
@@ -78,6 +88,9 @@ def check(cfg: ExperimentConfig, command_line: bool = False) -> TaskSet:
             raise ConfigError(
                 f"{where}.precision: 16-mixed needs a GPU (CPU autocast has no float16); valid here: 32, bf16-mixed"
             )
+    missing = missing_files(cfg)
+    if missing is not None:
+        raise ConfigError(missing)
     adapter(cfg.model.arch).check(cfg.model)  # the model can be found: a directory, a name, a factory
     method = build_method(cfg.method)
     refused = refusal(type(method), cfg)  # what the method declares it needs, against this experiment
@@ -98,6 +111,7 @@ def check(cfg: ExperimentConfig, command_line: bool = False) -> TaskSet:
                 "train.devices=N`): Lightning starts each further process by running that command again, which a "
                 "run started from Python or a grid worker does not have"
             )
+    resolve_destination(cfg.logging)  # a WANDB_MODE that W&B would refuse stops here, before anything is written
     tasks = build_tasks(cfg)
     if cfg.abilities:  # their data can be found, read and taken by the model
         build_abilities(cfg, adapter(cfg.model.arch).input_encoder(cfg.model))
@@ -127,7 +141,8 @@ def run(cfg: ExperimentConfig, force: bool = False, wait: bool = True, command_l
             return RunResult(rid, run_dir, read_summary(run_dir) or {}, skipped=True)
         # An earlier attempt that was killed or failed mid-training goes on from its last checkpoint.
         resume = None if force else load_checkpoint(run_dir, rid)
-        return _run_locked(cfg, tasks, rid, run_dir, started, resume)
+        command = shlex.join(sys.argv) if command_line else None  # quoted, so it can be pasted back
+        return _run_locked(cfg, tasks, rid, run_dir, started, resume, command)
 
 
 def run_lock_path(out: Path, rid: str) -> Path:
@@ -158,6 +173,7 @@ def _run_locked(
     run_dir: Path,
     started: float,
     resume: dict[str, Any] | None = None,
+    command: str | None = None,
 ) -> RunResult:
     data_seconds = time.perf_counter() - started  # building and checking the tasks
     method = build_method(cfg.method)
@@ -183,6 +199,8 @@ def _run_locked(
         "git": git_commit(),
         "process": {"pid": os.getpid(), "host": socket.gethostname()},
     }
+    if command is not None:  # started from the command line: how to run it again
+        summary["command"] = command
     if resume is None:
         start_run_dir(run_dir, config, summary)
     else:
@@ -209,16 +227,8 @@ def _run_locked(
             "metrics": pretrained.manifest.get("metrics"),
         }
         tracker_started = time.perf_counter()
-        tracker = Tracker(
-            cfg.logging.wandb,
-            run_dir,
-            cfg.logging.project,
-            cfg.logging.run_name or readable_name(cfg),
-            config,
-            job_type=cfg.method["name"],
-            group=cfg.logging.group,
-            tags=list(dict.fromkeys([cfg.method["name"], cfg.name, *cfg.logging.tags])),
-        )
+        destination = resolve_destination(cfg.logging)
+        tracker = start_tracker(cfg, destination, run_dir, wandb_config(config, rid, summary["git"]))
         timings["wandb_init_seconds"] = time.perf_counter() - tracker_started
         if resume is not None:  # the new W&B run gets the history so far, so it is complete on its own
             replay_history(tracker, resume["records"], resume["drift"])
@@ -242,16 +252,14 @@ def _run_locked(
     summary["task_ends"] = outcome.task_ends
     summary["evaluations"] = outcome.evaluations
     summary["resumes"] = outcome.resumes
+    if error is not None:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(error).__name__}: {error}"
     if tracker is not None:
-        if error is None:
-            final = summary["final"]
-            tracker.summary(
-                {f"final/{task}/{m}": v for task, ms in final.items() for m, v in ms.items() if m != "role"}
-            )
         finish_started = time.perf_counter()
-        tracker.finish(exit_code=0 if error is None else 1)
+        finish_tracker(tracker, summary, outcome)
         summary["timings"]["wandb_finish_seconds"] = time.perf_counter() - finish_started
-        summary["wandb"] = {"mode": cfg.logging.wandb, "run_id": tracker.run_id, "problem": tracker.problem}
+        summary["wandb"] = {**destination.record(), "run_id": tracker.run_id, "problem": tracker.problem}
 
     write_metrics(run_dir, outcome.records)
     if outcome.drift:
@@ -261,8 +269,6 @@ def _run_locked(
         summary["method_table"] = "method.parquet"
     summary["timings"]["total_seconds"] = time.perf_counter() - started
     if error is not None:
-        summary["status"] = "failed"
-        summary["error"] = f"{type(error).__name__}: {error}"
         summary["traceback"] = "".join(traceback.format_exception(error))[-4000:]
         write_json(run_dir / "summary.json", summary)
         if isinstance(error, KeyboardInterrupt | SystemExit):
@@ -280,7 +286,7 @@ def _run_distributed_worker(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run
     store and W&B, and saves the checkpoints)."""
     resume = None if force else load_checkpoint(run_dir, rid)
     pretrained = pretrained_weights(cfg, tasks)  # rank 0 pretrained (or found the cache) before it started us
-    tracker = Tracker("disabled", run_dir, cfg.logging.project, rid, {}, job_type="", tags=[])
+    tracker = Tracker("disabled", run_dir, "", rid, {}, job_type="", tags=[])
     checkpointing = Checkpointing(run_dir, rid, resume, save=False)
     outcome = FinetuneOutcome()
     run_finetune(
@@ -289,10 +295,59 @@ def _run_distributed_worker(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run
     return RunResult(rid, run_dir, {"status": "worker", "rank": distributed_rank()}, skipped=True)
 
 
+def start_tracker(cfg: ExperimentConfig, destination: Destination, run_dir: Path, config: dict[str, Any]) -> Tracker:
+    """The run's W&B run: named by ``logging.run_name`` (default :func:`readable_name`), grouped by
+    ``logging.group`` (a grid sets ``<grid>/<setting>``), tagged with the method, the experiment, the grid and
+    ``logging.tags``."""
+    grid = [f"grid:{cfg.logging.grid}"] if cfg.logging.grid else []
+    tags = list(dict.fromkeys([cfg.method["name"], cfg.name, *grid, *cfg.logging.tags]))
+    return Tracker(
+        destination.mode,
+        run_dir,
+        destination.project,
+        cfg.logging.run_name or readable_name(cfg),
+        config,
+        job_type=cfg.method["name"],
+        group=cfg.logging.group,
+        tags=tags,
+        entity=destination.entity,
+    )
+
+
+def finish_tracker(tracker: Tracker, summary: dict[str, Any], outcome: FinetuneOutcome) -> None:
+    """End the W&B run with what the report would say of it: a completed run's final scores (``final/<task>/<m>``)
+    and forgetting numbers (research.tracking.forgetting_summary), its accuracy matrix and a method's own table
+    (WiSE-FT's α sweep) as ``wandb.Table``s, and its task boundaries; a failed run's ``error``, exit code 1."""
+    if tracker.logger is None:  # disabled, or W&B failed earlier
+        return
+    if summary["status"] == "failed":
+        tracker.summary({"status": "failed", "error": summary["error"]})
+        tracker.finish(exit_code=1)
+        return
+    values: dict[str, Any] = {
+        f"final/{task}/{m}": v for task, ms in summary["final"].items() for m, v in ms.items() if m != "role"
+    }
+    try:  # computed from this run's records; a problem here is W&B's, never the run's
+        values.update(forgetting_summary(outcome.records, outcome.task_ends))
+        matrix = accuracy_matrix(outcome.records, outcome.task_ends) if outcome.records else None
+    except Exception as err:  # noqa: BLE001 - reported like any W&B trouble, the run stays completed
+        tracker.problem = f"W&B summary not computed ({type(err).__name__}: {err})"
+        print(f"warning: {tracker.problem}", file=sys.stderr)
+        matrix = None
+    values["task_ends"] = outcome.task_ends  # so a run read back from W&B has its accuracy matrix's rows
+    tracker.summary(values)
+    if matrix is not None:
+        tracker.table("accuracy_matrix", matrix.reset_index().rename(columns={"boundary": "measured"}))
+    if outcome.method_rows:
+        tracker.table("method_table", pd.DataFrame.from_records(outcome.method_rows))
+    tracker.finish(exit_code=0)
+
+
 def replay_history(tracker: Tracker, records: list[dict[str, Any]], drift: list[dict[str, Any]]) -> None:
-    """Log the measurements of earlier attempts under the names the live run uses, step by step."""
+    """Log the measurements of earlier attempts under the names the live run uses, step by step (weight drift
+    only where a block trained, as live logging sends it)."""
     by_step: dict[int, dict[str, float]] = {}
-    for row in [*records, *drift]:
+    for row in [*records, *replayed_drift(drift)]:
         by_step.setdefault(int(row["step"]), {})[tracked_name(row)] = float(row["value"])
     for step in sorted(by_step):
         tracker.log(by_step[step], step)

@@ -28,11 +28,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from research.labels import NOT_A_SETTING, flatten_config, is_missing, setting_labels
+from research.labels import flatten_config, is_missing, setting_id, setting_labels
 
 METRIC_COLUMNS = ["run_id", "step", "epoch", "task", "role", "metric", "value"]
 CACHE_FOLDER = ".analysis-cache"
-CACHE_FORMAT = 5  # bump whenever the tables change shape, so an old cache is not read
+CACHE_FORMAT = 6  # bump whenever the tables change shape, so an old cache is not read
 
 
 @dataclass
@@ -94,7 +94,7 @@ def _run_row(run_id: str, summary: dict[str, Any], config: dict[str, Any]) -> di
     flat = flatten_config(config)
     return {
         "run_id": run_id,
-        "setting_id": _setting_id(flat),
+        "setting_id": setting_id(flat),
         "status": summary.get("status", "unknown"),
         "error": summary.get("error"),
         "experiment": config.get("name"),
@@ -106,6 +106,8 @@ def _run_row(run_id: str, summary: dict[str, Any], config: dict[str, Any]) -> di
         # What the run cost (analysis.summarize.run_costs) and how big each task's splits were (the protocol).
         "finetune_seconds": (summary.get("timings") or {}).get("finetune_seconds"),
         "eval_seconds": (summary.get("timings") or {}).get("eval_seconds"),
+        "prepare_seconds": (summary.get("timings") or {}).get("prepare_seconds"),
+        "method_state_bytes": summary.get("method_state_bytes"),
         "method_info": json.dumps(summary.get("method_info") or {}, sort_keys=True, default=str),
         "task_sizes": json.dumps(
             {k: {"role": v.get("role"), **(v.get("sizes") or {})} for k, v in (summary.get("tasks") or {}).items()}
@@ -161,18 +163,6 @@ def _assemble(rows: list[dict], metrics: list[pd.DataFrame], method_tables: list
     frame = frame[METRIC_COLUMNS]
     extra = pd.concat(method_tables, ignore_index=True) if method_tables else pd.DataFrame(columns=["run_id"])
     return RunSet(runs.reset_index(drop=True), frame.reset_index(drop=True), extra)
-
-
-def _setting_id(row: dict[str, Any]) -> str:
-    """Hash of the run's own flattened config (not of a DataFrame row, where padding turns ints into floats),
-    without seed, out and logging, but with the logging interval, which changes the recorded rows."""
-    config = {
-        k: v
-        for k, v in row.items()
-        if k.startswith("config.") and (not k.startswith(NOT_A_SETTING) or k == "config.logging.log_every_n_steps")
-    }
-    text = json.dumps({k: v for k, v in config.items() if not is_missing(v)}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------- cache

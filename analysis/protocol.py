@@ -16,9 +16,12 @@ HEADS = {
     "per_task": "one output layer per task (task-incremental): each task, old or new, is scored by its own head "
     "over its own classes; the old tasks' heads stay frozen unless the method trains them (e.g. LwF, joint "
     "training)",
-    "shared": "one output layer over the union of all classes (class-incremental): a task is scored by argmax "
-    "over every output seen so far, so old classes compete with the new ones",
+    "shared": "one output layer over the classes seen so far: a task is scored by argmax over every output that "
+    "exists at that step. Fine-tuning tasks that bring new classes grow it (class-incremental: old classes compete "
+    "with the new ones); tasks on the same classes, e.g. shifted inputs, share its outputs (domain-incremental)",
 }
+# Model families loaded from outside (research.models.adapters): their backbone is never trained by pretraining.
+LOADED = ("hf", "timm", "torchvision", "custom")
 
 
 def _values(runs: pd.DataFrame, column: str) -> list:
@@ -70,17 +73,25 @@ def protocol(runs: pd.DataFrame) -> list[tuple[str, str]]:
     items.append(("heads", "; ".join(f"{h}: {HEADS.get(h, h)}" for h in heads) or "not recorded"))
     old = _task_names(runs, "config.pretrain.tasks")
     new = _task_names(runs, "config.finetune.tasks")
+    loaded = [a for a in arch if a in LOADED]
+    if not old:
+        pretrained = "nothing of ours (a model loaded from outside)"
+    elif loaded:
+        pretrained = f"{_text(old)} (the {_text(loaded)} model is loaded from outside: only these tasks' heads "
+        pretrained += "were trained, on its frozen features)"
+    else:
+        pretrained = _text(old)
     items.append(
         (
             "tasks",
-            f"pretrained on {_text(old) if old else 'nothing of ours (a model loaded from outside)'}; fine-tuned on "
-            f"{_text(new)} (in this order). Step 0 is the pretrained model, before any fine-tuning update.",
+            f"pretrained on {pretrained}; fine-tuned on {_text(new)} (in this order). Step 0 is the pretrained "
+            "model, before any fine-tuning update.",
         )
     )
     split = _text(_values(runs, "config.eval.split")) if _values(runs, "config.eval.split") else "test (the default)"
     sizes = eval_sizes(runs)
     every = _values(runs, "config.eval.every_n_steps")
-    schedule_text = f" Scored at step 0 and every {_text(every)} steps." if every else ""
+    schedule_text = f" Scored at step 0, every {_text(every)} steps and at the end of each task." if every else ""
     if sizes:
         per_task = "; ".join(f"{task}: {_text(n)}" for task, n in sizes.items())
         smallest = min(n for values in sizes.values() for n in values)
@@ -92,10 +103,18 @@ def protocol(runs: pd.DataFrame) -> list[tuple[str, str]]:
         per_task, resolution = "sizes not recorded", ""
     items.append(("evaluation", f"{split} split, examples per task: {per_task}{resolution}.{schedule_text}"))
     steps = _text(_values(runs, "steps"))
+    epochs = f"{_text(_values(runs, 'config.train.epochs'))} epochs per task"
+    cap = _values(runs, "config.train.max_steps")
+    if cap:
+        epochs += f" (at most {_text(cap)} steps per task)"
+    batch = f"batch size {_text(_values(runs, 'config.train.batch_size'))}"
+    accumulated = [v for v in _values(runs, "config.train.accumulate_grad_batches") if v != 1]
+    if accumulated:
+        batch += f", gradients of {_text(accumulated)} batches summed into each update"
     schedule = [
-        f"{steps} optimizer steps",
-        f"{_text(_values(runs, 'config.train.epochs'))} epochs",
-        f"batch size {_text(_values(runs, 'config.train.batch_size'))}",
+        f"{steps} optimizer steps in all",
+        epochs,
+        batch,
         f"{_text(_values(runs, 'config.train.optimizer'))}",
         f"learning rate {_text(_values(runs, 'config.train.lr'))}",
     ]

@@ -234,17 +234,22 @@ def _study(runs: RunSet, study: str, slug: str, out: Path, report: Report) -> St
     return Study(study, runs, per_run, settings, caption, same_as, sections, tables)
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 def _caption(runs: RunSet, settings: pd.DataFrame, study: str | None) -> str:
     """The results table's caption: what a cell is, what bold means, the resolution of one example."""
     counts = sorted({int(n) for n in settings["n"]})
-    seeds = f"{counts[0]} seeds" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} seeds (n per row)"
+    seeds = _seeds(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]} seeds (n per row)"
     sizes = [n for values in eval_sizes(runs.runs).values() for n in values]
     resolution = f" One evaluation example is {1 / min(sizes):.4f} accuracy (1/{min(sizes)})." if sizes else ""
     references = settings["method"].isin(REFERENCE_METHODS).any()
     parts = [
         f"{study}: " if study else "",
         f"Mean ± std over {seeds}. Bold: every method whose {CONFIDENCE:.0%} confidence interval (Student t over "
-        "seeds) overlaps the best one's; the seeds do not separate bold entries.",
+        "seeds) overlaps the best one's, so that no bold entry is claimed better than another"
+        + (" (a single seed has no interval: it counts as a point)." if counts[0] == 1 else "."),
         resolution,
         " Time: fine-tuning seconds without the evaluations, the method's preparation included, mean over seeds.",
         " † Reference, not a method: never bolded." if references else "",
@@ -539,8 +544,9 @@ METRIC_TEXT = [
     (
         "bold",
         "every method whose 95% Student-t confidence interval over seeds overlaps the best one's (a single seed "
-        "counts as a point): the seeds cannot tell bold entries apart. References (feature extraction, joint "
-        "training) are never bolded.",
+        "counts as a point), so that no bold entry is claimed better than another (overlapping intervals do not "
+        "prove two means equal either: bold is a claim withheld, not one made). References (feature extraction, "
+        "joint training) are never bolded.",
     ),
 ]
 

@@ -128,15 +128,18 @@ KEPT_BYTES_KEYS = ("teacher_bytes",)  # feature_distill's frozen copy of the bac
 
 
 def run_costs(row: dict) -> dict[str, float]:
-    """What a run cost, from its ``summary.json`` as :func:`analysis.load.load_runs` keeps it (``finetune_seconds``,
-    ``eval_seconds``, ``method_info`` as JSON text); NaN where the run did not record it (e.g. W&B data):
+    """What a run cost, from its ``summary.json`` as :func:`analysis.load.load_runs` keeps it; NaN where the run
+    did not record it (e.g. W&B data, or runs made before these were recorded):
 
     - ``train_seconds``: fine-tuning wall-clock time without the evaluations (their cost depends on how often
       the model was scored, not on the method); it includes the method's preparation before each task;
-    - ``prepare_seconds``: the sum of the method's own ``*_seconds`` timings in ``method_info`` (the Fisher or
-      importance estimate of EWC, online EWC, MAS, SI, L2-SP); NaN for a method that records none;
+    - ``prepare_seconds``: that preparation (the Fisher or importance estimate, filling a buffer, copying a
+      teacher), timed around every method's ``prepare`` (``timings.prepare_seconds``); for older runs, the sum of
+      the method's own ``*_seconds`` in ``method_info`` where it recorded any;
     - ``kept_examples``: the examples a method keeps to rehearse (replay and DER buffers, A-GEM's memory);
-    - ``kept_megabytes``: bytes of extra tensors it reports keeping (feature_distill's teacher), in MB (10⁶)."""
+    - ``kept_megabytes``: what the method keeps beside the model, in MB (10⁶ bytes): every tensor of its state
+      (anchors, Fisher or importances, buffers with their logits, a teacher; ``method_state_bytes``), or for
+      older runs the bytes it reported keeping (``teacher_bytes``)."""
     finetune = _number(row.get("finetune_seconds"))
     evaluation = _number(row.get("eval_seconds"))
     info = row.get("method_info")
@@ -144,11 +147,12 @@ def run_costs(row: dict) -> dict[str, float]:
     timed = [_number(v) for k, v in info.items() if k.endswith("_seconds")]
     examples = [_number(info[k]) for k in KEPT_EXAMPLES_KEYS if k in info]
     stored = [_number(info[k]) for k in KEPT_BYTES_KEYS if k in info]
+    prepare, state = _number(row.get("prepare_seconds")), _number(row.get("method_state_bytes"))
     return {
         "train_seconds": finetune - (0.0 if np.isnan(evaluation) else evaluation),
-        "prepare_seconds": float(np.sum(timed)) if timed else np.nan,
+        "prepare_seconds": prepare if not np.isnan(prepare) else (float(np.sum(timed)) if timed else np.nan),
         "kept_examples": float(np.sum(examples)) if examples else np.nan,
-        "kept_megabytes": float(np.sum(stored)) / 1e6 if stored else np.nan,
+        "kept_megabytes": state / 1e6 if not np.isnan(state) else (float(np.sum(stored)) / 1e6 if stored else np.nan),
     }
 
 

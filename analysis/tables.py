@@ -185,10 +185,15 @@ def _latex_number(cell: str, bold: bool) -> str:
     if " ± " in cell:
         mean, std = cell.split(" ± ")
         std = std[1:] if std.startswith("0.") else std  # ±.015, as papers print it: the column stays narrow
-        text = rf"{mean}{{\scriptsize$\pm${std}}}"
+        text = rf"{_minus(mean)}{{\scriptsize$\pm${std}}}"
     else:
-        text = _latex(cell)
-    return rf"\textbf{{\boldmath{text}}}" if bold else text
+        text = _minus(_latex(cell))
+    return rf"\textbf{{\boldmath{{}}{text}}}" if bold else text
+
+
+def _minus(number: str) -> str:
+    """A minus sign, not a text hyphen, before a negative number (``−0.09``, as a paper prints it)."""
+    return f"$-${number[1:]}" if number.startswith("-") else number
 
 
 LATEX_SPECIALS = {
@@ -264,12 +269,35 @@ def _latex_char(char: str) -> str:
         letter = greek.group(2).capitalize()
         if greek.group(1) == "SMALL":
             letter = {"Lamda": "lambda", "Omicron": "o"}.get(letter, letter.lower())
-            return f"$\\{letter}$" if letter != "o" else "o"
-        letter = "Lambda" if letter == "Lamda" else letter
-        return f"$\\{letter}$" if letter in GREEK_CAPITALS else _greek_like_latin(letter)
-    if unicodedata.category(char).startswith("L") and "LATIN" in name and ord(char) < 0x180:
-        return char  # é, ü, ß, ø…: in pdflatex's UTF-8 support for the default fonts
+            if letter == "o":
+                return "o"
+            if letter in GREEK_SMALL:
+                return f"$\\{letter}$"
+        else:
+            letter = "Lambda" if letter == "Lamda" else letter
+            return f"$\\{letter}$" if letter in GREEK_CAPITALS else _greek_like_latin(letter)
+    if _in_default_fonts(char):
+        return char  # é, ü, ç, ß, ø…: pdflatex's UTF-8 input has them for the default (OT1) fonts
     return rf"\texttt{{U+{ord(char):04X}}}"
+
+
+# Small Greek letters plain LaTeX has a command for (digamma, koppa and the like need extra packages).
+GREEK_SMALL = {
+    *("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"),
+    *("nu", "xi", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega"),
+}
+# Accents the default OT1 fonts can put on a Latin letter (grave, acute, circumflex, tilde, macron, breve, dot,
+# diaeresis, ring, double acute, caron, cedilla); an ogonek, for one, stops pdflatex.
+OT1_ACCENTS = {0x300, 0x301, 0x302, 0x303, 0x304, 0x306, 0x307, 0x308, 0x30A, 0x30B, 0x30C, 0x327}
+OT1_LETTERS = set("ßøØæÆœŒłŁı")
+
+
+def _in_default_fonts(char: str) -> bool:
+    """Whether pdflatex prints the character with its default fonts and UTF-8 input, with no package."""
+    if char in OT1_LETTERS:
+        return True
+    base, *marks = unicodedata.normalize("NFD", char)
+    return base.isascii() and base.isalpha() and bool(marks) and all(ord(m) in OT1_ACCENTS for m in marks)
 
 
 def _greek_like_latin(letter: str) -> str:

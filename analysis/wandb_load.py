@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,16 +29,25 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 _CRC_SEED = {kind: zlib.crc32(bytes([kind])) for kind in (_FULL, _FIRST, _MIDDLE, _LAST)}
 
 
+class UnreadableRunWarning(UserWarning):
+    """A W&B run file that cannot be read (too short, no run record yet, corrupt) was left out."""
+
+
 def load_wandb_offline(paths: Iterable[str | Path]) -> RunSet:
     """W&B offline run files (``run-*.wandb``, or folders searched for them) → a RunSet, read in this process (no
     server, no subprocess). The run id is the W&B run id; ``epoch`` is not logged to W&B and is -1; the local
-    run directory's id is ``config.run_id``."""
+    run directory's id is ``config.run_id``. A file that cannot be read (a run that has only just started and
+    has no run record yet, a damaged file) is left out with an :class:`UnreadableRunWarning` naming it."""
     files: list[Path] = []
     for path in map(Path, paths):
         files.extend(sorted(path.rglob("run-*.wandb")) if path.is_dir() else [path])
     rows, metrics = [], []
     for file in files:
-        run, config, summary, history, exit_code = _read_run(file)
+        try:
+            run, config, summary, history, exit_code = _read_run(file)
+        except ValueError as err:  # a run that has only just started, or a damaged file: the others still load
+            warnings.warn(f"W&B run file left out: {err}", UnreadableRunWarning, stacklevel=2)
+            continue
         status = "completed" if exit_code == 0 else ("running" if exit_code is None else "failed")
         rows.append(_wandb_row(run.run_id, status, summary, _wandb_config(config)))
         metrics.append(history_frame(run.run_id, history))

@@ -20,6 +20,7 @@ TEXT_GRID = EXPERIMENTS / "grids" / "minilm.yaml"
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = _plain_overrides(parser, sys.argv[1:] if argv is None else list(argv))
     # Overrides may come after options too (`grid G --dry-run seed=5`); argparse alone would refuse them there.
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -35,6 +36,52 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as err:
         print(f"research: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `research ... | head` closed our output: stop quietly, as other tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not raise again
+        return 1
+
+
+def _plain_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--method.lam=100`` → ``method.lam=100``: a W&B sweep agent passes its parameters that way (its default
+    command ends in ``${args}``). An option of the chosen command (``grid --workers=2``) is left as it is."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    command = next((item for item in argv if item in commands), None)
+    own = [*parser._actions, *(commands[command]._actions if command else [])]
+    options = {option for action in own for option in action.option_strings if option.startswith("--")}
+    plain = []
+    for item in argv:
+        name, sep, _ = item.partition("=")
+        if item.startswith("--") and sep and name not in options and len(name) > 2:
+            item = item[2:]
+        plain.append(item)
+    return plain
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    from research.store import git_commit
+
+    git = git_commit()
+    commit = f", commit {git['commit'][:10]}{' (uncommitted changes)' if git['dirty'] else ''}" if git["commit"] else ""
+    return f"research (forgetting-lab) {version('forgetting-lab')}{commit}"
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, except where there is none to show or the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+            or action.nargs == 0
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,12 +91,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"research: error: {message} (see '{self.prog} --help')\n")
 
 
+def _subparser(formatter: type[argparse.HelpFormatter]) -> type[_Parser]:
+    class Sub(_Parser):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(formatter_class=formatter, **kwargs)
+
+    return Sub
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="research",
         description="Measure what a pretrained model forgets while it is fine-tuned, under a chosen method.",
+        formatter_class=_DefaultsFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_subparser(_DefaultsFormatter)
+    )
 
     run = sub.add_parser(
         "run",
@@ -63,6 +122,17 @@ def _parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="start over: rerun a completed run, or an interrupted one without resuming from its checkpoint",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything (data, method, model) and print the resolved config, run id and what a run would "
+        "do (start, resume, skip); write nothing",
+    )
+    run.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML (a file `research run` takes) and its run id; check and write nothing",
     )
     run.set_defaults(handler=_cmd_run)
 
@@ -88,6 +158,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     abilities.set_defaults(handler=_cmd_abilities)
 
+    reference = sub.add_parser(
+        "config",
+        help="the configuration reference: every key, its type, default and meaning",
+        description="Print every experiment config key with its type, default and meaning, generated from the typed "
+        "schema (docs/configuration.md holds the same text).",
+    )
+    reference.add_argument("section", nargs="?", help="only this section, e.g. train or model")
+    reference.set_defaults(handler=_cmd_config)
+
     grid = sub.add_parser(
         "grid",
         help="run a comparison grid (methods x hyperparameters x seeds), resumable",
@@ -103,12 +182,31 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser(
         "report",
         help="tables, figures and an HTML report from a folder of runs",
-        description="Read every run directory under RUNS_DIR and write the results tables (Markdown, LaTeX), the "
-        "figures (PDF, PNG), the tidy data and a self-contained report.html.",
+        description="Read the run directories under RUNS_DIR and write the results tables (Markdown, LaTeX), the "
+        "figures (PDF, PNG), the tidy data and a self-contained report.html. Runs are compared within their study "
+        "(their grid, or the experiment of a run started alone): one section per study, never one pooled table.",
     )
     report.add_argument("runs_dir", metavar="RUNS_DIR", help="a folder of run directories, e.g. runs/demo")
     report.add_argument("--out", help="where the report goes (default: RUNS_DIR/report)")
+    report.add_argument("--grid", help="only the runs of this grid (its name: the grid file's `name`)")
+    report.add_argument("--experiment", help="only the runs of this experiment (its `name`)")
+    report.add_argument("--runs", nargs="+", metavar="ID", help="only these run ids")
     report.set_defaults(handler=_cmd_report)
+
+    sync = sub.add_parser(
+        "sync",
+        help="upload the offline W&B runs of a folder of runs",
+        description="Upload the offline W&B runs of every run directory under RUNS_DIR with the project's own "
+        "`wandb sync`, skipping runs already uploaded (plain `wandb sync --sync-all` finds none of them: each run "
+        "directory has its own wandb/ folder). Log in first (`wandb login`).",
+    )
+    sync.add_argument("runs_dir", metavar="RUNS_DIR", help="a folder of run directories, e.g. runs/demo")
+    sync.add_argument("--dry-run", action="store_true", help="list the runs that would be uploaded; upload nothing")
+    sync.add_argument("--include-synced", action="store_true", help="upload runs already uploaded too")
+    sync.add_argument("--project", help="the W&B project to upload to (default: the one each run was logged for)")
+    sync.add_argument("--entity", help="the W&B entity to upload to (default: the one each run was logged for)")
+    sync.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS", help="stop wandb sync after this")
+    sync.set_defaults(handler=_cmd_sync)
 
     demo = sub.add_parser(
         "demo",
@@ -143,6 +241,11 @@ def _positive(text: str) -> int:
 def _grid_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=_positive, default=1, help="runs at once (local processes or SLURM jobs)")
     parser.add_argument("--executor", choices=["local", "slurm"], default="local", help="where runs execute")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun every run of the grid from the start, completed ones too (as `research run --force` does)",
+    )
     slurm = parser.add_argument_group("slurm executor (through submitit)")
     slurm.add_argument("--partition", help="SLURM partition")
     slurm.add_argument("--time", type=_positive, default=60, metavar="MINUTES", help="time limit per run")
@@ -164,29 +267,33 @@ def _cmd_grid(args: argparse.Namespace) -> int:
 def _run_grid(path: Path | str, overrides: list[str], args: argparse.Namespace, dry_run: bool = False) -> int:
     from research.grid.local import LocalExecutor
     from research.grid.results import results_table
-    from research.grid.runner import check_grid, describe_plan, describe_result, run_grid
+    from research.grid.runner import check_grid, describe_plan, describe_result, run_grid, runs_to_do
     from research.grid.slurm import SlurmExecutor, SlurmOptions
     from research.grid.spec import load_grid
 
+    force = getattr(args, "force", False)  # `research demo` has no --force
     slurm = None
     if args.executor == "slurm":
         slurm = SlurmOptions(args.partition, args.time, args.gpus, args.cpus, args.mem_gb, args.submitit_cluster)
         slurm.check()
     with LocalExecutor(args.workers) as local:
-        if slurm is None and not dry_run:
-            local.start()  # the workers import torch & co. while this process reads and checks the grid
         grid = load_grid(path, overrides)
-        setups = check_grid(grid)
         if dry_run:
-            print(describe_plan(grid, setups))
+            print(describe_plan(grid, check_grid(grid), force))
             return 0
+        # A grid with nothing left to run starts no worker and checks nothing (its runs passed the checks when
+        # they ran, and the run ids would differ had their configs or data changed since).
+        if runs_to_do(grid, force):
+            if slurm is None:
+                local.start()  # the workers import torch & co. while this process checks the grid
+            check_grid(grid)
         if slurm is not None:
             executor = SlurmExecutor(slurm, grid.folder / "submitit", args.workers, f"research-{grid.name}")
         else:
             local.log_dir = grid.folder / "logs"
             executor = local
         try:
-            result = run_grid(grid, executor, args.workers, args.executor)
+            result = run_grid(grid, executor, args.workers, args.executor, force=force)
         except KeyboardInterrupt:
             print("\ngrid interrupted; run the same command again to resume", file=sys.stderr)
             return 130
@@ -204,14 +311,47 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not runs_dir.is_dir():
         raise ConfigError(f"RUNS_DIR: {runs_dir} is not a folder of runs")
     try:
-        report = build_report(runs_dir, args.out or runs_dir / "report")
+        report = build_report(
+            runs_dir,
+            args.out or runs_dir / "report",
+            grid=getattr(args, "grid", None),
+            experiment=getattr(args, "experiment", None),
+            run_ids=getattr(args, "runs", None),
+        )
     except NoRuns as err:
         raise ConfigError(str(err)) from None
     print(f"report: {report.html}")
+    if len(report.studies) > 1:
+        print(f"  studies (one section each): {', '.join(report.studies)}")
     print(f"  tables: {', '.join(str(p) for p in report.tables)}")
     print(f"  figures: {len(report.figures)} files in {report.html.parent / 'figures'}")
     for reason in report.skipped:
         print(f"  not drawn: {reason}")
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from research.sync import SyncError, sync_runs
+
+    runs_dir = Path(args.runs_dir)
+    if not runs_dir.is_dir():
+        raise ConfigError(f"RUNS_DIR: {runs_dir} is not a folder of runs")
+    try:
+        runs = sync_runs(
+            runs_dir,
+            dry_run=args.dry_run,
+            include_synced=args.include_synced,
+            project=args.project,
+            entity=args.entity,
+            timeout=args.timeout,
+        )
+    except SyncError as err:
+        print(f"research: {err}", file=sys.stderr)
+        return 1
+    verb = "would upload" if args.dry_run else "uploaded"
+    for r in runs:
+        print(f"  {verb} {r.run_dir.name} (W&B run {r.wandb_id}{', already uploaded before' if r.synced else ''})")
+    print(f"{verb} {len(runs)} offline W&B run{'s' * (len(runs) != 1)} from {runs_dir}")
     return 0
 
 
@@ -220,14 +360,64 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from research.training import run
 
     cfg = load_config(args.config, args.overrides)
+    if args.print_config or args.dry_run:
+        return _show_run(cfg, check=args.dry_run, force=args.force)
     # command_line: DDP's further processes are this very command, started again by Lightning.
     result = run(cfg, force=args.force, command_line=True)
     if result.summary.get("status") == "worker":  # one of DDP's further processes: rank 0 reports the run
         return 0
     if result.skipped:
         print(f"already completed: {result.run_dir} (use --force to rerun)")
+        changed = code_changed(result.summary)
+        if changed:
+            print(f"note: {changed}; its numbers may differ from what this code gives (--force reruns it)")
     _print_result(result.summary, result.run_dir)
     return 0
+
+
+def _show_run(cfg, check: bool, force: bool) -> int:
+    """``--print-config`` and ``--dry-run``: the resolved config (YAML that `research run` reads back) and the run
+    id; a dry run first checks everything a run would check, then says what the run would do. Nothing is written."""
+    import yaml
+
+    from research.config import resolved, run_id
+    from research.data.fingerprint import content_fingerprints
+
+    if check:
+        from research.training.run import check as check_run
+
+        check_run(cfg, command_line=True)
+    else:  # the run id fingerprints the user's files: a missing one would give an id no run can have
+        from research.config import missing_files
+
+        missing = missing_files(cfg)
+        if missing is not None:
+            raise ConfigError(missing)
+    rid = run_id(cfg, content_fingerprints(cfg))
+    print(f"# run id: {rid}")
+    print(yaml.safe_dump(resolved(cfg), sort_keys=False, allow_unicode=True), end="")
+    if check:
+        print(f"# {_planned(Path(cfg.out) / rid, force)}")
+    return 0
+
+
+def _planned(run_dir: Path, force: bool) -> str:
+    """What `research run` would do with this run directory."""
+    from research.store import read_summary
+
+    summary = read_summary(run_dir) if run_dir.is_dir() else None
+    if summary is None:
+        return f"would start a new run in {run_dir}"
+    status = summary.get("status")
+    if status == "completed":
+        return f"{run_dir} is completed: " + (
+            "would rerun it (--force)" if force else "would skip it (--force reruns it)"
+        )
+    from research.training.resume import CHECKPOINT_FILE
+
+    if (run_dir / CHECKPOINT_FILE).is_file() and not force:
+        return f"{run_dir} is {status}: would resume it from its checkpoint (if the checkpoint is usable)"
+    return f"{run_dir} is {status}: would start it over"
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -240,6 +430,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     for split, scores in (pretrained.manifest.get("metrics") or {}).items():
         for task, values in scores.items():
             print(f"  {split:4s} {task:20s} acc {values['acc']:.4f}  loss {values['loss']:.4f}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from research.reference import config_reference, section_names
+
+    if args.section is not None and args.section not in section_names():
+        raise ConfigError(f"section '{args.section}' does not exist; valid sections: {', '.join(section_names())}")
+    print(config_reference(args.section), end="")
     return 0
 
 
@@ -290,6 +489,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return status
     print()
     return _cmd_report(argparse.Namespace(runs_dir=args.out, out=None))
+
+
+def code_changed(summary: dict) -> str | None:
+    """How the code now differs from the code that produced a completed run, or None when it is the same commit
+    with a clean tree (a dirty tree counts as different: which edits made the run is unknown)."""
+    from research.store import git_commit
+
+    then, now = summary.get("git") or {}, git_commit()
+    if now["commit"] is None or then.get("commit") is None:
+        return None
+    if then["commit"] != now["commit"]:
+        return f"this run was made by commit {then['commit'][:10]}, and the code is now at {now['commit'][:10]}"
+    if then.get("dirty") or now["dirty"]:
+        return f"this run or the code now has uncommitted changes (commit {now['commit'][:10]})"
+    return None
 
 
 def _print_result(summary: dict, run_dir: Path) -> None:

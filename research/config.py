@@ -710,10 +710,33 @@ def stable_hash(data: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def without_file_paths(data: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config (or section of one, in place) with the paths of the user files whose contents are
+    fingerprinted (task data, ``pretrain.checkpoint``, ``model.weights``, a local hf ``model.name``) replaced by a
+    marker: a run's identity is what those files hold, not where they are, so the same experiment and data in
+    another folder (another machine, a moved checkout) are the same run."""
+    for section in ("pretrain", "finetune"):
+        for task in (data.get(section) or {}).get("tasks") or []:
+            if task.get("path"):
+                task["path"] = FINGERPRINTED
+    if (data.get("pretrain") or {}).get("checkpoint"):
+        data["pretrain"]["checkpoint"] = FINGERPRINTED
+    model = data.get("model") or {}
+    if model.get("weights"):
+        model["weights"] = FINGERPRINTED
+    if model.get("arch") == "hf" and model.get("name") and Path(model["name"]).expanduser().is_dir():
+        model["name"] = FINGERPRINTED
+    return data
+
+
+FINGERPRINTED = "<a user file: its contents are in the fingerprints>"
+
+
 def run_id(cfg: ExperimentConfig, extra: dict[str, str] | None = None) -> str:
     """Content address of a run: hash of everything that determines its numbers, seed included. ``extra`` holds
-    fingerprints of the contents of user files the config names by path (data, checkpoint)."""
-    data = resolved(cfg)
+    fingerprints of the contents of user files the config names by path (data, checkpoint), which stand for
+    those paths (``without_file_paths``)."""
+    data = without_file_paths(resolved(cfg))
     for dotted in NOT_IN_RUN_ID:
         *parents, leaf = dotted.split(".")
         section = data

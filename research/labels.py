@@ -8,6 +8,7 @@ them (e.g. ``ewc lam=1000``, ``finetune train.lr=0.01``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -63,3 +64,15 @@ def _short(value: Any) -> str:
 
 def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
+
+
+def setting_id(row: dict[str, Any]) -> str:
+    """Hash of the run's own flattened config (not of a DataFrame row, where padding turns ints into floats),
+    without seed, out and logging, but with the logging interval, which changes the recorded rows."""
+    config = {
+        k: v
+        for k, v in row.items()
+        if k.startswith("config.") and (not k.startswith(NOT_A_SETTING) or k == "config.logging.log_every_n_steps")
+    }
+    text = json.dumps({k: v for k, v in config.items() if not is_missing(v)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -375,3 +375,16 @@ def test_a_run_with_abilities_killed_by_sigkill_resumes_with_the_same_curves(
 
     (reference_dir,) = [p for p in (tmp_path / "reference").iterdir() if p.name == run_dir.name]
     pd.testing.assert_frame_equal(ability_rows(run_dir), ability_rows(reference_dir), check_exact=True)
+
+
+def test_an_ability_kind_may_not_name_its_metrics_like_a_tasks() -> None:
+    """An ability's rows named ``acc`` would be counted as an old task's accuracy by the analysis."""
+    from research.abilities.base import Ability, AbilityConfig, register_ability
+
+    class Looks(Ability):
+        kind = "looks_like_a_task"
+        Config = AbilityConfig
+        metrics = ("acc",)
+
+    with pytest.raises(TypeError, match=r"metric names \['acc'\] belong to tasks"):
+        register_ability(Looks)

@@ -153,7 +153,7 @@ def test_tables_say_what_the_tidy_data_says(runs_dir: Path) -> None:
         assert cells[2].split(" ± ")[0] == f"{record['old_acc_mean']:.3f}"
         assert cells[3].split(" ± ")[0] == f"{record['new_acc_mean']:.3f}"
     latex = latex_table(settings, caption="x")
-    assert r"\toprule" in latex and r"\bottomrule" in latex and r"\textbf{\boldmath0.900}" in latex
+    assert r"\toprule" in latex and r"\bottomrule" in latex and r"\textbf{\boldmath{}0.900}" in latex
     assert r"0.750{\scriptsize$\pm$.071}" in latex  # std without its leading zero
 
 
@@ -389,6 +389,29 @@ def test_run_costs_by_hand() -> None:
     assert all(pd.isna(v) for v in bare.values())
 
 
+def test_recorded_preparation_and_state_take_precedence() -> None:
+    from analysis.summarize import run_costs
+
+    row = {"finetune_seconds": 10.0, "eval_seconds": 2.5, "prepare_seconds": 1.25, "method_state_bytes": 3_000_000}
+    costs = run_costs({**row, "method_info": json.dumps({"fisher_seconds": 0.5, "teacher_bytes": 2_000_000})})
+    assert costs["prepare_seconds"] == 1.25 and costs["kept_megabytes"] == 3.0
+
+
+@pytest.mark.parametrize("method", ["l2sp", "lwf"])
+def test_a_run_records_its_preparation_time_and_what_the_method_keeps(make_cfg, method: str) -> None:
+    from research.training import run
+
+    result = run(make_cfg(f"method.name={method}", "logging.wandb=disabled"))
+    summary = result.summary
+    assert 0 < summary["timings"]["prepare_seconds"] < summary["timings"]["finetune_seconds"]
+    # By hand, from the tiny MLP's shapes (64 inputs, hidden [32], 5 classes per task), float32: L2-SP anchors the
+    # backbone; LwF's teacher is the backbone and the old task's head.
+    backbone = 64 * 32 + 32
+    old_head = 32 * 5 + 5
+    expected = {"l2sp": 4 * backbone, "lwf": 4 * (backbone + old_head)}[method]
+    assert summary["method_state_bytes"] == expected
+
+
 def test_costs_reach_the_table(tmp_path: Path) -> None:
     timings = {"timings": {"finetune_seconds": 4.0, "eval_seconds": 1.0}, "method_info": {"fisher_seconds": 0.25}}
     make_run(tmp_path, "e0", "ewc", 0, [0.9, 0.8, 0.8], [0.2, 0.5, 0.9], summary_extra=timings)
@@ -472,6 +495,36 @@ def test_protocol_states_heads_split_sizes_and_schedule(tmp_path: Path) -> None:
     assert "1/90 = 0.0111 accuracy" in items["evaluation"]
     assert "learning rate 0.01" in items["fine-tuning"] and "2 epochs" in items["fine-tuning"]
     assert items["seeds"].startswith("0, 1 (2 per setting at most)")
+
+
+def test_protocol_says_per_task_schedules_shared_heads_and_loaded_models() -> None:
+    from analysis.protocol import protocol
+
+    tasks = json.dumps([{"name": "old"}])
+    runs = pd.DataFrame(
+        [
+            {
+                "seed": 0,
+                "steps": 400,
+                "config.model.arch": "hf",
+                "config.model.heads": "shared",
+                "config.pretrain.tasks": tasks,
+                "config.finetune.tasks": json.dumps([{"name": "a"}, {"name": "b"}]),
+                "config.eval.every_n_steps": 10,
+                "config.train.epochs": 5,
+                "config.train.max_steps": 50,
+                "config.train.batch_size": 32,
+                "config.train.accumulate_grad_batches": 4,
+            }
+        ]
+    )
+    items = dict(protocol(runs))
+    assert "400 optimizer steps in all, 5 epochs per task (at most 50 steps per task)" in items["fine-tuning"]
+    assert "batch size 32, gradients of 4 batches summed into each update" in items["fine-tuning"]
+    assert "only these tasks' heads were trained, on its frozen features" in items["tasks"]
+    assert "a → b" in items["tasks"]
+    assert "class-incremental" in items["heads"] and "domain-incremental" in items["heads"]
+    assert "at the end of each task" in items["evaluation"]
 
 
 def test_a_two_value_sweep_gets_its_plot(tmp_path: Path) -> None:

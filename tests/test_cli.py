@@ -57,6 +57,10 @@ def test_a_sweep_agents_dashed_overrides_are_plain_overrides(capsys, tmp_path: P
     code, plain, _ = run_cli(capsys, "run", *base, "method.name=ewc", "method.lam=50")
     assert dashed == plain
     assert yaml.safe_load(plain)["method"]["lam"] == 50.0
+    # A config key that is also another command's option (report --out) is still a config key for run.
+    code, printed, err = run_cli(capsys, "run", str(SPLIT), f"--out={tmp_path / 'elsewhere'}", "--print-config")
+    assert code == 0, err
+    assert yaml.safe_load(printed)["out"] == str(tmp_path / "elsewhere")
     # Our own options keep their meaning in the --name=value form.
     code, _, err = run_cli(capsys, "grid", str(EXPERIMENTS / "grids" / "demo.yaml"), "--workers=3", "--dry-run")
     assert code == 0, err
@@ -206,3 +210,34 @@ def test_research_help_is_quick_to_start() -> None:
     code = "import sys, research.cli; research.cli._parser(); print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_the_same_experiment_and_data_in_another_folder_is_the_same_run(capsys, tmp_path: Path) -> None:
+    """A run's id is what its files hold, not where they are: a moved checkout or another machine's copy of the
+    experiment and its data gives the same run id (and the pretraining cache entry), other data another."""
+
+    def project(folder: Path, seed: int) -> Path:
+        rng = np.random.default_rng(seed)
+        (folder / "data").mkdir(parents=True)
+        x = rng.normal(size=(80, 8)).astype(np.float32)
+        np.savez(folder / "data" / "points.npz", x=x, y=np.repeat(np.arange(4), 20))
+        tasks = {
+            "pretrain": {"tasks": [{"name": "old", "source": "npz", "path": "data/points.npz", "classes": [0, 1]}]},
+            "finetune": {"tasks": [{"name": "new", "source": "npz", "path": "data/points.npz", "classes": [2, 3]}]},
+        }
+        (folder / "mine.yaml").write_text(yaml.safe_dump({"name": "mine", **tasks}))
+        return folder / "mine.yaml"
+
+    def ids(experiment: Path) -> tuple[str, str]:
+        from research.config import load_config
+        from research.data import build_tasks
+        from research.training.pretrain import pretrain_key
+
+        code, printed, err = run_cli(capsys, "run", str(experiment), "--print-config")
+        assert code == 0, err
+        cfg = load_config(experiment)
+        return printed_run_id(printed), pretrain_key(cfg, build_tasks(cfg))
+
+    here, there, other = project(tmp_path / "a", 0), project(tmp_path / "b" / "moved", 0), project(tmp_path / "c", 1)
+    assert ids(here) == ids(there)
+    assert ids(here)[0] != ids(other)[0] and ids(here)[1] != ids(other)[1]

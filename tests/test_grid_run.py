@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,10 @@ import yaml
 from conftest import EXPERIMENTS, ROOT, TINY
 
 from research.config import validate_config
+from research.errors import ConfigError
 from research.grid.local import LocalExecutor
+from research.grid.outcome import Outcome
+from research.grid.progress import GridProgress
 from research.grid.results import results_table
 from research.grid.runner import run_grid
 from research.grid.spec import load_grid
@@ -156,7 +160,8 @@ def test_grid_runs_share_a_wandb_group_with_readable_names(tmp_path: Path, out: 
     assert result.count("completed") == 1
     (path,) = grid.runs[0].run_dir.glob("wandb/offline-run-*/run-*.wandb")
     info = next(r["run"] for r in wandb_records(path) if r["type"] == "run")
-    assert info["run_group"] == "wbgrid"
+    # <grid>/<setting> #<setting id>: the seeds of one setting form a W&B group
+    assert re.fullmatch(r"wbgrid/ewc #[0-9a-f]{6}", info["run_group"])
     assert info["job_type"] == "ewc"
     assert info["display_name"] == "ewc lam=10 seed=1"
     assert {"ewc", "subgrid-0", "setting:method.lam"} <= set(info["tags"])
@@ -254,6 +259,18 @@ def test_submitit_local_executor_runs_a_grid(tmp_path: Path, out: Path) -> None:
     first_end = min(e["time"] for e in log if e["event"] == "completed")
     assert sorted(e["time"] for e in log if e["event"] == "started")[1] >= first_end
 
+    # --force reruns the completed runs as new submitit jobs.
+    forced = subprocess.run(
+        grid_command(grid_file, out, "--executor", "slurm", "--submitit-cluster", "local", "--time", "10", "--force"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "2 completed, 0 failed, 0 skipped" in forced.stdout
+    assert not pids & {read_summary(r.run_dir)["process"]["pid"] for r in grid.runs}
+
 
 def test_slurm_submission_carries_the_grid_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sbatch script submitit writes for our options. There is no SLURM here, so this stops at the script:
@@ -318,3 +335,68 @@ def test_interrupting_a_grid_marks_its_runs_and_resumes(tmp_path: Path, out: Pat
             assert entry["reason"] == "not started: the grid was stopped before it", entry
     resume_grid(grid_file, out)
     completed_once(out, grid.name, [r.run_id for r in grid.runs])
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class _Instant:
+    """An executor that completes every run at once, without running it, and cannot force."""
+
+    def execute(self, runs, on_start, on_finish, on_tick) -> None:
+        for run_ in runs:
+            on_start(run_)
+            on_finish(run_, Outcome("completed", None, 0.0))
+            on_tick()
+
+
+def test_the_grid_header_is_a_line_of_its_own_above_the_bar(tmp_path: Path, out: Path) -> None:
+    grid = load_grid(write_grid(tmp_path / "hd.yaml", [{"method.name": "finetune"}], [0, 1]), [f"out={out}"])
+    screen = _Terminal()
+    run_grid(grid, _Instant(), 1, stream=screen)
+    header, rest = screen.getvalue().split("\n", 1)
+    # The header first, whole: the bar (drawn with "\r") starts below it, not on it.
+    assert header == "grid hd: 2 runs, 0 already completed, 2 to run (local, 1 worker)", header
+    assert "\r" in rest and "1/2 runs | done 1, running 0" in rest and "| , done" not in rest
+    assert GridProgress(0, 1, screen).bar is None  # nothing to run: no bar
+
+
+def test_force_needs_an_executor_that_takes_it(tmp_path: Path, out: Path) -> None:
+    grid = load_grid(write_grid(tmp_path / "nf.yaml", [{"method.name": "finetune"}], [0]), [f"out={out}"])
+    with pytest.raises(ConfigError, match="--force: the instant executor cannot rerun completed runs"):
+        run_grid(grid, _Instant(), 1, "instant", stream=io.StringIO(), force=True)
+    assert not grid.folder.exists()  # refused before anything was written
+
+
+def test_a_completed_grid_starts_no_worker_and_force_reruns_it(
+    tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import research.grid.runner as runner
+    from research.cli import main
+
+    grid_file = write_grid(tmp_path / "done.yaml", [{"method.name": "finetune"}], [0])
+    (done,) = load_grid(grid_file, [f"out={out}"]).runs
+    run(done.config)  # completed here, in this process
+    order: list[str] = []
+    start, check = LocalExecutor.start, runner.check_grid
+    monkeypatch.setattr(LocalExecutor, "start", lambda self: (order.append("workers"), start(self))[1])
+    monkeypatch.setattr(runner, "check_grid", lambda grid: (order.append("checks"), check(grid))[1])
+
+    assert main(["grid", str(grid_file), f"out={out}"]) == 0
+    assert "1 runs, 1 already completed, 0 to run" in capsys.readouterr().out
+    assert order == []  # no worker started, nothing checked: there was nothing to run
+
+    assert main(["grid", str(grid_file), f"out={out}", "--dry-run", "--force"]) == 0
+    assert "completed    rerun from the start" in capsys.readouterr().out
+    order.clear()
+
+    assert main(["grid", str(grid_file), f"out={out}", "--force"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 to run (--force: completed ones too)" in printed and "1 completed, 0 failed, 0 skipped" in printed
+    assert order == ["workers", "checks"]  # with work to do the workers import while the grid is checked
+    summary = read_summary(done.run_dir)
+    assert summary["status"] == "completed" and summary["process"]["pid"] != os.getpid()  # rerun by a worker
+    assert [e["event"] for e in events(out, "done")][-2:] == ["started", "completed"]
+    assert json.loads((out / "grids" / "done" / "summary.json").read_text())["force"] is True

@@ -61,7 +61,7 @@ def test_conditional_subgrids_expand_per_method(tmp_path: Path) -> None:
     # W&B: one group per setting (its seeds), job type = method (set by the run), tags and names from the sub-grid.
     for run in grid.runs:
         assert run.config.logging.grid == "g"
-        assert run.config.logging.group == f"g/{run.config.logging.setting}"
+        assert run.config.logging.group.startswith(f"g/{run.config.logging.setting} #")
         assert run.config.logging.run_name == run.name
         assert run.config.logging.tags[0] == f"subgrid-{run.subgrid}"
         assert run.config.logging.progress is False

@@ -110,9 +110,17 @@ def test_the_check_sees_an_overfull_table(tmp_path: Path) -> None:
 
 @needs_pdflatex
 def test_every_special_character_compiles(tmp_path: Path) -> None:
-    text = r"a_b {x} \ 5% $ & # ^ ~ < > | α λ Ω ± – — − × · ≤ ≥ → ≡ é ü ß ☃"
+    text = r"a_b {x} \ 5% $ & # ^ ~ < > | α λ Ω ± – — − × · ≤ ≥ → ≡ é ü ß ☃ ç ñ ő ł ø ą Þ ð ŋ Đ ϝ ς"
     log = compile_document(tmp_path, _latex(text))
     assert "Unicode character" not in log and "Missing $" not in log
+    assert "unavailable in encoding" not in log and "Undefined control sequence" not in log
+
+
+def test_negative_numbers_get_a_minus_sign() -> None:
+    from analysis.tables import _latex_number
+
+    assert _latex_number("-0.090 ± 0.015", bold=False) == r"$-$0.090{\scriptsize$\pm$.015}"
+    assert _latex_number("-0.090", bold=True) == r"\textbf{\boldmath{}$-$0.090}"
 
 
 def test_latex_escaping_by_hand() -> None:
@@ -121,6 +129,8 @@ def test_latex_escaping_by_hand() -> None:
     assert _latex("λ Λ Α") == r"$\lambda$ $\Lambda$ A"  # a Greek capital A is drawn as a Latin A
     assert _latex("x < y | z") == r"x \textless{} y \textbar{} z"
     assert _latex("é ☃") == r"é \texttt{U+2603}"  # pdflatex prints é; the snowman is named, not fatal
+    # Letters the default fonts lack (an ogonek, thorn, eth; digamma needs a package) are named too.
+    assert _latex("ą Þ ϝ ç") == r"\texttt{U+0105} \texttt{U+00DE} \texttt{U+03DD} ç"
 
 
 def test_table_layout_caption_label_reference_block() -> None:

@@ -21,7 +21,7 @@ import yaml
 
 from analysis.load import load_runs
 from analysis.summarize import run_accuracy_matrix, run_summary, task_metrics
-from analysis.wandb_load import load_wandb_api, load_wandb_offline
+from analysis.wandb_load import UnreadableRunWarning, load_wandb_api, load_wandb_offline
 from analysis.wandb_load import wandb_records as proto_records
 from research.config import LoggingConfig, run_id
 from research.errors import ConfigError, RunFailed
@@ -377,12 +377,20 @@ def test_a_grid_groups_the_seeds_of_each_setting(tmp_path: Path, out: Path) -> N
     grid = load_grid(grid_file)
     assert len(grid.runs) == 4
     groups = {run.name: run.config.logging.group for run in grid.runs}
-    assert groups == {
-        "finetune seed=0": "two/finetune",
-        "finetune seed=1": "two/finetune",
-        "ewc lam=10 seed=0": "two/ewc",
-        "ewc lam=10 seed=1": "two/ewc",
-    }
+    # <grid>/<label> #<setting id>: the seeds of a setting share it, and no other setting can (see below).
+    assert groups["finetune seed=0"] == groups["finetune seed=1"]
+    assert groups["ewc lam=10 seed=0"] == groups["ewc lam=10 seed=1"]
+    assert re.fullmatch(r"two/finetune #[0-9a-f]{6}", groups["finetune seed=0"])
+    assert re.fullmatch(r"two/ewc #[0-9a-f]{6}", groups["ewc lam=10 seed=0"])
+    # The grid file edited so that another finetune setting reads the same label: it gets another group.
+    edited = yaml.safe_load(grid_file.read_text())
+    edited["overrides"]["train.lr"] = 0.01
+    edited_file = tmp_path / "edited" / "two.yaml"
+    edited_file.parent.mkdir()
+    edited_file.write_text(yaml.safe_dump(edited))
+    finetune = next(r for r in load_grid(edited_file).runs if r.name == "finetune seed=0")
+    assert finetune.config.logging.setting == "finetune"
+    assert finetune.config.logging.group != groups["finetune seed=0"]
     read = {}
     for grid_run in grid.runs:
         assert grid_run.config.logging.grid == "two"
@@ -495,6 +503,15 @@ def test_in_process_reader_gives_what_wandb_itself_reads(make_cfg) -> None:
     cut.write_bytes(b"not a W&B file")
     with pytest.raises(ValueError, match="not a W&B run file"):
         list(proto_records(cut))
+
+    # In a folder, a file that cannot be read (a run that has just started: only the header) is left out with a
+    # warning naming it, and the other runs still load.
+    started = result.run_dir / "wandb" / "offline-run-started" / "run-started.wandb"
+    started.parent.mkdir()
+    started.write_bytes(data[:7])
+    with pytest.warns(UnreadableRunWarning, match="run-started.wandb"):
+        loaded = load_wandb_offline([result.run_dir])
+    assert list(loaded.runs["run_id"]) == [back.run["run_id"]]
 
 
 # --------------------------------------------------------------------------------------------- sync

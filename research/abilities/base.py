@@ -99,6 +99,10 @@ class Ability:
 _KINDS: dict[str, type[Ability]] = {}
 
 
+# The metrics of a classification task's rows (research.evaluation); ability metrics must be named otherwise.
+TASK_METRICS = ("acc", "loss")
+
+
 def register_ability(cls: type[Ability]) -> type[Ability]:
     kind = getattr(cls, "kind", None)
     if not kind or not isinstance(kind, str):
@@ -108,6 +112,11 @@ def register_ability(cls: type[Ability]) -> type[Ability]:
         raise TypeError(f"ability kind '{kind}' must set 'Config' to an AbilityConfig subclass")
     if not getattr(cls, "metrics", ()):
         raise TypeError(f"ability kind '{kind}' must name its metrics, its score first")
+    taken = sorted(set(cls.metrics) & set(TASK_METRICS))
+    if taken:
+        # The analysis reads a task's rows by these names (old-task accuracy, forgetting): an ability's rows
+        # named so would be counted as a task's.
+        raise TypeError(f"ability kind '{kind}': metric names {taken} belong to tasks; name its metrics otherwise")
     if kind in _KINDS and _KINDS[kind] is not cls:
         raise ValueError(f"ability kind '{kind}' is registered twice ({_KINDS[kind].__module__} and {cls.__module__})")
     _KINDS[kind] = cls

@@ -35,7 +35,9 @@ def _digest(root: Path, files: list[Path]) -> str:
 
 
 def task_fingerprints(tasks: list[TaskConfig]) -> dict[str, str]:
-    return {f"data:{t.path}": path_fingerprint(t.path) for t in tasks if t.path}
+    """Each user-data task's contents, by task name (task names are unique; the path is not part of a run's
+    identity, see research.config.without_file_paths)."""
+    return {f"data:{t.name}": path_fingerprint(t.path) for t in tasks if t.path}
 
 
 def content_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:

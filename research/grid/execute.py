@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 
-def execute_run(config: dict[str, Any], wait: bool = True) -> dict[str, Any]:
+def execute_run(config: dict[str, Any], wait: bool = True, force: bool = False) -> dict[str, Any]:
+    """Run one grid run; ``force`` starts it over even when it is completed (``research grid --force``)."""
     from research.config import validate_config
     from research.errors import ConfigError, RunBusy, RunFailed
     from research.training.run import run
@@ -22,7 +23,7 @@ def execute_run(config: dict[str, Any], wait: bool = True) -> dict[str, Any]:
         return {"status": status, "reason": reason, "seconds": time.perf_counter() - started}
 
     try:
-        outcome = run(validate_config(config), wait=wait)
+        outcome = run(validate_config(config), force=force, wait=wait)
     except RunBusy:
         return result("busy", "another process is running it")
     except RunFailed as err:

@@ -72,7 +72,9 @@ class LocalExecutor:
         on_start: Callable[[GridRun], None],
         on_finish: Callable[[GridRun, Outcome], None],
         on_tick: Callable[[], None],
+        force: bool = False,
     ) -> None:
+        """Run ``runs`` on the workers; ``force``: start each over even when it is completed."""
         # (run, wait): the first attempt does not wait for a run another process holds; it goes to the back
         # of the queue and is retried, waiting, once everything else has been handed out.
         if self.log_dir is None:
@@ -119,7 +121,7 @@ class LocalExecutor:
                         worker.close()
                         continue
                     run, wait_for_lock = queue.popleft()
-                    worker.send_run(resolved(run.config), wait_for_lock, self.log_dir)
+                    worker.send_run(resolved(run.config), wait_for_lock, self.log_dir, force)
                     busy[worker] = (run, wait_for_lock)
                     on_start(run)
                 for run, outcome in finished:
@@ -160,9 +162,9 @@ class _Worker:
         self.process.start()
         child.close()
 
-    def send_run(self, config: dict[str, Any], wait_for_lock: bool, log_dir: Path) -> None:
+    def send_run(self, config: dict[str, Any], wait_for_lock: bool, log_dir: Path, force: bool = False) -> None:
         self.started_run = False
-        message: dict[str, Any] = {"config": config, "wait": wait_for_lock}
+        message: dict[str, Any] = {"config": config, "wait": wait_for_lock, "force": force}
         if not self.has_log:  # the first run tells the worker where its output goes from now on
             log_dir.mkdir(parents=True, exist_ok=True)
             message["log"] = str(log_dir / f"worker-{self.number}.log")

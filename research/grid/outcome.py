@@ -22,7 +22,9 @@ class Outcome:
 
 
 class Executor(Protocol):
-    """Runs grid runs somewhere and reports each one's start and outcome as they happen."""
+    """Runs grid runs somewhere and reports each one's start and outcome as they happen. With ``force`` each run
+    starts over even when it is completed (``research.training.run.run(cfg, force=True)``); the grid passes it
+    only when it is true, and refuses ``--force`` on an executor whose ``execute`` does not take it."""
 
     def execute(
         self,
@@ -30,6 +32,7 @@ class Executor(Protocol):
         on_start: Callable[[GridRun], None],
         on_finish: Callable[[GridRun, Outcome], None],
         on_tick: Callable[[], None],
+        force: bool = False,
     ) -> None: ...
 
 

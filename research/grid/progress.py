@@ -3,6 +3,10 @@
 Every finished run prints one permanent line (its outcome, then the grid's counts, elapsed and estimated
 remaining time). On a terminal a single status bar below those lines keeps the counts and the clock live; in a
 log file or CI there is no bar, only the lines. Per-run progress bars are switched off inside grid runs.
+
+The bar is drawn as soon as it is made, so whatever is printed before it (the grid's header) must be printed
+before a ``GridProgress`` is made: a line printed after would land on the bar's line. A grid with nothing to
+run has no bar.
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ class GridProgress:
         self.running: set[str] = set()
         self.counts = {"completed": 0, "failed": 0, "skipped": 0}
         self.bar: tqdm | None = None
-        if self.stream.isatty():
+        if to_run and self.stream.isatty():
             self.bar = tqdm(
                 total=to_run,
                 file=self.stream,
                 dynamic_ncols=True,
                 leave=False,
-                bar_format="{percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} runs | {postfix}",
+                # The status as the bar's description: tqdm puts ", " before a postfix.
+                bar_format="{percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} runs | {desc}",
             )
 
     @property
@@ -64,8 +69,9 @@ class GridProgress:
         )
 
     def started(self, run: GridRun) -> None:
+        # No redraw here: an executor hands out the next run before it reports the last one's end, and the
+        # bar would show one run too many running meanwhile. The report (or the executor's tick) redraws.
         self.running.add(run.run_id)
-        self.tick()
 
     def finished_run(self, run: GridRun, outcome: Outcome) -> None:
         self.running.discard(run.run_id)
@@ -83,7 +89,7 @@ class GridProgress:
 
     def tick(self) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(self.status(), refresh=True)
+            self.bar.set_description_str(self.status(), refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -10,8 +10,10 @@ The runs themselves are ordinary run directories under ``<out>/<run id>/``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,16 +82,24 @@ def disk_status(run: GridRun) -> str:
     return "failed"
 
 
-def describe_plan(grid: Grid, pretrain_setups: int) -> str:
+def runs_to_do(grid: Grid, force: bool = False) -> list[GridRun]:
+    """The runs an invocation would execute: every run not completed yet, or with ``force`` every run."""
+    return list(grid.runs) if force else [run for run in grid.runs if disk_status(run) != "completed"]
+
+
+def describe_plan(grid: Grid, pretrain_setups: int, force: bool = False) -> str:
     """What ``--dry-run`` prints: each run with its id and what a real invocation would do with it."""
     statuses = [disk_status(run) for run in grid.runs]
     width = max(len(run.name) for run in grid.runs)
     lines = [f"grid {grid.name} ({grid.path}): {len(grid.runs)} runs into {grid.out}"]
     lines.append(f"  {'run id':12s}  {'name':{width}s}  sub-grid  on disk      action")
     for run, status in zip(grid.runs, statuses, strict=True):
-        action = "skip" if status == "completed" else ("wait, then skip or run" if status == "running" else "run")
+        if force:
+            action = "wait, then rerun from the start" if status == "running" else "rerun from the start"
+        else:
+            action = "skip" if status == "completed" else ("wait, then skip or run" if status == "running" else "run")
         lines.append(f"  {run.run_id:12s}  {run.name:{width}s}  {run.subgrid:8d}  {status:11s}  {action}")
-    to_run = sum(s != "completed" for s in statuses)
+    to_run = len(grid.runs) if force else sum(s != "completed" for s in statuses)
     lines.append(
         f"{to_run} to run, {len(grid.runs) - to_run} already completed; "
         f"{pretrain_setups} pretraining setup{'s' * (pretrain_setups != 1)} shared by all runs"
@@ -101,40 +111,53 @@ def describe_plan(grid: Grid, pretrain_setups: int) -> str:
     return "\n".join(lines)
 
 
+def takes_force(executor: Executor) -> bool:
+    """Whether the executor can rerun completed runs (its ``execute`` takes ``force``)."""
+    return "force" in inspect.signature(executor.execute).parameters
+
+
 def run_grid(
     grid: Grid,
     executor: Executor,
     workers: int,
     executor_name: str = "local",
     stream: TextIO | None = None,
+    force: bool = False,
 ) -> GridResult:
-    """Run every run of the grid that is not completed yet. A failing run never stops the others."""
+    """Run every run of the grid that is not completed yet (every run, completed ones too, with ``force``: each
+    starts over, as ``research run --force`` does). A failing run never stops the others."""
+    if force and not takes_force(executor):
+        raise ConfigError(f"--force: the {executor_name} executor cannot rerun completed runs")
     started = time.monotonic()
+    stream = stream or sys.stdout
     grid.folder.mkdir(parents=True, exist_ok=True)
     write_json(grid.folder / "grid.json", _expansion(grid))
     events = _EventLog(grid.folder / "events.jsonl")
 
     outcomes: dict[str, Outcome] = {run.run_id: Outcome("skipped", "not run") for run in grid.runs}
-    to_run = []
+    to_run = runs_to_do(grid, force)
+    doing = {run.run_id for run in to_run}
     for run in grid.runs:
-        if disk_status(run) == "completed":
+        if run.run_id not in doing:
             outcomes[run.run_id] = Outcome("skipped", "already completed")
             events.write(run, "skipped", "already completed")
-        else:
-            to_run.append(run)
-    progress = GridProgress(len(to_run), workers, stream)
     skipped = len(grid.runs) - len(to_run)
     logs = getattr(executor, "log_dir", None)
+    what = f"{skipped} already completed, {len(to_run)} to run"
+    if force:
+        what = f"{len(to_run)} to run (--force: completed ones too)"
     print(
-        f"grid {grid.name}: {len(grid.runs)} runs, {skipped} already completed, {len(to_run)} to run "
+        f"grid {grid.name}: {len(grid.runs)} runs, {what} "
         f"({executor_name}, {workers} worker{'s' * (workers != 1)})" + (f"; worker logs in {logs}" if logs else ""),
-        file=progress.stream,
-        flush=True,
+        file=stream,
     )
     for name, same_as in grid.duplicates:
-        print(f"  note: {name} resolves to the same run as {same_as}", file=progress.stream)
+        print(f"  note: {name} resolves to the same run as {same_as}", file=stream)
     for which, reason in grid.left_out:
-        print(f"  note: {which} is left out (method.name: all): {reason}", file=progress.stream)
+        print(f"  note: {which} is left out (method.name: all): {reason}", file=stream)
+    stream.flush()
+    # The bar starts after the header, on a line of its own (a bar drawn first would have the header glued on).
+    progress = GridProgress(len(to_run), workers, stream)
 
     in_flight: set[str] = set()
     announced: set[str] = set()
@@ -155,13 +178,16 @@ def run_grid(
     interrupted = False
     try:
         if to_run:
-            executor.execute(to_run, on_start, on_finish, progress.tick)
+            # Only a forced grid passes ``force``: an executor without it still runs ordinary grids.
+            more = {"force": True} if force else {}
+            executor.execute(to_run, on_start, on_finish, progress.tick, **more)
     except KeyboardInterrupt:
         interrupted = True
         for run in to_run:
             if outcomes[run.run_id].reason != "not run":
                 continue
-            if disk_status(run) == "completed":  # finished just before the interrupt was handled
+            # Finished just before the interrupt was handled (under --force: a rerun that got that far).
+            if disk_status(run) == "completed" and (not force or run.run_id in announced):
                 outcomes[run.run_id] = Outcome("completed", None)
                 events.write(run, "completed", "finished as the grid was stopped")
             elif run.run_id in in_flight and run.run_dir.exists():
@@ -172,7 +198,7 @@ def run_grid(
     finally:
         progress.close()
         result = GridResult(grid, outcomes, time.monotonic() - started)
-        write_json(grid.folder / "summary.json", _summary(result, executor_name, workers, interrupted))
+        write_json(grid.folder / "summary.json", _summary(result, executor_name, workers, interrupted, force))
     return result
 
 
@@ -213,12 +239,13 @@ def _expansion(grid: Grid) -> dict[str, Any]:
     }
 
 
-def _summary(result: GridResult, executor: str, workers: int, interrupted: bool) -> dict[str, Any]:
+def _summary(result: GridResult, executor: str, workers: int, interrupted: bool, force: bool) -> dict[str, Any]:
     return {
         "grid": result.grid.name,
         "file": str(result.grid.path),
         "executor": executor,
         "workers": workers,
+        "force": force,
         "interrupted": interrupted,
         "seconds": result.seconds,
         "counts": {s: result.count(s) for s in ("completed", "failed", "skipped")},

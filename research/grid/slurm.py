@@ -66,9 +66,11 @@ class SlurmExecutor:
         on_start: Callable[[GridRun], None],
         on_finish: Callable[[GridRun, Outcome], None],
         on_tick: Callable[[], None],
+        force: bool = False,
     ) -> None:
         """On SLURM every run is submitted at once as one array (SLURM caps how many run at a time); submitit's
-        local executor has no such cap, so there runs are submitted as slots free up."""
+        local executor has no such cap, so there runs are submitted as slots free up. ``force``: completed runs
+        are rerun from the start (`research grid --force`)."""
         executor = self.submitit_executor()
         queue = list(runs)
         pending: dict = {}
@@ -77,7 +79,7 @@ class SlurmExecutor:
                 slots = len(queue) if self.options.cluster == "slurm" else self.max_parallel - len(pending)
                 if slots > 0 and queue:
                     batch, queue = queue[:slots], queue[slots:]
-                    pending.update(self._submit(executor, batch, on_start, on_finish))
+                    pending.update(self._submit(executor, batch, on_start, on_finish, force))
                 self._poll(pending, on_start, on_finish)
                 on_tick()
                 if pending:
@@ -88,14 +90,14 @@ class SlurmExecutor:
             raise
 
     @staticmethod
-    def _submit(executor, runs: list[GridRun], on_start, on_finish) -> dict:
+    def _submit(executor, runs: list[GridRun], on_start, on_finish, force: bool = False) -> dict:
         """Submit runs as one batch; if the scheduler refuses it (a bad partition, a limit), they fail with its
         message instead of ending the grid with a traceback."""
         from research.grid.execute import execute_run
 
         try:
             with executor.batch():
-                jobs = [executor.submit(execute_run, resolved(run.config), True) for run in runs]
+                jobs = [executor.submit(execute_run, resolved(run.config), True, force) for run in runs]
         except Exception as err:  # noqa: BLE001 - sbatch's refusal, reported per run
             reason = f"submission refused: {_last_line(err)}"
             for run in runs:

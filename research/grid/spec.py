@@ -55,7 +55,7 @@ from research.config import (
 )
 from research.data.fingerprint import content_fingerprints
 from research.errors import ConfigError
-from research.labels import flatten_config, setting_labels
+from research.labels import flatten_config, setting_id, setting_labels
 from research.tracking import setting_group, short_tag
 
 # Keys a sub-grid may not set: seeds come from ``seeds``, and all runs of a grid share one ``out``.
@@ -200,16 +200,20 @@ def label_settings(grid_name: str, runs: list[GridRun]) -> None:
     ``logging.setting``, ``logging.group``). The label is the analysis's (research.labels.setting_labels over the
     grid's runs); two settings it cannot tell apart (they differ only in the logging interval) get a hash
     suffix, so a group never mixes settings."""
-    frame = pd.DataFrame([{"method": r.config.method["name"], **flatten_config(resolved(r.config))} for r in runs])
-    labels = setting_labels(frame)
+    flat = [{"method": r.config.method["name"], **flatten_config(resolved(r.config))} for r in runs]
+    labels = setting_labels(pd.DataFrame(flat))
+    ids = [setting_id(row) for row in flat]  # the analysis's setting id (research.labels), from each run's own
     ids_of: dict[str, set[str]] = {}
-    for run, label in zip(runs, labels, strict=True):
-        ids_of.setdefault(label, set()).add(run.setting_id)
-    for run, label in zip(runs, labels, strict=True):
+    for label, sid in zip(labels, ids, strict=True):
+        ids_of.setdefault(label, set()).add(sid)
+    for run, label, sid in zip(runs, labels, ids, strict=True):
         if len(ids_of[label]) > 1:
-            label = f"{label} [{run.setting_id[:6]}]"
+            label = f"{label} [{sid[:6]}]"
         logging = run.config.logging
-        logging.grid, logging.setting, logging.group = grid_name, label, setting_group(grid_name, label)
+        # The group carries the setting's id too: a label depends on what varies in this expansion, so after an
+        # edit of the grid file another setting could read the same, and must not join the group.
+        logging.grid, logging.setting = grid_name, label
+        logging.group = setting_group(grid_name, f"{label} #{sid[:6]}")
 
 
 def registered_methods(subgrid: dict[str, Any], where: str) -> tuple[dict[str, Any], bool]:

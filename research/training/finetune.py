@@ -18,14 +18,16 @@ from research.abilities import build_abilities
 from research.config import ExperimentConfig
 from research.data.batches import TensorBatches
 from research.data.tasks import TaskSet
+from research.evaluation.drift import trained_blocks
 from research.evaluation.evaluator import Evaluator, epoch_of_step, eval_sets, score
 from research.methods.base import FinetuneContext, Method
 from research.models.adapters import adapter
 from research.models.extent import Extent, extent_of
 from research.models.multihead import MultiHeadNet
-from research.tracking import Tracker, tracked_name
+from research.tracking import Tracker, tracked_name, trained_drift
 from research.training.module import ClassifierModule
 from research.training.pretrain import load_pretrained, pretrained_skeleton
+from research.training.progress import finetune_stage, make_progress
 from research.training.resume import TaskHistory, cpu_copy, rng_state, save_checkpoint, set_rng_state
 from research.training.trainer import make_trainer
 
@@ -113,6 +115,8 @@ class FinetuneOutcome:
     seconds: float = 0.0
     eval_seconds: float = 0.0
     ability_seconds: float = 0.0  # the part of eval_seconds spent scoring abilities
+    prepare_seconds: float = 0.0  # the method's preparation before each task (Fisher, importances, buffers, ...)
+    method_state_bytes: int = 0  # what the method keeps beside the model (anchors, Fisher, buffer, teacher)
     evaluations: int = 0
     method_info: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)  # what the backbone is (research.models.adapters)
@@ -167,7 +171,19 @@ def run_finetune(
     outcome.model_info = adapter(cfg.model.arch).describe(cfg.model, model.backbone)
     outcome.method_rows = method.finish(model, context, lambda m: score(m, stage.evaluator.sets, cfg.eval.batch_size))
     outcome.method_info = method.info()
+    outcome.method_state_bytes = tensor_bytes(method.state_dict())
     return outcome
+
+
+def tensor_bytes(state: Any) -> int:
+    """Bytes of every tensor in a (nested) state: what a method keeps beside the model, as a checkpoint saves it."""
+    if isinstance(state, Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(tensor_bytes(v) for v in state)
+    return 0
 
 
 class FinetuneStage:
@@ -195,7 +211,8 @@ class FinetuneStage:
             eval_sets(tasks.all, cfg.eval.split, cfg.eval.max_samples, cfg.data.split_seed),
             cfg.eval.every_n_steps,
             cfg.eval.batch_size,
-            lambda step, scores: tracker.log(scores, step),
+            # W&B gets weight drift only for the blocks that train (diagnostics.parquet keeps every block).
+            lambda step, scores: tracker.log(trained_drift(scores, trained_blocks(model)), step),
             abilities,
         )
         self.evaluator.records = outcome.records  # measurements land in the outcome as they are taken
@@ -272,7 +289,8 @@ class FinetuneStage:
                 "max_steps": cfg.train.max_steps - done if cfg.train.max_steps else None,
             }
         )
-        trainer = make_trainer(remaining, cfg.device, cfg.logging.progress, callbacks)
+        stage = finetune_stage(self.tasks, index, steps_per_epoch, total, done, self.evaluator.records)
+        trainer = make_trainer(remaining, cfg.device, make_progress(cfg.logging.progress, stage), callbacks)
         try:
             trainer.fit(module, train_dataloaders=batches)
         finally:
@@ -287,7 +305,9 @@ class FinetuneStage:
         """A task's start: remember what it started from (for a resume), then let the method prepare."""
         self.outcome.history.starts.append(cpu_copy(self.model.state_dict()))
         self.outcome.history.rngs.append(rng_state())
+        started = time.perf_counter()
         self.method.prepare(self.model, self.context)
+        self.outcome.prepare_seconds += time.perf_counter() - started
 
     def _restore(self, module: ClassifierModule, resume: dict[str, Any]) -> None:
         """Rebuild the state of the checkpoint step: replay the method's preparation of every task so far on

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from research.config import DATA_HANDLING, ExperimentConfig, stable_hash
+from research.config import DATA_HANDLING, ExperimentConfig, OptimConfig, stable_hash, without_file_paths
 from research.data.batches import TensorBatches
 from research.data.fingerprint import task_fingerprints
 from research.data.inputs import Inputs, compact, concat, count, take, to_device
@@ -47,6 +47,7 @@ from research.training.checkpoints import (
     save_weights,
 )
 from research.training.module import ClassifierModule
+from research.training.progress import Stage, TrainLoss, make_progress
 from research.training.trainer import make_trainer
 
 
@@ -86,8 +87,10 @@ def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
             "content": task_fingerprints(cfg.pretrain.tasks),
             "backbone": adapter(cfg.model.arch).fingerprint(cfg.model),
             "data": cfg.data.model_dump(mode="json", exclude=set(DATA_HANDLING)),
-            "model": cfg.model.model_dump(mode="json"),
-            "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],
+            "model": without_file_paths({"model": cfg.model.model_dump(mode="json")})["model"],
+            "tasks": without_file_paths(
+                {"pretrain": {"tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks]}}
+            )["pretrain"]["tasks"],
             "heads": tasks.pretrain_head_sizes(),
             "train": cfg.pretrain.train.model_dump(mode="json"),
             "seed": cfg.pretrain.seed,
@@ -145,6 +148,15 @@ def pretrained_weights(cfg: ExperimentConfig, tasks: TaskSet) -> Pretrained:
     return Pretrained(state, manifest, cached, time.perf_counter() - started, entry, records)
 
 
+def pretrain_stage(tasks: TaskSet, batches: int, train: OptimConfig, loss: TrainLoss) -> Stage:
+    """What the pretraining display names and counts: the pretraining tasks, updates per epoch and in all."""
+    steps_per_epoch = -(-batches // train.accumulate_grad_batches)  # the last update takes what is left
+    total = steps_per_epoch * train.epochs
+    if train.max_steps:
+        total = min(total, train.max_steps)
+    return Stage("pretrain", "+".join(t.name for t in tasks.pretrain), steps_per_epoch, total, loss)
+
+
 @torch.no_grad()  # not inference mode: the features are training data for the heads
 def frozen_features(model: MultiHeadNet, x: Inputs, batch_size: int, device: str) -> Tensor:
     """The backbone's features of every example, in eval mode, on the training device when there is one."""
@@ -183,8 +195,11 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
         x, y, head_ids, batch_size=cfg.pretrain.train.batch_size, seed=cfg.pretrain.seed, workers=cfg.data.workers
     )
     recorders = {name: recorder(trained) for name, recorder in pretraining_recorders().items()}
-    module = ClassifierModule(trained, heads, cfg.pretrain.train, recorders=recorders)
-    trainer = make_trainer(cfg.pretrain.train, cfg.device, cfg.logging.progress, [])
+    loss = TrainLoss()  # what the display shows, from the module's logging steps
+    progress = make_progress(cfg.logging.progress, pretrain_stage(tasks, len(batches), cfg.pretrain.train, loss))
+    sink = loss.sink if progress is not None else None
+    module = ClassifierModule(trained, heads, cfg.pretrain.train, recorders=recorders, scalar_sink=sink)
+    trainer = make_trainer(cfg.pretrain.train, cfg.device, progress, [])
     try:
         trainer.fit(module, train_dataloaders=batches)
     except FloatingPointError as err:

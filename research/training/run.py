@@ -239,6 +239,7 @@ def _run_locked(
 
     summary.update(_results(outcome))
     summary["method_info"] = outcome.method_info
+    summary["method_state_bytes"] = outcome.method_state_bytes
     if outcome.model_info:
         summary["model"] = outcome.model_info
     summary["timings"] = {
@@ -246,6 +247,7 @@ def _run_locked(
         "finetune_seconds": outcome.seconds,
         "eval_seconds": outcome.eval_seconds,
         "ability_seconds": outcome.ability_seconds,
+        "prepare_seconds": outcome.prepare_seconds,  # part of finetune_seconds
     }
     summary["steps"] = outcome.steps
     # Where each fine-tuning task ended on the step axis: the rows of a sequence's accuracy matrix.

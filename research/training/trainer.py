@@ -6,12 +6,18 @@ import logging
 import warnings
 
 import lightning as L
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.strategies import DDPStrategy
 
 from research.config import OptimConfig
 
 
-def make_trainer(optim: OptimConfig, device: str, progress: bool, callbacks: list[L.Callback]) -> L.Trainer:
+def make_trainer(
+    optim: OptimConfig, device: str, progress: ProgressBar | bool | None, callbacks: list[L.Callback]
+) -> L.Trainer:
+    """``progress``: the stage's display (research.training.progress); None or False for none. It goes after
+    ``callbacks``, so that it shows the scores of an evaluation made at the same step."""
+    display = progress if isinstance(progress, ProgressBar) else None
     # Our own logging goes through research.tracking (guarded W&B) and the run store, so Lightning's logger
     # and checkpointing are off; the per-step path stays short.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -36,7 +42,8 @@ def make_trainer(optim: OptimConfig, device: str, progress: bool, callbacks: lis
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=progress,
+        # Without a display of our own there is none: Lightning's default would be Rich's or tqdm's bar.
+        enable_progress_bar=display is not None,
         num_sanity_val_steps=0,
-        callbacks=callbacks,
+        callbacks=[*callbacks, display] if display is not None else callbacks,
     )

@@ -287,6 +287,8 @@ def _run_grid(path: Path | str, overrides: list[str], args: argparse.Namespace, 
             if slurm is None:
                 local.start()  # the workers import torch & co. while this process checks the grid
             check_grid(grid)
+        if not force:
+            _note_other_code(grid)
         if slurm is not None:
             executor = SlurmExecutor(slurm, grid.folder / "submitit", args.workers, f"research-{grid.name}")
         else:
@@ -302,6 +304,25 @@ def _run_grid(path: Path | str, overrides: list[str], args: argparse.Namespace, 
     print(results_table(grid))
     print(f"\nRun directories (config.yaml, metrics.parquet, summary.json, W&B files): {grid.out}")
     return 1 if result.count("failed") else 0
+
+
+def _note_other_code(grid) -> None:
+    """Say when completed runs the grid will skip were made by other code than this (another commit, or
+    uncommitted changes): their numbers may differ from what this code gives."""
+    from research.store import read_summary
+
+    changed = []
+    for run in grid.runs:
+        summary = read_summary(run.run_dir) if run.run_dir.is_dir() else None
+        if summary and summary.get("status") == "completed" and code_changed(summary):
+            changed.append((run, code_changed(summary)))
+    if changed:
+        first, why = changed[0]
+        print(
+            f"note: completed runs to skip that other code made: {len(changed)} (e.g. {first.name}: {why}); "
+            "--force reruns them",
+            flush=True,
+        )
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

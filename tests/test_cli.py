@@ -241,3 +241,33 @@ def test_the_same_experiment_and_data_in_another_folder_is_the_same_run(capsys, 
     here, there, other = project(tmp_path / "a", 0), project(tmp_path / "b" / "moved", 0), project(tmp_path / "c", 1)
     assert ids(here) == ids(there)
     assert ids(here)[0] != ids(other)[0] and ids(here)[1] != ids(other)[1]
+
+
+def test_a_grid_says_when_runs_it_skips_were_made_by_other_code(capsys, tmp_path: Path) -> None:
+    from research.grid.spec import load_grid
+    from research.training import run
+
+    out = tmp_path / "out"
+    grid_file = tmp_path / "g.yaml"
+    overrides = {item.split("=", 1)[0]: yaml.safe_load(item.split("=", 1)[1]) for item in TINY}
+    grid_file.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(SPLIT),
+                "overrides": {**overrides, "out": str(out)},
+                "seeds": [0],
+                "grid": [{"method.name": "finetune"}],
+            }
+        )
+    )
+    (grid_run,) = load_grid(grid_file).runs
+    result = run(grid_run.config)
+    assert result.run_id == grid_run.run_id
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    summary["git"] = {"commit": "1" * 40, "dirty": False, "changed": 0}
+    (result.run_dir / "summary.json").write_text(json.dumps(summary))
+    code, said, err = run_cli(capsys, "grid", str(grid_file))
+    assert code == 0, err
+    note = "note: completed runs to skip that other code made: 1 (e.g. finetune seed=0: this run was made by commit"
+    assert note in said
+    assert "1111111111" in said and "--force reruns them" in said

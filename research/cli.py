@@ -68,6 +68,17 @@ def _version() -> str:
     return f"research (forgetting-lab) {version('forgetting-lab')}{commit}"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, asking git only when it is given (not on every start of the command line)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(_version())
+        parser.exit()
+
+
 class _DefaultsFormatter(argparse.HelpFormatter):
     """Help that shows each option's default, except where there is none to show or the text already says it."""
 
@@ -105,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Measure what a pretrained model forgets while it is fine-tuned, under a chosen method.",
         formatter_class=_DefaultsFormatter,
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_VersionAction, help="print the version and git commit, then exit")
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_subparser(_DefaultsFormatter)
     )

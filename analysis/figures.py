@@ -1,5 +1,5 @@
-"""Paper figures from tidy result frames: forgetting curves, stability–plasticity plane, accuracy matrices,
-hyperparameter sweeps and WiSE-FT interpolation.
+"""Paper figures from tidy result frames: forgetting curves, the stability gap around task switches,
+stability–plasticity plane, accuracy matrices, hyperparameter sweeps and WiSE-FT interpolation.
 
 Every function takes a pandas DataFrame (the columns are listed in its docstring), writes ``<out_dir>/<name>.pdf``
 and ``<out_dir>/<name>.png`` (200 dpi; nothing when ``out_dir`` is None) and returns the figure, a
@@ -554,6 +554,72 @@ def forgetting_curves_by_family(
         fig.suptitle(
             f"{quantity[0].upper()}{quantity[1:]} during fine-tuning by method family: {_seed_phrase(seeds[drawn])}"
         )
+        return _save(fig, out_dir, name)
+
+
+SWITCH_COLUMNS = ["setting", "seed", "task", "step"]
+
+
+def task_switches(switches: pd.DataFrame) -> list[float]:
+    """The steps at which training switched from one fine-tuning task to the next: each fine-tuning task's end
+    (``switches``: ``setting, seed, task, step``, one row per run and task, as ``task_ends`` records them) except
+    the last task's, the median over seeds, distinct over settings, sorted."""
+    switches = _check_frame(switches, SWITCH_COLUMNS, "stability_gap_figure switches")
+    ends = switches.assign(step=pd.to_numeric(switches["step"]).astype(float))
+    last = ends.groupby(["setting", "seed"])["step"].transform("max")
+    medians = ends[ends["step"] < last].groupby(["setting", "task"], sort=False)["step"].median()
+    return sorted(set(medians.tolist()))
+
+
+def stability_gap_figure(
+    curves: pd.DataFrame,
+    switches: pd.DataFrame,
+    out_dir: str | Path | None,
+    name: str = "stability_gap",
+    settings: Sequence[str] | None = None,
+) -> PaperFigure:
+    """The stability gap (De Lange, van de Ven & Tuytelaars 2023, Fig. 2): accuracy of the tasks learned first
+    (every pretraining task and the first fine-tuning task, one panel each) against absolute fine-tuning steps,
+    with each switch to the next fine-tuning task marked by a vertical dashed line (:func:`task_switches`; step 0
+    is the switch from pretraining to the first fine-tuning task). Per setting the mean over seeds is a line and
+    ±1 std a band. On the first fine-tuning task's panel the span it was trained on is shaded: after it, a dip
+    right after a switch followed by a partial recovery is the gap, which evaluating only at task ends misses.
+
+    ``curves``: ``setting, method, seed, step, task, role, value`` (accuracy at every evaluation), as for
+    :func:`forgetting_curves`; ``switches``: ``setting, seed, task, step`` (each fine-tuning task's end).
+    ``settings`` restricts and orders the settings drawn."""
+    curves, styles, drawn = _check_curves(curves, settings)
+    first = list(dict.fromkeys(curves.loc[curves["role"].astype(str) == "finetune", "task"].astype(str)))
+    if len(first) < 2:
+        raise ValueError(f"stability_gap_figure needs a sequence of fine-tuning tasks; got {first}")
+    marks = task_switches(switches)
+    stats, panels, seeds = _curve_stats(curves, drawn)
+    panels = [p for p in panels if p[0] == "pretrain"] + [("finetune", first[0])]
+    ncols = min(len(panels), 4)
+    nrows = math.ceil(len(panels) / ncols)
+    width = min(max(2.4 * ncols + 0.5, MIN_WIDTH), MAX_WIDTH)
+    labels = [_legend_label(s, seeds, None) for s in drawn]
+    legend_cols = _legend_columns(labels, width)
+    height = 0.45 + 2.0 * nrows + 0.2 + 0.19 * math.ceil(len(labels) / legend_cols)
+    title_chars = int((width / ncols - 0.35) / 0.062)
+    kinds = {"pretrain": "(pretraining task)", "finetune": "(first new task)"}
+    with paper_style():
+        fig = _new_figure(width, height)
+        axes = fig.subplots(nrows, ncols, sharex=True, sharey=False, squeeze=False).ravel()
+        for ax in axes[len(panels) :]:
+            ax.set_visible(False)
+        values = _draw_panels(axes, panels, stats, drawn, styles, title_chars=title_chars, kinds=kinds, floor=0.0)
+        _finish_panels(axes, panels, values, ncols, sharey=False, quantity="accuracy", floor=0.0)
+        for ax in axes[: len(panels)]:
+            for step in marks:
+                ax.axvline(step, color="0.35", linestyle="--", linewidth=0.8, zorder=2)
+        if marks:  # the first new task trained from step 0 to the first switch
+            axes[len(panels) - 1].axvspan(0, marks[0], color="0.9", zorder=0, linewidth=0)
+        handles = [_setting_handle(styles[s]) for s in drawn]
+        handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=0.8))
+        labels.append("switch to the next task")
+        fig.legend(handles, labels, loc="outside lower center", ncols=legend_cols, columnspacing=1.2)
+        fig.suptitle(f"Stability gap: accuracy around each task switch, {_seed_phrase(seeds[drawn])}")
         return _save(fig, out_dir, name)
 
 

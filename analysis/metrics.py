@@ -9,7 +9,8 @@ metric reads only cells at or after each task's boundary, so cells before it may
 scored yet); a NaN at or after a boundary is an error.
 
 Also: metrics of one task's accuracy curve over training steps (final and peak-to-final drop, stability gap,
-retention, forgetting area, final accuracy), the Pareto front of runs, reading an accuracy matrix out of a tidy
+retention, forgetting area, final accuracy), the continual-evaluation metrics min-ACC and WC-ACC over every
+evaluation of a run (De Lange et al. 2023), the Pareto front of runs, reading an accuracy matrix out of a tidy
 table, and mean ± Student-t confidence intervals over seeds. numpy, pandas and scipy only.
 """
 
@@ -181,6 +182,108 @@ def final_accuracy(steps: Sequence[float] | np.ndarray, acc: Sequence[float] | n
     forgotten of it while later tasks were learned; the accuracy right after learning it is :func:`plasticity`."""
     _, values = _curve(steps, acc)
     return float(values[-1])
+
+
+# --- Continual evaluation (De Lange, van de Ven & Tuytelaars 2023) -----------------------------------------
+# De Lange, van de Ven & Tuytelaars 2023, "Continual evaluation for lifelong learning: identifying the stability
+# gap" (ICLR 2023), Section 3: with tasks T_1..T_k learned in order and the model f_n evaluated at iteration n,
+#     min-ACC_{T_k} = 1/(k−1) · Σ_{i<k} min_n A(E_i, f_n)  over |T_i| < n ≤ t  (the evaluations after T_i was
+#                     learned, up to now),
+#     WC-ACC_t      = 1/k · A(E_k, f_t) + (1 − 1/k) · min-ACC_{T_k}  (T_k: the task being learned at t).
+# The authors' code (Mattdl/ContinualEvaluation, src/eval/continual_eval_metrics.py) computes WC-ACC the same way,
+# as the mean of the current task's accuracy and the k−1 earlier tasks' minima. Here the input is every
+# evaluation of a run: ``steps`` (N, strictly increasing), ``accuracy`` (N × K, column k = task k) and each
+# task's boundary *step* ``b_k`` (the step at which it was learned). Pretraining tasks count as learned tasks
+# with their boundary at the first evaluation (step 0: learned before fine-tuning began), so with P pretraining
+# tasks and F fine-tuning tasks k = P + F at the end of the run.
+
+
+def _evaluations(
+    steps: Sequence[float] | np.ndarray, accuracy: Matrix, boundaries: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    step_array = np.asarray(steps, dtype=float)
+    matrix = _matrix(accuracy)
+    bounds = np.asarray(boundaries, dtype=float)
+    if step_array.ndim != 1 or step_array.size != matrix.shape[0]:
+        raise ValueError(f"steps must be 1-D with one entry per accuracy row; got {step_array.shape}, {matrix.shape}")
+    if not np.all(np.isfinite(step_array)) or not np.all(np.diff(step_array) > 0):
+        raise ValueError(f"steps must be finite and strictly increasing; got {step_array.tolist()}")
+    if bounds.ndim != 1 or bounds.size != matrix.shape[1]:
+        raise ValueError(f"{bounds.size} boundaries for {matrix.shape[1]} tasks")
+    for k, b in enumerate(bounds):
+        if not step_array[0] <= b <= step_array[-1]:
+            raise ValueError(f"task {k}: boundary step {b} is outside the evaluated steps {step_array[[0, -1]]}")
+        if np.isnan(matrix[step_array >= b, k]).any():
+            raise ValueError(f"task {k}: accuracy missing (NaN) at or after its boundary step {b}")
+    return step_array, matrix, bounds
+
+
+def _learned_and_current(
+    step_array: np.ndarray, bounds: np.ndarray, at: float | None
+) -> tuple[float, list[int], int | None]:
+    """The evaluation step ``t`` (default the last), the tasks learned before it (``b_k < t``) and the task being
+    learned at it: the one with the earliest boundary at or after ``t`` (None when every task was learned)."""
+    t = float(step_array[-1] if at is None else at)
+    if t not in set(step_array.tolist()):
+        raise ValueError(f"at={at} is not an evaluated step")
+    learned = [k for k, b in enumerate(bounds) if b < t]
+    later = [b for b in bounds if b >= t]
+    if not later:
+        return t, learned, None
+    current = [k for k, b in enumerate(bounds) if b == min(later)]
+    if len(current) > 1:
+        raise ValueError(f"tasks {current} share the boundary step {min(later)}: which one is being learned is unknown")
+    return t, learned, current[0]
+
+
+def task_minima(
+    steps: Sequence[float] | np.ndarray, accuracy: Matrix, boundaries: Sequence[float], at: float | None = None
+) -> np.ndarray:
+    """Each task's minimum accuracy over the evaluations strictly after its boundary step and up to step ``at``
+    (default: the last evaluation), ``min_{b_k < s ≤ at} A[s, k]`` (the inner term of min-ACC); NaN for a task not
+    learned before ``at`` (``b_k ≥ at``). Excluding the boundary itself follows the paper's ``n > |T_i|``: the
+    model that just finished learning a task is not yet one that could forget it."""
+    step_array, matrix, bounds = _evaluations(steps, accuracy, boundaries)
+    t, learned, _ = _learned_and_current(step_array, bounds, at)
+    result = np.full(matrix.shape[1], np.nan)
+    for k in learned:
+        window = (step_array > bounds[k]) & (step_array <= t)
+        result[k] = matrix[window, k].min()
+    return result
+
+
+def min_accuracy(
+    steps: Sequence[float] | np.ndarray, accuracy: Matrix, boundaries: Sequence[float], at: float | None = None
+) -> float:
+    """min-ACC (De Lange et al. 2023, the average minimum accuracy): the mean over the tasks learned before step
+    ``at`` (default the last evaluation; pretraining tasks included, learned at step 0) of :func:`task_minima`,
+    the lowest accuracy each fell to at any evaluation after it was learned. Higher is better; it is never above
+    the same tasks' mean accuracy at ``at``. Raises ValueError when no task was learned before ``at``."""
+    minima = task_minima(steps, accuracy, boundaries, at)
+    if np.isnan(minima).all():
+        raise ValueError("min-ACC needs a task learned before the evaluation step; none was")
+    return float(np.nanmean(minima))
+
+
+def worst_case_accuracy(
+    steps: Sequence[float] | np.ndarray, accuracy: Matrix, boundaries: Sequence[float], at: float | None = None
+) -> float:
+    """WC-ACC (De Lange et al. 2023) at step ``at`` (default the last evaluation): ``1/k · A[at, c] + (1 − 1/k)
+    · min-ACC``, with ``c`` the task being learned at ``at`` (the earliest boundary at or after it; at the last
+    evaluation, the task learned last) and ``k`` = the tasks learned before ``at`` plus ``c``; pretraining tasks
+    count as learned at step 0. With no earlier task it is ``A[at, c]``. Raises ValueError when every task was
+    learned before ``at`` (no current task) or when several tasks share ``c``'s boundary."""
+    step_array, matrix, bounds = _evaluations(steps, accuracy, boundaries)
+    t, learned, current = _learned_and_current(step_array, bounds, at)
+    if current is None:
+        raise ValueError(f"WC-ACC needs the task being learned at step {t}; every task was learned before it")
+    now = float(matrix[step_array == t, current][0])
+    if np.isnan(now):
+        raise ValueError(f"task {current}: accuracy missing (NaN) at step {t}")
+    if not learned:
+        return now
+    k = len(learned) + 1
+    return now / k + (1 - 1 / k) * min_accuracy(step_array, matrix, bounds, t)
 
 
 # --- Across runs ----------------------------------------------------------------------------------------------

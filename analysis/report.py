@@ -299,6 +299,21 @@ def _figures(
     else:
         figure = figures.forgetting_curves(curves, folder, sharey=False, same_as=same_as)
     add(f"Forgetting curves{where}", text + identical, figure)
+    switches = _switches(runs)
+    if switches.empty:
+        report.skipped.append(f"Stability gap{where}: no run has more than one fine-tuning task")
+    else:
+        sequence_curves = curves[curves["setting"].isin(set(switches["setting"]))]
+        add(
+            f"Stability gap around each task switch{where}",
+            "Accuracy of the tasks learned first (the pretraining tasks and the first new task) at every "
+            "evaluation, against fine-tuning steps, for the settings with more than one new task; dashed lines "
+            "mark each switch to the next new task, the grey span is where the first new task was trained. Lines "
+            "are the mean over seeds, bands ± one standard deviation. A sharp dip right after a switch that then "
+            "partly recovers is the stability gap (De Lange et al. 2023): evaluating only at task ends misses it. "
+            "min-ACC and WC-ACC (wide table) measure it.",
+            figures.stability_gap_figure(sequence_curves, switches, folder),
+        )
     scores = ability_curves(runs)
     if not scores.empty:
         scores = scores.assign(task=scores["task"] + ": " + scores["metric"])
@@ -363,6 +378,17 @@ def _figures(
             figures.wise_ft_curve(wise, folder),
         )
     return sections
+
+
+def _switches(runs: RunSet) -> pd.DataFrame:
+    """``setting, seed, task, step``: each fine-tuning task's end (``task_ends``) in the runs with more than one
+    fine-tuning task (empty when there are none)."""
+    rows = []
+    for run in runs.runs.itertuples():
+        ends = json.loads(run.task_ends) if isinstance(run.task_ends, str) else []
+        if len(ends) > 1:
+            rows += [(run.setting, run.seed, end["task"], end["step"]) for end in ends]
+    return pd.DataFrame(rows, columns=["setting", "seed", "task", "step"])
 
 
 def _accuracy_matrices(
@@ -533,6 +559,20 @@ METRIC_TEXT = [
         "stability gap",
         "step-0 accuracy minus the lowest accuracy during fine-tuning (De Lange et al. 2023): the worst transient "
         "loss, even if recovered by the end.",
+    ),
+    (
+        "min-ACC",
+        "average minimum accuracy (De Lange, van de Ven & Tuytelaars 2023): for every task learned before the last "
+        "one (the pretraining tasks, learned at step 0, and the earlier new tasks), the lowest accuracy it fell to "
+        "at any evaluation after its own boundary, averaged over those tasks. It reads every evaluation, so it "
+        "counts transient drops that recovered (the stability gap) and depends on how often the model was scored.",
+    ),
+    (
+        "WC-ACC",
+        "worst-case accuracy (De Lange et al. 2023) at the end of the run: 1/k · the last new task's final "
+        "accuracy + (1 − 1/k) · min-ACC, with k the number of tasks learned (pretraining tasks included): the mean "
+        "accuracy over all tasks with every earlier task counted at its worst since it was learned, so never above "
+        "the final mean accuracy over all tasks.",
     ),
     ("retention", "final accuracy divided by step-0 accuracy."),
     ("forgetting AUC", "the mean drop below the step-0 accuracy over fine-tuning (area under the forgetting curve)."),

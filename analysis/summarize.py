@@ -24,6 +24,11 @@ fine-tuning tasks):
 and over the fine-tuning tasks:
     plasticity             accuracy right after each was learned, A[after task k, k], averaged
     last_task_plasticity   the last fine-tuning task's accuracy at its own end
+From every evaluation (De Lange et al. 2023, "continual evaluation"), every task counted as learned at its
+boundary (the pretraining tasks at step 0):
+    min_acc         min-ACC: over the tasks learned before the last one, the lowest accuracy each fell to after
+                    its own boundary, averaged
+    wc_acc          WC-ACC: 1/k · the last task's final accuracy + (1 − 1/k) · min_acc, k tasks in all
 ``finetune_tasks`` counts a run's fine-tuning tasks (1 unless it is a sequence).
 """
 
@@ -75,6 +80,10 @@ REPORTED = [
     Reported("final_drop", "final drop", False, "wide", r"final drop~$\downarrow$"),
     Reported("peak_drop", "peak-to-final drop", False, "wide", r"peak-to-final~$\downarrow$"),
     Reported("stability_gap", "stability gap", False, "single", r"stab.\ gap~$\downarrow$"),
+    # min-ACC and WC-ACC (De Lange et al. 2023) stay in the wide table: even one more column overflows the
+    # main table's one column when sequences add plasticity (checked with tests/test_latex.py's widest rows).
+    Reported("min_acc", "min-ACC", True, "wide", r"min-ACC~$\uparrow$"),
+    Reported("wc_acc", "WC-ACC", True, "wide", r"WC-ACC~$\uparrow$"),
     Reported("retention", "retention", True, "wide", r"retention~$\uparrow$"),
     Reported("forgetting_auc", "forgetting AUC", False, "wide", r"forg.\ AUC~$\downarrow$"),
     Reported("train_seconds", "time (s)", None, "main", "time (s)"),
@@ -85,6 +94,7 @@ REPORTED = [
 # Cost columns: read from summary.json (timings, method_info), not from the curves.
 COST_METRICS = ("train_seconds", "prepare_seconds", "kept_examples", "kept_megabytes")
 MATRIX_METRICS = ("forgetting", "bwt", "plasticity", "last_task_plasticity")
+CONTINUAL_METRICS = ("min_acc", "wc_acc")
 
 
 def accuracy_curves(runs: RunSet) -> pd.DataFrame:
@@ -114,7 +124,9 @@ def run_summary(runs: RunSet) -> pd.DataFrame:
     metrics averaged over the tasks of their role."""
     per_task = task_metrics(runs)
     wide = per_task.pivot_table(index="run_id", columns="metric", values="value", aggfunc="mean", sort=False)
-    from_matrix = pd.DataFrame([matrix_metrics(runs, run_id) for run_id in wide.index], index=wide.index)
+    from_matrix = pd.DataFrame(
+        [matrix_metrics(runs, run_id) | continual_metrics(runs, run_id) for run_id in wide.index], index=wide.index
+    )
     wide = wide.join(from_matrix).reset_index()
     costs = pd.DataFrame([run_costs(row) for row in runs.runs.to_dict("records")], index=runs.runs["run_id"])
     wide = wide.merge(costs, left_on="run_id", right_index=True, how="left")
@@ -180,6 +192,27 @@ def matrix_metrics(runs: RunSet, run_id: str) -> dict[str, float]:
         last = max(new, key=lambda k: (rows[k], k))  # the fine-tuning task learned last
         result["last_task_plasticity"] = float(values[rows[last], last])
     return result
+
+
+def continual_metrics(runs: RunSet, run_id: str) -> dict[str, float]:
+    """``min_acc`` and ``wc_acc`` (De Lange et al. 2023; :func:`analysis.metrics.min_accuracy`,
+    :func:`analysis.metrics.worst_case_accuracy`) at the run's last evaluation, over EVERY evaluation (not only
+    the task boundaries). Each task's boundary step is the one the accuracy matrix uses (:func:`_run_boundaries`):
+    the first evaluation (step 0) for the pretraining tasks, which count as learned tasks, and each fine-tuning
+    task's end (``task_ends``). NaN where undefined, e.g. several fine-tuning tasks without task boundaries (data
+    from W&B: which one was learned last is unknown)."""
+    boundaries, own = _run_boundaries(runs, run_id)
+    step_of = dict(boundaries)
+    acc = _run_acc(runs, run_id)
+    try:
+        table = acc.pivot(index="step", columns="task", values="value").sort_index()
+    except ValueError:  # two rows for one (step, task): not one accuracy per evaluation
+        return dict.fromkeys(CONTINUAL_METRICS, float("nan"))
+    tasks = list(dict.fromkeys(acc["task"]))
+    start = boundaries[0][1]
+    task_steps = [step_of[own[task]] if task in own else start for task in tasks]
+    args = (table.index.to_numpy(dtype=float), table[tasks].to_numpy(dtype=float), task_steps)
+    return {"min_acc": _or_nan(m.min_accuracy, *args), "wc_acc": _or_nan(m.worst_case_accuracy, *args)}
 
 
 def run_accuracy_matrix(runs: RunSet, run_id: str) -> pd.DataFrame:

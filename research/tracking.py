@@ -277,7 +277,26 @@ def forgetting_summary(records: list[dict[str, Any]], task_ends: list[dict[str, 
             values["report/plasticity"] = m.plasticity(cells[:, new], [rows[k] for k in new])
             last = max(new, key=lambda k: (rows[k], k))  # the fine-tuning task learned last
             values["report/last_task_plasticity"] = float(cells[rows[last], last])
+        values.update(_continual(acc, task_ends))
     return {k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _continual(acc: list[dict[str, Any]], task_ends: list[dict[str, Any]]) -> dict[str, float]:
+    """``report/min_acc`` and ``report/wc_acc`` (De Lange et al. 2023) over every evaluation, each task's boundary
+    as analysis.summarize.continual_metrics takes it: step 0 for the pretraining tasks, each fine-tuning task's
+    end (the last step when the run recorded no ends)."""
+    frame = pd.DataFrame(acc, columns=["step", "task", "role", "value"])
+    try:
+        table = frame.pivot(index="step", columns="task", values="value").sort_index()
+    except ValueError:  # two rows for one (step, task): not one accuracy per evaluation
+        return {}
+    tasks = list(dict.fromkeys(frame["task"]))
+    role = dict(zip(frame["task"], frame["role"], strict=False))
+    end = {e["task"]: int(e["step"]) for e in task_ends}
+    first, last = int(table.index.min()), int(table.index.max())
+    task_steps = [first if role[t] == "pretrain" else end.get(t, last) for t in tasks]
+    args = (table.index.to_numpy(dtype=float), table[tasks].to_numpy(dtype=float), task_steps)
+    return {"report/min_acc": _or_nan(m.min_accuracy, *args), "report/wc_acc": _or_nan(m.worst_case_accuracy, *args)}
 
 
 def _or_nan(fn, *args) -> float:

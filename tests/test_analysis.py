@@ -191,6 +191,68 @@ def test_sequence_metrics_cover_the_pretraining_tasks_by_hand(tmp_path: Path) ->
     assert row["finetune_tasks"] == 2
 
 
+def test_min_acc_and_wc_acc_read_every_evaluation_by_hand(tmp_path: Path, runs_dir: Path) -> None:
+    """De Lange et al. 2023 over every evaluation, the pretraining task counted as learned at step 0."""
+    make_run(
+        tmp_path,
+        "g0",
+        "finetune",
+        0,
+        [0.9, 0.4, 0.7, 0.5, 0.8],  # old: dips to 0.4 at step 5, recovers
+        [[0.2, 0.6, 0.9, 0.3, 0.7], [0.1, 0.1, 0.2, 0.6, 0.9]],
+        new_tasks=["t1", "t2"],
+        steps=[0, 5, 10, 15, 20],
+        task_ends=[{"task": "t1", "step": 10}, {"task": "t2", "step": 20}],
+    )
+    row = run_summary(load_runs(tmp_path).completed()).set_index("run_id").loc["g0"]
+    # After their boundaries: old min over steps 5..20 = 0.4; t1 (learned at 10) min over 15..20 = 0.3 (its
+    # 0.2 at step 0 is before it was learned). min-ACC = 0.35. t2 learned last, final 0.9; k = 3 tasks:
+    # WC-ACC = 0.9/3 + 2/3 · 0.35.
+    assert row["min_acc"] == pytest.approx(0.35)
+    assert row["wc_acc"] == pytest.approx(0.3 + 0.7 / 3)
+    # The boundary-only metrics do not see the dips: forgetting = old max(0.9, 0.7) − 0.8, t1 0.9 − 0.7.
+    assert row["forgetting"] == pytest.approx(0.15)
+    # One new task (runs_dir's a0): old 0.9, 0.6, 0.8 → min-ACC 0.6 (step 0 is its boundary, not counted);
+    # WC-ACC = (new task's 0.9 + 0.6) / 2.
+    a0 = run_summary(load_runs(runs_dir).completed()).set_index("run_id").loc["a0"]
+    assert a0["min_acc"] == pytest.approx(0.6) and a0["wc_acc"] == pytest.approx(0.75)
+
+
+def test_min_acc_skips_a_class_incremental_task_before_it_is_scored(tmp_path: Path) -> None:
+    make_class_incremental(tmp_path, "ci0", 0, 0.75)
+    row = run_summary(load_runs(tmp_path).completed()).iloc[0]
+    # old: min over steps 5..20 of 0.85, 0.8, 0.75, 0.7 = 0.7; t1 (unscored at 0, learned at 10): min of 0.7,
+    # 0.6 = 0.6; t2 final 0.75: WC-ACC = 0.75/3 + 2/3 · 0.65.
+    assert row["min_acc"] == pytest.approx(0.65)
+    assert row["wc_acc"] == pytest.approx(0.25 + 1.3 / 3)
+
+
+def test_report_draws_the_stability_gap_for_sequences_and_explains_the_metrics(tmp_path: Path) -> None:
+    from analysis.report import build_report
+
+    root = tmp_path / "runs"
+    make_class_incremental(root, "f0", 0, 0.75)
+    make_class_incremental(root, "f1", 1, 0.65)
+    built = build_report(root, tmp_path / "report")
+    html = built.html.read_text()
+    assert "<h2>Stability gap around each task switch</h2>" in html
+    assert tmp_path / "report" / "figures" / "stability_gap.png" in built.figures
+    glossary = html[html.index("What the metrics mean") :]
+    assert "<dt>min-ACC</dt>" in glossary and "<dt>WC-ACC</dt>" in glossary and "De Lange" in glossary
+    wide = (tmp_path / "report" / "results_wide.md").read_text()
+    assert "| min-ACC | WC-ACC |" in wide and "min-ACC" not in (tmp_path / "report" / "results.md").read_text()
+    # finetune: min-ACC 0.65 in both seeds; WC-ACC (0.75/3 + 2/3·0.65 and 0.65/3 + 2/3·0.65), mean 0.6.
+    assert "0.650 ± 0.000" in wide and "0.667 ± 0.024" in wide
+
+
+def test_report_skips_the_stability_gap_without_sequences(runs_dir: Path, tmp_path: Path) -> None:
+    from analysis.report import build_report
+
+    built = build_report(runs_dir, tmp_path / "report")
+    assert not (tmp_path / "report" / "figures" / "stability_gap.png").exists()
+    assert any(s.startswith("Stability gap") for s in built.skipped)
+
+
 def make_class_incremental(root: Path, run_id: str, seed: int, t2_end: float, method: str = "finetune") -> Path:
     """A shared-head sequence: t1 is first scored at step 5 (inside its own training, steps 0–10), t2 at 15."""
     return make_run(

@@ -395,3 +395,38 @@ def test_new_methods_get_colours_distinct_from_the_others():
     assert colours["ewc"] == METHOD_COLORS["ewc"]
     assert len({colours[m] for m in new}) == len(new)  # even where two names hash to one slot
     assert colours == method_colors(reversed(["ewc", *new]))  # the same whatever the order given
+
+
+# --- Stability gap around task switches -----------------------------------------------------------------------
+
+
+def test_stability_gap_figure_marks_each_switch_and_draws_the_first_tasks(tmp_path):
+    """Two seeds of one setting, tasks task_b (ends at step 50) then task_c (ends at 100): panels for the
+    pretraining task and the first new task only, one dashed line at the switch (step 50; the last task's end
+    is no switch), and the first new task's line is the mean over seeds at every evaluation."""
+    curves = make_curves(settings=[("finetune", "finetune")], seeds=2, steps=11, new=("task_b", "task_c"))
+    switches = pd.DataFrame(
+        [("finetune", s, task, step) for s in range(2) for task, step in (("task_b", 50), ("task_c", 100))],
+        columns=["setting", "seed", "task", "step"],
+    )
+    assert figures.task_switches(switches) == [50.0]
+    fig = figures.stability_gap_figure(curves, switches, tmp_path)
+    assert_written(fig, tmp_path, "stability_gap")
+    shown = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title() for ax in shown] == ["task_a (pretraining task)", "task_b (first new task)"]
+    for ax in shown:
+        dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert [tuple(line.get_xdata()) for line in dashed] == [(50.0, 50.0)]
+    expected = curves[curves["task"] == "task_b"].groupby("step")["value"].mean()
+    solid = [line for line in shown[1].get_lines() if len(line.get_xdata()) == len(expected)]
+    np.testing.assert_allclose(solid[0].get_xdata(), expected.index.to_numpy(dtype=float))
+    np.testing.assert_allclose(solid[0].get_ydata(), expected.to_numpy())
+    assert len(shown[1].patches) == 1  # the span the first new task trained on (0 to the switch)
+
+
+def test_stability_gap_figure_needs_a_sequence(tmp_path):
+    switches = pd.DataFrame([("finetune", 0, "task_b", 100)], columns=["setting", "seed", "task", "step"])
+    with pytest.raises(ValueError, match="sequence"):
+        figures.stability_gap_figure(make_curves(), switches, tmp_path)
+    with pytest.raises(ValueError, match="missing column"):
+        figures.stability_gap_figure(make_curves(new=("b", "c")), switches.drop(columns="seed"), tmp_path)

@@ -41,7 +41,7 @@ DEMO = [
     ("joint", "joint"),
 ]
 METRICS = ["old_acc", "new_acc", "plasticity", "forgetting", "bwt", "final_drop", "peak_drop", "stability_gap"]
-METRICS += ["retention", "forgetting_auc", "train_seconds", "prepare_seconds"]
+METRICS += ["retention", "forgetting_auc", "min_acc", "wc_acc", "train_seconds", "prepare_seconds"]
 
 
 def settings_frame(tasks: int = 1, names: list[tuple[str, str]] = DEMO) -> pd.DataFrame:

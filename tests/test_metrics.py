@@ -20,12 +20,15 @@ from analysis.metrics import (
     final_drop,
     forgetting_auc,
     forgetting_matrix,
+    min_accuracy,
     pareto_front,
     peak_drop,
     plasticity,
     retention,
     seed_summary,
     stability_gap,
+    task_minima,
+    worst_case_accuracy,
 )
 
 # Rows: after learning task 0, 1, 2; columns: tasks 0, 1, 2.
@@ -504,3 +507,79 @@ def test_overlaps_best_by_hand() -> None:
     assert overlaps_best([np.nan], [np.nan], [np.nan]).tolist() == [False]
     with pytest.raises(ValueError, match="one length"):
         overlaps_best([0.1, 0.2], [0.1], [0.2])
+
+
+# --- min-ACC and WC-ACC (De Lange, van de Ven & Tuytelaars 2023) ----------------------------------------------
+# Every evaluation of a run: one pretraining task (learned at step 0) and two fine-tuning tasks ending at steps 4
+# and 8. ft1 is not scored at step 0 (NaN: before its boundary, as in class-incremental runs).
+#   step:          0     2     4     6     8
+#   pre  (b=0):  0.90  0.60  0.80  0.50  0.70
+#   ft1  (b=4):   nan  0.30  0.35  0.40  0.75
+#   ft2  (b=8):  0.10  0.10  0.20  0.60  0.95
+CE_STEPS = [0, 2, 4, 6, 8]
+CE_ACC = [
+    [0.90, np.nan, 0.10],
+    [0.60, 0.30, 0.10],
+    [0.80, 0.35, 0.20],
+    [0.50, 0.40, 0.60],
+    [0.70, 0.75, 0.95],
+]
+CE_BOUNDARIES = [0, 4, 8]
+
+
+def test_min_acc_and_wc_acc_at_the_end_by_hand() -> None:
+    # After its own boundary: pre's minimum over steps 2..8 is 0.50 (step 6); ft1's over steps 6..8 is 0.40 (its
+    # boundary value 0.35 at step 4 does not count: the paper's n > |T_i|). ft2 is the task learned last.
+    np.testing.assert_allclose(task_minima(CE_STEPS, CE_ACC, CE_BOUNDARIES), [0.50, 0.40, np.nan])
+    assert min_accuracy(CE_STEPS, CE_ACC, CE_BOUNDARIES) == pytest.approx((0.50 + 0.40) / 2)  # 0.45
+    # k = 3 tasks (the pretraining task counts): 1/3 · 0.95 + 2/3 · 0.45 = 0.31667 + 0.30
+    assert worst_case_accuracy(CE_STEPS, CE_ACC, CE_BOUNDARIES) == pytest.approx(0.95 / 3 + 0.30)
+    # The authors' code form: the mean of the current task's accuracy and each earlier task's minimum.
+    assert worst_case_accuracy(CE_STEPS, CE_ACC, CE_BOUNDARIES) == pytest.approx(np.mean([0.95, 0.50, 0.40]))
+
+
+def test_min_acc_and_wc_acc_during_the_sequence_by_hand() -> None:
+    # At step 4 (the end of ft1): only pre was learned before; its minimum over steps 2..4 is 0.60; ft1 is
+    # current, k = 2: 0.35 / 2 + 0.60 / 2.
+    assert min_accuracy(CE_STEPS, CE_ACC, CE_BOUNDARIES, at=4) == pytest.approx(0.60)
+    assert worst_case_accuracy(CE_STEPS, CE_ACC, CE_BOUNDARIES, at=4) == pytest.approx(0.475)
+    # At step 6 (during ft2): pre's minimum over 2..6 is 0.50, ft1's over 6..6 is 0.40; 0.60 / 3 + 2/3 · 0.45.
+    assert min_accuracy(CE_STEPS, CE_ACC, CE_BOUNDARIES, at=6) == pytest.approx(0.45)
+    assert worst_case_accuracy(CE_STEPS, CE_ACC, CE_BOUNDARIES, at=6) == pytest.approx(0.20 + 0.30)
+    # At step 2 (during ft1): pre has only step 2 after its boundary.
+    assert min_accuracy(CE_STEPS, CE_ACC, CE_BOUNDARIES, at=2) == pytest.approx(0.60)
+    assert worst_case_accuracy(CE_STEPS, CE_ACC, CE_BOUNDARIES, at=2) == pytest.approx(0.30 / 2 + 0.60 / 2)
+
+
+def test_wc_acc_of_a_first_task_is_its_accuracy_and_min_acc_is_undefined() -> None:
+    # Step 0: nothing was learned before it (pre's boundary is step 0 itself); k = 1, the current task is pre.
+    assert worst_case_accuracy(CE_STEPS, CE_ACC, CE_BOUNDARIES, at=0) == pytest.approx(0.90)
+    with pytest.raises(ValueError, match="needs a task learned"):
+        min_accuracy(CE_STEPS, CE_ACC, CE_BOUNDARIES, at=0)
+
+
+def test_min_acc_is_never_above_the_final_accuracy_of_the_same_tasks() -> None:
+    rng = np.random.default_rng(0)
+    acc = rng.uniform(size=(12, 4))
+    steps, bounds = np.arange(12) * 3, [0, 0, 15, 33]
+    assert min_accuracy(steps, acc, bounds) <= acc[-1, :3].mean()
+    assert worst_case_accuracy(steps, acc, bounds) <= acc[-1].mean()  # each earlier task at its minimum
+
+
+def test_min_acc_and_wc_acc_refuse_bad_input() -> None:
+    unscored = np.array(CE_ACC)
+    unscored[3, 1] = np.nan  # ft1 not scored at step 6, after its boundary
+    with pytest.raises(ValueError, match="NaN"):
+        min_accuracy(CE_STEPS, unscored, CE_BOUNDARIES)
+    with pytest.raises(ValueError, match="share the boundary"):  # which task is learned last is unknown
+        worst_case_accuracy(CE_STEPS, CE_ACC, [0, 8, 8])
+    with pytest.raises(ValueError, match="not an evaluated step"):
+        worst_case_accuracy(CE_STEPS, CE_ACC, CE_BOUNDARIES, at=5)
+    with pytest.raises(ValueError, match="every task was learned"):
+        worst_case_accuracy(CE_STEPS, CE_ACC, [0, 2, 4], at=6)
+    with pytest.raises(ValueError, match="outside"):
+        min_accuracy(CE_STEPS, CE_ACC, [0, 4, 9])
+    with pytest.raises(ValueError, match="increasing"):
+        min_accuracy([0, 2, 2, 6, 8], CE_ACC, CE_BOUNDARIES)
+    with pytest.raises(ValueError, match="boundaries for"):
+        min_accuracy(CE_STEPS, CE_ACC, [0, 4])

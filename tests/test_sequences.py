@@ -73,7 +73,7 @@ def test_online_ewc_forgets_less_than_finetune_over_the_sequence(make_cfg) -> No
 
 def test_method_without_sequence_support_is_a_config_error(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    assert main(["run", str(SEQUENCE), f"out={out}", "method.name=ewc"]) == 2
+    assert main(["run", str(SEQUENCE), f"out={out}", "method.name=lp_ft"]) == 2
     err = capsys.readouterr().err
     assert "finetune.tasks" in err and "online_ewc" in err
     assert not out.exists()

@@ -164,6 +164,8 @@ REPORT_METRICS = (
     "stability_gap",
     "retention",
     "forgetting_auc",
+    "min_acc",
+    "wc_acc",
 )
 
 

@@ -1,5 +1,6 @@
 """A-GEM (Chaudhry, Ranzato, Rohrbach & Elhoseiny 2019, "Efficient Lifelong Learning with A-GEM"): the update
-may not increase the loss on a small episodic memory of pretraining examples, to first order."""
+may not increase the loss on a small episodic memory of the earlier tasks' examples (pretraining tasks, and in a
+sequence every fine-tuning task already learned), to first order."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from research.methods.base import FinetuneContext, Method, MethodConfig
-from research.methods.memory import PretrainMemory
+from research.methods.memory import PretrainMemory, absorb_learned_task
 from research.methods.registry import register
 from research.models.multihead import MultiHeadNet
 
@@ -61,8 +62,18 @@ class AGEM(Method):
     parameter that only the memory's loss reaches gets the projected gradient −c·g_ref (Avalanche leaves it
     without one, which breaks the orthogonality); g_ref is taken after the step's backward rather than before
     its forward, at the same weights, so the result is the same; the memory holds only pretraining examples
-    (there is one earlier "experience"). The projection formula itself is the same (tested against the
-    plugin). ``info`` records how often the projection fired.
+    of a single fine-tuning task (its one earlier "experience" is pretraining). The projection formula itself
+    is the same (tested against the plugin). ``info`` records how often the projection fired, over the whole
+    run.
+
+    In a sequence of fine-tuning tasks (the paper's setting: the memory holds examples of every task seen so
+    far), each task joins the memory when it has been learned, at the start of the next task, from the memory
+    and that task's training data only (``PretrainMemory.absorb``, exactly as ``replay``'s buffer does):
+    ``reservoir`` continues Algorithm R over the whole stream (every example of the pretraining and learned
+    tasks equally likely to be kept; the paper's own code keeps a ring buffer per task instead),
+    ``class_balanced`` rebalances over every class seen so far. The memory keeps ``memory_size`` examples
+    throughout (it does not grow with the tasks); each is scored by its own task's head, with a shared head's
+    outputs as they stand during the current task. The draw generator is one stream for the whole run.
     """
 
     name = "agem"
@@ -72,10 +83,14 @@ class AGEM(Method):
     Config = AGEMConfig
     why_no_neutral = "the projection has no strength; it fires whenever the gradients conflict"
     config: AGEMConfig
+    supports_sequences = True
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        if ctx.task_index > 0:  # in a sequence: the task just learned joins the memory; counts go on
+            self.memory, _ = absorb_learned_task(self.memory, ctx, self.config.memory_size, self.config.selection)
+            return
         self.memory = PretrainMemory.fill(ctx, self.config.memory_size, self.config.selection)
-        self.generator = torch.Generator().manual_seed(ctx.seed + 1)
+        self.generator = torch.Generator().manual_seed(ctx.seed + 1)  # one draw stream for the whole run
         self.projections = torch.zeros((), dtype=torch.long, device=ctx.device)  # a tensor: no host sync per step
         self.steps = 0
 
@@ -114,6 +129,7 @@ class AGEM(Method):
         projections = int(self.projections)
         return {
             "memory_size": len(self.memory),
+            "memory_heads": list(self.memory.heads),
             "projections": projections,
             "projection_share": projections / self.steps if self.steps else 0.0,
             "steps": self.steps,

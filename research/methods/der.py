@@ -1,6 +1,7 @@
 """Dark Experience Replay (Buzzega, Boschini, Porrello, Abati & Calderara 2020, "Dark Experience for General
-Continual Learning: a Strong, Simple Baseline"): replay the pretrained model's logits on buffered pretraining
-examples, and with DER++ their labels too."""
+Continual Learning: a Strong, Simple Baseline"): replay the logits recorded on buffered examples of the earlier
+tasks (the pretrained model's on pretraining examples; in a sequence, each learned task's model's on that task's
+examples), and with DER++ their labels too."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from research.methods.base import FinetuneContext, Method, MethodConfig, TrainStep
-from research.methods.memory import PretrainMemory
+from research.methods.memory import PretrainMemory, absorb_learned_task
 from research.methods.registry import register
 from research.models.modes import eval_mode
 from research.models.multihead import MultiHeadNet
@@ -49,6 +50,17 @@ class DER(Method):
     holds fewer than ``replay_batch_size``. Student logits come from a separate forward pass in the model's
     training mode, as in the paper's code. A zero weight skips its term entirely (no draw, no forward pass),
     so the run is fine-tuning exactly. Logged as ``train_loss_der`` (W&B: ``train/loss_der``).
+
+    In a sequence of fine-tuning tasks, each task joins the buffer when it has been learned, at the start of the
+    next task, from the buffer and that task's training data only (``PretrainMemory.absorb``, exactly as
+    ``replay``'s buffer does: ``reservoir`` continues Algorithm R over the whole stream, ``class_balanced``
+    rebalances over every class seen so far). The examples it brings are stored with the logits of the model at
+    the end of that task (eval mode, its own head's outputs as they were then: with a shared head, the classes
+    seen up to that task); examples already in the buffer keep the logits recorded when their task was learned,
+    never refreshed (the paper's "dark knowledge" of the past model). The paper records logits while the task
+    streams by, so its examples carry logits from part-way through their task; here, as for pretraining, the
+    task's end point is the teacher. The buffer keeps ``buffer_size`` examples throughout; the stored logits are
+    padded to the widest head, and each example is compared on its own head's recorded outputs only.
     """
 
     name = "der"
@@ -58,21 +70,46 @@ class DER(Method):
     Config = DERConfig
     neutral = {"alpha": 0.0}
     config: DERConfig
+    supports_sequences = True
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        if ctx.task_index > 0:  # in a sequence: the task just learned joins the buffer with its logits
+            self._absorb(model, ctx)
+            return
         self.memory = PretrainMemory.fill(ctx, self.config.buffer_size, self.config.selection)
         sizes = ctx.tasks.pretrain_head_sizes()
         self.units = [sizes[h] for h in self.memory.heads]  # outputs each head had when pretrained
         self.logits = self._teacher_logits(model)
-        self.generator = torch.Generator().manual_seed(ctx.seed + 1)
+        self.generator = torch.Generator().manual_seed(ctx.seed + 1)  # one draw stream for the whole run
+
+    def _absorb(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        """Task k − 1 joins the buffer. ``model`` is the model at the end of that task (the start of task k,
+        before any update), so its logits on the newcomers are the ones recorded when their task was learned;
+        the slots kept from the buffer carry their stored logits along unchanged."""
+        before = len(self.memory)
+        memory, sources = absorb_learned_task(self.memory, ctx, self.config.buffer_size, self.config.selection)
+        sources = sources.to(memory.y.device)
+        learned = ctx.tasks.finetune[ctx.task_index - 1]
+        # The learned task's head as it was while that task trained (a shared head has grown since).
+        units = [*self.units, ctx.tasks.head_sizes_at(ctx.task_index - 1)[learned.head]]
+        stored = torch.zeros(len(memory), max(units), dtype=self.logits.dtype, device=memory.y.device)
+        kept = sources < before
+        stored[kept, : self.logits.shape[1]] = self.logits[sources[kept]]
+        self.memory, self.units = memory, units
+        newcomers = torch.nonzero(~kept).flatten()
+        if len(newcomers):
+            stored[newcomers] = self._teacher_logits(model, newcomers, stored.shape[1])
+        self.logits = stored
 
     @torch.no_grad()
-    def _teacher_logits(self, model: MultiHeadNet) -> Tensor:
-        """The current (pretrained) model's logits on every buffered example, padded to the widest head."""
+    def _teacher_logits(self, model: MultiHeadNet, idx: Tensor | None = None, width: int | None = None) -> Tensor:
+        """The current model's logits (eval mode) on the buffered examples ``idx`` (default: all), each through
+        its own head's recorded outputs, padded to ``width`` (default: the widest head)."""
         with eval_mode(model):
-            everything = torch.arange(len(self.memory), device=self.memory.y.device)
-            stored = torch.zeros(len(self.memory), max(self.units), device=self.memory.y.device)
-            for i, positions, out in self.memory.logits(model, everything):
+            if idx is None:
+                idx = torch.arange(len(self.memory), device=self.memory.y.device)
+            stored = torch.zeros(len(idx), width or max(self.units), device=self.memory.y.device)
+            for i, positions, out in self.memory.logits(model, idx):
                 stored[positions, : self.units[i]] = out[:, : self.units[i]]
         return stored
 
@@ -100,7 +137,7 @@ class DER(Method):
         return terms
 
     def info(self) -> dict[str, Any]:
-        return {"buffer_size": len(self.memory), "buffer_heads": list(self.memory.heads)}
+        return {"buffer_size": len(self.memory), "buffer_heads": list(self.memory.heads), "units": list(self.units)}
 
     def state_dict(self) -> dict[str, Tensor]:
         return {
@@ -120,9 +157,11 @@ class DERPP(DER):
     """DER++ (Buzzega et al. 2020): DER's α · MSE on stored logits plus β · CE on the stored labels of a second,
     independently drawn buffer batch.
 
-    Anchored: as DER (student logits on buffered pretraining examples to the pretrained model's logits), and in
-    addition the student's predictions on another buffer batch to the examples' true labels (cross-entropy over
-    the example's full head, as the task loss scores replayed examples). Each term has its own forward pass, as
+    Anchored: as DER (student logits on buffered examples to the logits recorded when their task was learned:
+    the pretrained model's for pretraining examples, in a sequence each learned task's final model's for its
+    examples; the buffer takes each learned task in as DER's does), and in addition the student's predictions
+    on another buffer batch to the examples' true labels (cross-entropy over the example's full head as it
+    stands now, as the task loss scores replayed examples). Each term has its own forward pass, as
     in the paper's code; a zero weight skips its term (no draw, no forward pass). Logged as ``train_loss_der`` and
     ``train_loss_der_ce`` (W&B: ``train/loss_der``, ``train/loss_der_ce``).
     """

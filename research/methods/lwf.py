@@ -1,10 +1,11 @@
-"""LwF (Li & Hoiem 2017, "Learning without Forgetting", TPAMI 40(12)): distil the pretrained model's old-task
-outputs on the new task's inputs into the model being fine-tuned."""
+"""LwF (Li & Hoiem 2017, "Learning without Forgetting", TPAMI 40(12)): distil the old-task outputs of the model
+the task started from (the pretrained model; in a sequence, the model after the previous task) on the new task's
+inputs into the model being fine-tuned."""
 
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from research.data.inputs import Inputs, compact
+from research.data.tasks import TaskSet
 from research.methods.base import FinetuneContext, MethodConfig, TrainStep
 from research.methods.registry import register
 from research.methods.teacher import FrozenTeacher
@@ -47,6 +49,14 @@ class LwF(FrozenTeacher):
     With ``train_old_heads`` the old heads are unfrozen (by default fine-tuning freezes them) and learn from the
     distillation term only, since the task loss never reaches them. With α = 0 the teacher is never run and no
     term is returned, so ``alpha=0, train_old_heads=false`` is plain fine-tuning.
+
+    In a sequence of fine-tuning tasks (the paper's Sec. 3 "add new tasks" setting, applied task after task):
+    the teacher is replaced at the start of every task by the model as it stands then, the model after task
+    k − 1 (as ``feature_distill``'s is), and every earlier head is distilled: the pretraining tasks' heads and
+    those of the fine-tuning tasks already learned (one KL per head, summed; with ``train_old_heads`` all of
+    them train). With a shared head, its outputs that existed before the current task grew new ones: the
+    classes of the pretraining tasks and of the tasks learned so far. The current and later tasks' heads are
+    not in the teacher. Only one teacher is held at a time; ``info`` lists what each task distilled.
     """
 
     name = "lwf"
@@ -56,21 +66,28 @@ class LwF(FrozenTeacher):
     Config = LwFConfig
     neutral = {"alpha": 0.0, "train_old_heads": False}
     config: LwFConfig
+    supports_sequences = True
 
     teacher: MultiHeadNet | None = None
 
+    def __init__(self, config: LwFConfig) -> None:
+        super().__init__(config)
+        self._distilled: list[dict[str, Any]] = []
+
     def configure_trainable(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
         if self.config.train_old_heads:
-            for head in ctx.tasks.pretrain_head_sizes():
+            for head in earlier_outputs(ctx.tasks, ctx.task_index):
                 model.heads[head].requires_grad_(True)
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
-        # Old outputs per head: a per-task head's every unit, or a shared head's pretraining-class units.
-        self.old_units = ctx.tasks.pretrain_head_sizes()
+        # Old outputs per head: a per-task head's every unit, or a shared head's units from before this task.
+        self.old_units = earlier_outputs(ctx.tasks, ctx.task_index)
+        # The teacher is the model as this task starts; a resume replays prepare on each task's start weights.
         teacher = copy.deepcopy(model)
         for head in [h for h in teacher.heads if h not in self.old_units]:
-            del teacher.heads[head]  # the new task's head: the teacher has nothing to say about it
+            del teacher.heads[head]  # this and later tasks' heads: the teacher has nothing to say about them
         self.freeze(teacher)  # resuming: the saved teacher, not the current student
+        self._distilled.append({"task_index": ctx.task_index, "task": ctx.task.name, "heads": dict(self.old_units)})
 
     def loss_terms(self, model: MultiHeadNet, step: TrainStep) -> dict[str, Tensor]:
         if self.config.alpha == 0:
@@ -93,6 +110,23 @@ class LwF(FrozenTeacher):
                 teacher = self.teacher.heads[head](teacher_features)[:, :units]
             total = total + distillation_loss(student, teacher, self.config.temperature)
         return {"lwf": self.config.alpha * total}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "teacher": "frozen copy of the model (eval mode, no gradients) taken at the start of each task",
+            "distilled": list(self._distilled),
+        }
+
+
+def earlier_outputs(tasks: TaskSet, index: int) -> dict[str, int]:
+    """The outputs that existed before fine-tuning task ``index``, by head: every pretraining head, and in a
+    sequence every earlier fine-tuning task's head, each with its size then (a shared head: the classes seen
+    before this task, not the ones it adds). The pretraining heads for the first task."""
+    if index == 0:
+        return tasks.pretrain_head_sizes()
+    sizes = tasks.head_sizes_at(index - 1)  # as they stood while the previous task trained
+    learned = dict.fromkeys(t.head for t in [*tasks.pretrain, *tasks.finetune[:index]])
+    return {head: sizes[head] for head in learned}
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

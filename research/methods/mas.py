@@ -1,6 +1,7 @@
 """MAS (Aljundi et al. 2018, "Memory Aware Synapses: Learning what (not) to forget"): a quadratic pull toward
 the pretrained weights, each weight weighted by how sensitive the squared L2 norm of the network's output is to
-it on the pretraining data. The importance needs no labels.
+it on the pretraining data. The importance needs no labels. In a sequence of fine-tuning tasks the importance is
+accumulated over the tasks learned and the anchor moves to the weights each task ended with (see ``MAS``).
 
 With f(x) the logits of the example's own task head and N pretraining examples, two estimators are offered:
 
@@ -44,6 +45,7 @@ from research.methods.base import FinetuneContext, HeadBatch, MethodConfig
 from research.methods.fisher import example_chunks, split_values
 from research.methods.penalty import ImportanceAnchor
 from research.methods.registry import register
+from research.models.extent import pad_rows
 from research.models.modes import eval_mode
 from research.models.multihead import MultiHeadNet
 
@@ -55,7 +57,10 @@ class MASConfig(MethodConfig):
     name: Literal["mas"] = "mas"
     lam: float = Field(1.0, ge=0, description="penalty strength λ in λ/2 Σ Ω_i (θ_i − θ*_i)²")
     importance_samples: int | None = Field(
-        1000, gt=0, description="pretraining examples used for the importance (None: all training examples)"
+        1000,
+        gt=0,
+        description="examples for each importance (the pretraining data, then each fine-tuning task learned; "
+        "None: all training examples)",
     )
     importance_batch_size: int = Field(64, gt=0, description="minibatch size; changes the result only for 'batched'")
     estimator: MASEstimator = Field(
@@ -178,6 +183,18 @@ class MAS(ImportanceAnchor):
     backbone's features instead, so MAS runs on a model without pretraining tasks; ``method_info.importance_data``
     says which. Logged as ``train_loss_mas``.
 
+    In a sequence of fine-tuning tasks, at the start of task k (k ≥ 1) the task just learned (fine-tuning task
+    k−1) adds its own importance, Ω ← Ω + Ω_{k−1}, estimated the same way on that task's training inputs (through
+    its head; with a shared head, over the outputs of the classes seen so far) at the weights it ended with, and
+    the anchor θ* moves to those weights, for every parameter that trains and existed before task k
+    (``FinetuneContext.earlier_rows``). That is the sum of each learned task's importance, as in Aljundi et al.'s
+    own code (``accumulate_MAS_weights``: ``omega = prev_omega + new_omega``, the previous task's model as the
+    new ``init_val``); Avalanche's MASPlugin instead keeps a running average Ω ← α Ω + (1 − α) Ω_new (α = 0.5),
+    which halves the older tasks' weight at every task. Rows a shared head grows for a task's new classes start
+    at Ω = 0 and gain importance from the tasks that train them; a later task's head gets none until then. With
+    ``reference``, only the first importance comes from the ability's inputs (it stands in for the pretraining
+    data); each fine-tuning task's comes from its own inputs. The summary's ``tasks`` lists each task's part.
+
     λ convention: the paper's loss is L_new + λ_paper Σ Ω (θ − θ*)² (Aljundi et al. 2018, eq. 6, no 1/2); ours
     carries the 1/2 of every quadratic penalty here, so ``lam`` = 2 λ_paper gives the paper's penalty (and
     Avalanche's ``lambda_reg`` is ``lam`` / 2 for the same reason).
@@ -185,6 +202,7 @@ class MAS(ImportanceAnchor):
 
     name = "mas"
     supports_ddp = True
+    supports_sequences = True
     needs_pretraining_data = True
     why_pretraining_data = (
         "its importance is estimated on the pretraining tasks' inputs, or with method.reference on an ability's"
@@ -203,18 +221,54 @@ class MAS(ImportanceAnchor):
     def label_free_reference(cls, config: dict[str, Any]) -> str | None:
         return config.get("reference")
 
+    def __init__(self, config: MASConfig) -> None:
+        super().__init__(config)
+        self._history: list[dict[str, Any]] = []
+
     def estimate_importance(
         self, model: MultiHeadNet, ctx: FinetuneContext, names: list[str], values: dict[str, Tensor]
     ) -> tuple[dict[str, Tensor], int]:
+        """The importance of the task learned last: the pretraining tasks (or the reference) before the first
+        fine-tuning task, the previous fine-tuning task later (``values``: the weights it ended with)."""
         size, samples = self.config.importance_batch_size, self.config.importance_samples
-        if self.config.reference is not None:
+        k = ctx.task_index
+        if k > 0:
+            self._data = [ctx.tasks.finetune[k - 1].name]
+            batches = ctx.train_batches([ctx.tasks.finetune[k - 1]], size, samples)
+        elif self.config.reference is not None:
+            self._data = [f"ability:{self.config.reference}"]
             batches = reference_batches(ctx, self.config.reference, size, samples)
         else:
+            self._data = [t.name for t in ctx.tasks.pretrain]
             batches = ctx.pretrain_train_batches(size, samples)
         importance = mas_importance(model, batches, names, self.config.estimator, values)
         return importance, sum(len(b.y) for b in batches)
 
+    def accumulate(self, new: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Ω ← Ω + Ω_new (Aljundi et al.'s code); the earlier Ω is zero on rows a shared head grew since."""
+        self._new_trace = float(sum(t.sum() for t in new.values()))
+        earlier = getattr(self, "importance", None)
+        if earlier is None:  # the first task: Ω_new itself, untouched
+            return new
+        return {n: pad_rows(earlier[n], t.shape) + t if n in earlier else t for n, t in new.items()}
+
+    def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        super().prepare(model, ctx)
+        self._history.append(
+            {
+                "task_index": ctx.task_index,
+                "importance_from": self._data,
+                "new_importance_trace": self._new_trace,
+                "importance_trace": float(sum(t.sum() for t in self.importance.values())),
+                "importance_examples": self._examples,
+                "importance_seconds": self._seconds,
+            }
+        )
+
     def info(self) -> dict[str, Any]:
         reference = self.config.reference
         data = f"ability '{reference}': its inputs, through the backbone's features" if reference else None
-        return {**super().info(), "importance_data": data or "pretraining tasks' training inputs, through their heads"}
+        data = data or "pretraining tasks' training inputs, through their heads"
+        if len(self._history) > 1:
+            data += "; then each fine-tuning task's training inputs, through its head"
+        return {**super().info(), "importance_data": data, "tasks": self._history}

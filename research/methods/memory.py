@@ -1,7 +1,8 @@
 """Pretraining examples kept by a method: the replay buffer, A-GEM's episodic memory, DER's buffer.
 
 All of them are filled the same way, from the pretraining tasks' training data with the run's seed, so a
-memory and a replay buffer of the same size and selection rule hold the same examples.
+memory and a replay buffer of the same size and selection rule hold the same examples; in a sequence of
+fine-tuning tasks each learned task joins them the same way too (``absorb_learned_task``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,20 @@ class PretrainMemory:
         continual-learning rule: earlier data survives only through the memory). ``reservoir`` continues
         Algorithm R over the stream (``seen`` examples streamed so far), so every example ever streamed is kept
         with equal probability; ``class_balanced`` rebalances over every class seen, shrinking old classes."""
+        return self.absorb_with_sources(task, size, selection, seen, generator)[0]
+
+    def absorb_with_sources(
+        self,
+        task: Task,
+        size: int,
+        selection: Literal["reservoir", "class_balanced"],
+        seen: int,
+        generator: torch.Generator,
+    ) -> tuple[PretrainMemory, Tensor]:
+        """``absorb``, and where each slot of the new memory came from: its position in the pool of the old
+        memory's examples (``0 … len(self) − 1``) followed by the task's training examples (``len(self) + i``
+        for the task's example ``i``). A method that stores something beside each example (DER's logits)
+        carries it along for the old slots and computes it for the new ones."""
         x_new, y_new = to_device(task.splits["train"][0], self.y.device), task.splits["train"][1].to(self.y.device)
         heads = [*self.heads, task.head]
         head_new = torch.full((len(y_new),), len(self.heads), device=self.y.device)
@@ -67,7 +82,7 @@ class PretrainMemory:
         x, y, head = concat([self.x, x_new]), torch.cat([self.y, y_new]), torch.cat([self.head, head_new])
         if selection == "class_balanced":
             chosen = class_balanced_indices((head * (int(y.max()) + 1) + y).cpu(), size, generator)
-            return PretrainMemory(heads, to_device(take(x, chosen), y.device), y[chosen], head[chosen])
+            return PretrainMemory(heads, to_device(take(x, chosen), y.device), y[chosen], head[chosen]), chosen
         slots = list(range(len(self.y)))  # positions in the pool of what each memory slot holds
         for i in torch.randperm(len(y_new), generator=generator).tolist():
             seen += 1
@@ -78,7 +93,7 @@ class PretrainMemory:
             if j < size:
                 slots[j] = len(self.y) + i
         chosen = torch.tensor(slots, dtype=torch.long, device=y.device)
-        return PretrainMemory(heads, to_device(take(x, chosen), y.device), y[chosen], head[chosen])
+        return PretrainMemory(heads, to_device(take(x, chosen), y.device), y[chosen], head[chosen]), chosen
 
     def __len__(self) -> int:
         return len(self.y)
@@ -109,6 +124,22 @@ class PretrainMemory:
     @classmethod
     def from_state(cls, heads: list[str], state: dict[str, Tensor], prefix: str) -> PretrainMemory:
         return cls(heads, unflatten(state, f"{prefix}_x"), state[f"{prefix}_y"], state[f"{prefix}_head"])
+
+
+def absorb_learned_task(
+    memory: PretrainMemory, ctx: FinetuneContext, size: int, selection: Literal["reservoir", "class_balanced"]
+) -> tuple[PretrainMemory, Tensor]:
+    """At the start of fine-tuning task k > 0 of a sequence: ``memory`` after task k − 1, the one just learned,
+    joined it (``absorb_with_sources``), and where each slot came from. The stream so far is the pretraining
+    tasks' and the earlier fine-tuning tasks' training data; the draw is seeded by the run's seed and k as
+    ``replay``'s is, so a memory and a replay buffer of the same size and selection hold the same examples
+    throughout a sequence."""
+    index = ctx.task_index
+    assert index > 0, "the first fine-tuning task has no learned task to take in"
+    learned = ctx.tasks.finetune[index - 1]
+    seen = sum(len(t.splits["train"][1]) for t in [*ctx.tasks.pretrain, *ctx.tasks.finetune[: index - 1]])
+    generator = torch.Generator().manual_seed(ctx.seed + 1000 + index)
+    return memory.absorb_with_sources(learned, size, selection, seen, generator)
 
 
 def reservoir_indices(stream_length: int, capacity: int, generator: torch.Generator) -> Tensor:

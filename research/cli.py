@@ -336,12 +336,17 @@ def _note_other_code(grid) -> None:
         )
 
 
+def _runs_dir(text: str) -> Path:
+    runs_dir = Path(text)
+    if not runs_dir.is_dir():
+        raise ConfigError(f"RUNS_DIR: {runs_dir} is not a folder of runs")
+    return runs_dir
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import NoRuns, build_report
 
-    runs_dir = Path(args.runs_dir)
-    if not runs_dir.is_dir():
-        raise ConfigError(f"RUNS_DIR: {runs_dir} is not a folder of runs")
+    runs_dir = _runs_dir(args.runs_dir)
     try:
         report = build_report(
             runs_dir,
@@ -365,9 +370,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_sync(args: argparse.Namespace) -> int:
     from research.sync import SyncError, sync_runs
 
-    runs_dir = Path(args.runs_dir)
-    if not runs_dir.is_dir():
-        raise ConfigError(f"RUNS_DIR: {runs_dir} is not a folder of runs")
+    runs_dir = _runs_dir(args.runs_dir)
     try:
         runs = sync_runs(
             runs_dir,

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import metrics as m  # pure functions (numpy, pandas, scipy): the report's own definitions
+from analysis.summarize import OLD_TASK_METRICS  # the report's per-old-task curve metrics, by its names
 from research.errors import ConfigError
 
 if TYPE_CHECKING:  # Lightning is imported when a W&B run starts: the grid's expansion names groups without it
@@ -221,17 +222,6 @@ def _matrix(
     labels = list(matrix.index)
     rows = [labels.index(own[task]) if task in own else 0 for task in matrix.columns]
     return matrix, rows, [k for k, task in enumerate(matrix.columns) if task in own]
-
-
-# The pretraining tasks' curve metrics, as the report names them (analysis.summarize.OLD_TASK_METRICS).
-OLD_TASK_METRICS = {
-    "old_acc": m.final_accuracy,
-    "final_drop": m.final_drop,
-    "peak_drop": m.peak_drop,
-    "stability_gap": m.stability_gap,
-    "retention": m.retention,
-    "forgetting_auc": m.forgetting_auc,
-}
 
 
 def forgetting_summary(records: list[dict[str, Any]], task_ends: list[dict[str, Any]]) -> dict[str, float]:

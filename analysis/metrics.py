@@ -289,6 +289,16 @@ def worst_case_accuracy(
 # --- Across runs ----------------------------------------------------------------------------------------------
 
 
+def final_average_accuracy(accuracy: Matrix) -> float:
+    """ACC (Lopez-Paz & Ranzato 2017; van de Ven & Tolias 2019's tables): the mean accuracy over every task of
+    the last row of the accuracy matrix, i.e. after the last task has been learned. Raises ValueError when that
+    row has a NaN (a task not scored at the end)."""
+    last = _matrix(accuracy)[-1]
+    if np.isnan(last).any():
+        raise ValueError(f"the last row of the accuracy matrix has unscored tasks: {last.tolist()}")
+    return float(last.mean())
+
+
 def pareto_front(stability: Sequence[float] | np.ndarray, plasticity: Sequence[float] | np.ndarray) -> np.ndarray:
     """Boolean mask of the points on the Pareto front when both coordinates are maximised. Point ``i`` is
     dominated when some ``j`` has ``stability[j] ≥ stability[i]`` and ``plasticity[j] ≥ plasticity[i]`` with at

@@ -6,7 +6,8 @@ between runs is listed with every value it takes."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -20,8 +21,52 @@ HEADS = {
     "exists at that step. Fine-tuning tasks that bring new classes grow it (class-incremental: old classes compete "
     "with the new ones); tasks on the same classes, e.g. shifted inputs, share its outputs (domain-incremental)",
 }
+SCENARIO_NAMES = {
+    "task": "task-incremental (Task-IL)",
+    "domain": "domain-incremental (Domain-IL)",
+    "class": "class-incremental (Class-IL)",
+}
 # Model families loaded from outside (research.models.adapters): their backbone is never trained by pretraining.
 LOADED = ("hf", "timm", "torchvision", "custom")
+
+
+def scenario_of(row: Mapping[str, Any]) -> str | None:
+    """The continual-learning scenario of one run (van de Ven & Tolias 2019, "Three scenarios for continual
+    learning"): ``task``, ``domain`` or ``class``, from a :func:`analysis.load.load_runs` row. The run's own
+    ``config.scenario`` when it set one; else derived from its head layout: ``per_task`` heads are task-incremental;
+    a ``shared`` head is class-incremental when some fine-tuning task brings classes no earlier task had (the head
+    grows), else domain-incremental (every task on classes already there). Classes are keyed by source, path and
+    class name, as research.data.tasks keys a shared head's outputs; a task without ``classes`` takes every class
+    of its source. The very first task of a run (no pretraining task) has no earlier task to be new against.
+    None when the heads are not recorded."""
+    chosen = row.get("config.scenario")
+    if not is_missing(chosen):
+        return str(chosen)
+    heads = row.get("config.model.heads")
+    if heads == "per_task":
+        return "task"
+    if heads != "shared":
+        return None
+    tasks = [*_task_list(row.get("config.pretrain.tasks")), *_task_list(row.get("config.finetune.tasks"))]
+    first_finetune = len(_task_list(row.get("config.pretrain.tasks")))
+    seen: set[tuple[str, str, str]] = set()
+    whole: set[tuple[str, str]] = set()  # sources of which a task took every class
+    for i, task in enumerate(tasks):
+        source = (str(task.get("source")), str(task.get("path") or ""))
+        classes = task.get("classes")
+        keys = {(*source, "*")} if classes is None else {(*source, str(c)) for c in classes}
+        new = source not in whole and not keys <= seen
+        if i >= max(first_finetune, 1) and new:
+            return "class"
+        seen |= keys
+        if classes is None:
+            whole.add(source)
+    return "domain"
+
+
+def _task_list(value: object) -> list[dict]:
+    tasks = json.loads(value) if isinstance(value, str) else value
+    return [t for t in tasks if isinstance(t, dict)] if isinstance(tasks, list) else []
 
 
 def _values(runs: pd.DataFrame, column: str) -> list:
@@ -71,6 +116,9 @@ def protocol(runs: pd.DataFrame) -> list[tuple[str, str]]:
     items.append(("model", f"{_text(arch)}" + (f" ({_text(detail)})" if detail else "")))
     heads = _values(runs, "config.model.heads")
     items.append(("heads", "; ".join(f"{h}: {HEADS.get(h, h)}" for h in heads) or "not recorded"))
+    scenarios = [s for s in dict.fromkeys(scenario_of(r) for r in runs.to_dict("records")) if s]
+    if scenarios:  # scenario_of: the one rule, for any table by scenario too
+        items.append(("scenario", f"{_text(SCENARIO_NAMES[s] for s in scenarios)} (van de Ven & Tolias 2019)"))
     old = _task_names(runs, "config.pretrain.tasks")
     new = _task_names(runs, "config.finetune.tasks")
     loaded = [a for a in arch if a in LOADED]

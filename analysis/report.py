@@ -34,6 +34,7 @@ from analysis.abilities import ability_curves, ability_summary, ability_table
 from analysis.load import RunSet, load_runs
 from analysis.metrics import aggregate_seeds, pareto_front
 from analysis.protocol import eval_sizes, protocol
+from analysis.scenarios import scenario_accuracies, scenario_html, scenario_latex, scenario_markdown, scenario_table
 from analysis.style import REFERENCE_METHODS, order_settings
 from analysis.summarize import (
     accuracy_curves,
@@ -167,7 +168,12 @@ def _clear(out: Path) -> None:
         for old in (out / folder).rglob("*"):
             if old.is_file() and old.suffix in (".png", ".pdf", ".parquet"):
                 old.unlink()
-    for old in [*out.glob("results*.md"), *out.glob("results*.tex"), *out.glob("abilities*.md")]:
+    for old in [
+        *out.glob("results*.md"),
+        *out.glob("results*.tex"),
+        *out.glob("scenarios*.*"),
+        *out.glob("abilities*.md"),
+    ]:
         old.unlink()
 
 
@@ -201,6 +207,7 @@ class Study:
     same_as: dict[str, str]
     figures: list[tuple[str, str, Path]]  # (title, explanation, png)
     tables: list[Path]
+    scenarios: pd.DataFrame | None = None  # results by scenario, when the study spans several (analysis.scenarios)
 
 
 def _study(runs: RunSet, study: str, slug: str, out: Path, report: Report) -> Study:
@@ -222,6 +229,18 @@ def _study(runs: RunSet, study: str, slug: str, out: Path, report: Report) -> St
     for name, text in written.items():
         (out / name).write_text(text)
         tables.append(out / name)
+    by_scenario = scenario_accuracies(runs)
+    scenarios = scenario_table(by_scenario) if by_scenario["scenario"].nunique() > 1 else None
+    if scenarios is not None:  # van de Ven & Tolias 2019's layout: a column per scenario
+        written = {
+            f"scenarios{suffix}.md": scenario_markdown(scenarios),
+            f"scenarios{suffix}.tex": scenario_latex(
+                scenarios, label=f"tab:scenarios-{slug}" if slug else "tab:scenarios"
+            ),
+        }
+        for name, text in written.items():
+            (out / name).write_text(text)
+            tables.append(out / name)
     abilities = ability_summary(runs)
     if not abilities.empty:  # the loaded model's other abilities (research.abilities), in a table of their own
         (out / f"abilities{suffix}.md").write_text(ability_table(abilities, list(settings["setting"])))
@@ -231,7 +250,7 @@ def _study(runs: RunSet, study: str, slug: str, out: Path, report: Report) -> St
     report.tables += tables
     folder = out / "figures" / slug if slug else out / "figures"
     sections = _figures(runs, accuracy_curves(runs), settings, same_as, folder, report, study if slug else "")
-    return Study(study, runs, per_run, settings, caption, same_as, sections, tables)
+    return Study(study, runs, per_run, settings, caption, same_as, sections, tables, scenarios)
 
 
 def _seeds(n: int) -> str:
@@ -661,6 +680,8 @@ def _study_html(study: Study, report: Report, several: bool) -> list[str]:
             f"<p class='small'>Identical settings (every accuracy of every seed equal; they are one result, not two "
             f"confirmations): {pairs}.</p>"
         )
+    if study.scenarios is not None:
+        parts += [f"<{h2}>Results by scenario</{h2}>", scenario_html(study.scenarios)]
     parts.append("<details><summary>Every metric</summary>")
     parts.append(_html_table(*table_rows(study.settings, wide=True)))
     parts.append("</details>")

@@ -381,6 +381,10 @@ class CheckpointConfig(Strict):
     """also take one every this many optimizer steps (0: never by steps)"""
 
 
+# The head layout of each continual-learning scenario (van de Ven & Tolias 2019).
+SCENARIO_HEADS = {"task": "per_task", "domain": "shared", "class": "shared"}
+
+
 class ExperimentConfig(Strict):
     name: str = "experiment"
     """the experiment's name (W&B tags, report labels)"""
@@ -392,6 +396,13 @@ class ExperimentConfig(Strict):
     """where training runs; auto: a GPU when there is one"""
     data: DataConfig = Field(default_factory=DataConfig)
     """how every task's data is split and read"""
+    scenario: Literal["task", "domain", "class"] | None = None
+    """the continual-learning scenario (van de Ven & Tolias 2019), which sets ``model.heads`` and how tasks are
+    scored: task: a head per task (task-incremental); domain: one shared head whose outputs are each task's
+    classes by their position in the task, so every task needs as many classes (split tasks relabelled, or the
+    same classes under a transform; domain-incremental); class: one shared head that grows outputs for each
+    task's new classes, scored over every output seen so far (class-incremental; no class in two tasks);
+    null: ``model.heads`` decides"""
     model: ModelConfig = Field(default_factory=ModelConfig)
     """the backbone and its heads"""
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
@@ -416,6 +427,20 @@ class ExperimentConfig(Strict):
     def _eval_split_exists(self) -> ExperimentConfig:
         if self.eval.split == "val" and self.data.val_fraction == 0:
             raise ValueError("eval.split is 'val' but data.val_fraction is 0: there is no validation split")
+        return self
+
+    @model_validator(mode="after")
+    def _scenario_sets_heads(self) -> ExperimentConfig:
+        if self.scenario is None:
+            return self
+        heads = SCENARIO_HEADS[self.scenario]
+        if "heads" in self.model.model_fields_set and self.model.heads != heads:
+            raise ValueError(
+                f"scenario={self.scenario} uses model.heads={heads}, but model.heads={self.model.heads} was set; "
+                "leave model.heads out (the scenario sets it) or choose scenario "
+                + " or ".join(s for s, h in SCENARIO_HEADS.items() if h == self.model.heads)
+            )
+        self.model.heads = heads
         return self
 
     @model_validator(mode="after")
@@ -737,6 +762,8 @@ def run_id(cfg: ExperimentConfig, extra: dict[str, str] | None = None) -> str:
     fingerprints of the contents of user files the config names by path (data, checkpoint), which stand for
     those paths (``without_file_paths``)."""
     data = without_file_paths(resolved(cfg))
+    if data["scenario"] is None:  # as before the key existed: model.heads alone says the layout
+        data.pop("scenario")
     for dotted in NOT_IN_RUN_ID:
         *parents, leaf = dotted.split(".")
         section = data

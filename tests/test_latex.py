@@ -153,3 +153,18 @@ def test_table_layout_caption_label_reference_block() -> None:
     assert r"feature\_extraction$^\dagger$" in tex
     # One new task: no BWT, final drop or retention (they repeat forgetting); the time is there.
     assert "BWT" not in rows[0] and "retention" not in rows[0] and "time (s)" in rows[0]
+
+
+@needs_pdflatex
+def test_scenario_table_compiles_and_fits_one_column(tmp_path: Path) -> None:
+    from analysis.scenarios import scenario_latex, scenario_table
+
+    rows = [
+        (setting, setting, scenario, acc)
+        for setting in ("finetune", "online_ewc", "replay_memory=1000", "joint")
+        for scenario in ("task", "domain", "class")
+        for acc in (0.812, 0.834)
+    ]
+    table = scenario_table(pd.DataFrame(rows, columns=["setting", "method", "scenario", "acc"]))
+    log = compile_document(tmp_path, scenario_latex(table))
+    assert overfull(log) == [], "the scenario table is wider than one column"

@@ -2,7 +2,9 @@
 
 Labels are stored in the coordinates of the head that scores the task: with per-task heads, class ``k`` of a
 task is output ``k`` of that task's head; with a shared head, it is the class's position in the union of all
-tasks' classes (keyed by source and class name, so "3" of the digits and of rotated digits is one output).
+tasks' classes (keyed by source and class name, so "3" of the digits and of rotated digits is one output); in
+the domain-incremental scenario, the one shared head's output ``k`` is every task's class ``k`` (van de Ven &
+Tolias 2019: split MNIST's tasks all become "first or second digit of the pair").
 """
 
 from __future__ import annotations
@@ -134,12 +136,21 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
         else:
             outputs_after.append(len(union))
 
+    check_scenario(cfg, [(w, tcfg, tuple(source.class_names[c] for c in ids)) for w, _, tcfg, source, ids in selected])
+    if cfg.scenario == "domain":  # one output per within-task position, the same for every task
+        pretrain_outputs = len(selected[0][4])
+        outputs_after = [pretrain_outputs] * len(cfg.finetune.tasks)
+
     shared = cfg.model.heads == "shared"
     tasks: dict[Role, list[Task]] = {"pretrain": [], "finetune": []}
     head_sizes: dict[str, int] = {}
     for where, role, tcfg, source, class_ids in selected:
         names = tuple(source.class_names[c] for c in class_ids)
-        if shared:
+        if cfg.scenario == "domain":
+            head = SHARED_HEAD
+            outputs = list(range(len(class_ids)))
+            head_sizes[head] = len(class_ids)
+        elif shared:
             head = SHARED_HEAD
             outputs = [union.index((tcfg.source, tcfg.path or "", n)) for n in names]
             head_sizes[head] = len(union)
@@ -155,6 +166,33 @@ def build_tasks(cfg: ExperimentConfig) -> TaskSet:
     )
     pretrain_heads = {SHARED_HEAD: pretrain_outputs} if shared else None
     return TaskSet(tasks["pretrain"], tasks["finetune"], head_sizes, pretrain_heads, outputs_after if shared else None)
+
+
+def check_scenario(cfg: ExperimentConfig, tasks: list[tuple[str, TaskConfig, tuple[str, ...]]]) -> None:
+    """Refuse tasks that do not form the chosen scenario (``where``, task config, class names). Domain-incremental:
+    every task has as many classes (output ``k`` is each task's class ``k``). Class-incremental: every task brings
+    classes of its own (a class in two tasks is one output, which makes it another scenario). Raises
+    ConfigError."""
+    if cfg.scenario == "domain":
+        counts = {len(names) for _, _, names in tasks}
+        if len(counts) > 1:
+            sizes = ", ".join(f"{t.name}: {len(names)}" for _, t, names in tasks)
+            raise ConfigError(
+                f"scenario=domain: every task needs the same number of classes (one shared output per position in "
+                f"a task); classes per task: {sizes}; use scenario=task or scenario=class for tasks of other sizes"
+            )
+    if cfg.scenario == "class":
+        owner: dict[tuple[str, str, str], str] = {}
+        for where, tcfg, names in tasks:
+            for name in names:
+                key = (tcfg.source, tcfg.path or "", name)
+                if key in owner:
+                    raise ConfigError(
+                        f"{where}: scenario=class needs every task to bring new classes, but class {name!r} of "
+                        f"source '{tcfg.source}' is in tasks '{owner[key]}' and '{tcfg.name}'; tasks on the same "
+                        "classes (e.g. shifted inputs) are scenario=domain"
+                    )
+                owner[key] = tcfg.name
 
 
 def resolve_classes(source: SourceData, tcfg: TaskConfig, where: str) -> list[int]:

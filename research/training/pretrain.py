@@ -92,6 +92,8 @@ def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
                 {"pretrain": {"tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks]}}
             )["pretrain"]["tasks"],
             "heads": tasks.pretrain_head_sizes(),
+            # Domain-incremental labels are within-task positions, not the union's: other targets, other weights.
+            **({"labels": "within_task"} if cfg.scenario == "domain" else {}),
             "train": cfg.pretrain.train.model_dump(mode="json"),
             "seed": cfg.pretrain.seed,
             "device": cfg.device,

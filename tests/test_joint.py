@@ -29,7 +29,7 @@ def sizes(tasks) -> tuple[int, int]:
 def test_old_examples_per_step_are_proportional_to_the_data_sizes(make_cfg) -> None:
     method, tasks, _ = joint_method(make_cfg)
     n_old, n_new = sizes(tasks)
-    assert (method.n_pretrain, method.n_new) == (n_old, n_new)
+    assert (method.n_old, method.n_new) == (n_old, n_new)
     for batch_size in (1, 7, 32, 64, 100):
         extra = method.extra_batches(batch_size)
         assert sum(len(b.y) for b in extra) == round(batch_size * n_old / n_new), batch_size
@@ -108,7 +108,7 @@ def test_joint_keeps_the_old_task_where_finetuning_forgets(make_cfg) -> None:
     assert len(logged) == joint.summary["steps"] and np.isfinite(logged.value).all()
 
     info = joint.summary["method_info"]
-    assert info["n_pretrain"] > 0 and info["n_new"] > 0
+    assert info["n_old"] > 0 and info["n_new"] > 0
     assert info["old_passes"] == pytest.approx(4 * info["old_passes_per_new_epoch"], rel=0.05)
 
     initial, final = joint.summary["initial"], joint.summary["final"]

@@ -95,7 +95,34 @@ def test_the_three_scenarios_grid_covers_every_method_in_every_scenario() -> Non
     grid = load_grid(EXPERIMENTS / "grids" / "three_scenarios.yaml")
     assert grid.left_out == []  # no method is silently dropped from the comparison
     cells = {(r.config.method["name"], r.config.scenario, r.config.seed) for r in grid.runs}
-    methods = {"finetune", "ewc", "online_ewc", "si", "lwf", "replay", "agem", "derpp"}
+    methods = {"finetune", "ewc", "online_ewc", "si", "lwf", "replay", "agem", "derpp", "joint"}
     assert cells == {(m, s, seed) for m in methods for s in ("task", "domain", "class") for seed in (0, 1, 2)}
     assert {r.config.model.heads for r in grid.runs if r.config.scenario == "task"} == {"per_task"}
     assert all(r.config.model.hidden == [400, 400] and r.config.train.batch_size == 128 for r in grid.runs)
+
+
+def test_a_class_incremental_grid_closes_with_its_table(tmp_path, out) -> None:
+    # A later class-IL task has no score at step 0; the grid's closing table once failed on that (KeyError).
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import EXPERIMENTS, TINY
+
+    spec = {
+        "name": "class_il",
+        "base": str(EXPERIMENTS / SPLIT),
+        "overrides": {
+            **{o.split("=", 1)[0]: yaml.safe_load(o.split("=", 1)[1]) for o in TINY},
+            "train.max_steps": 2,
+            "scenario": "class",
+        },
+        "seeds": [0],
+        "grid": [{"method.name": ["finetune", "replay"]}],
+    }
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(yaml.safe_dump(spec))
+    cmd = [sys.executable, "-m", "research", "grid", str(grid_file), f"out={out}", "--workers=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "final accuracy, mean ± std over seeds" in proc.stdout and "replay" in proc.stdout

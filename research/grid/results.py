@@ -20,7 +20,10 @@ def results_frame(grid: Grid) -> pd.DataFrame:
         row = {"setting_id": run.setting_id, "setting": run.setting, "seed": run.seed}
         for role, label in (("pretrain", "old"), ("finetune", "new")):
             tasks = [t for t, v in summary["final"].items() if v["role"] == role]
-            row[f"{label}_start"] = sum(summary["initial"][t]["acc"] for t in tasks) / len(tasks)
+            # In a class-incremental sequence a later task has no outputs at step 0 (nor an initial score): the
+            # start is the mean over the tasks scored then.
+            scored = [summary["initial"][t]["acc"] for t in tasks if t in summary["initial"]]
+            row[f"{label}_start"] = sum(scored) / len(scored) if scored else float("nan")
             row[f"{label}_final"] = sum(summary["final"][t]["acc"] for t in tasks) / len(tasks)
         rows.append(row)
     columns = ["setting_id", "setting", "seed", "old_start", "old_final", "new_start", "new_final"]

@@ -115,26 +115,26 @@ def scenario_markdown(table: pd.DataFrame) -> str:
 
 
 def scenario_latex(table: pd.DataFrame, label: str = "tab:scenarios") -> str:
+    """A booktabs table that fits one column: each approach is a row of its own above its methods."""
     scenarios, rows = _cells(table)
     out = [
         "\\begin{table}[t]",
         "\\centering",
         "\\small",
+        "\\setlength{\\tabcolsep}{4pt}",
         f"\\caption{{{_latex(scenario_caption(table))}}}",
         f"\\label{{{label}}}",
-        "\\begin{tabular}{ll" + "r" * len(scenarios) + "}",
+        "\\begin{tabular}{l" + "r" * len(scenarios) + "}",
         "\\toprule",
-        "Approach & Method & " + " & ".join(SCENARIO_HEADERS[s] for s in scenarios) + " \\\\",
-        "\\midrule",
+        "Method & " + " & ".join(SCENARIO_HEADERS[s] for s in scenarios) + " \\\\",
     ]
     previous = None
     for group, setting, ref, cells in rows:
-        if previous is not None and group != previous:
-            out.append("\\midrule")
+        if group != previous:
+            out += ["\\midrule", f"\\multicolumn{{{1 + len(scenarios)}}}{{l}}{{\\emph{{{_latex(group)}}}}} \\\\"]
         name = _latex(setting) + ("$^\\dagger$" if ref else "")
-        shown = _latex(group) if group != previous else ""
-        numbers = [c.replace(" ± ", " $\\pm$ ").replace("–", "--") for c in cells]
-        out.append(f"{shown} & {name} & " + " & ".join(numbers) + " \\\\")
+        numbers = [c.replace(" ± ", "$\\pm$").replace("–", "--") for c in cells]
+        out.append(f"{name} & " + " & ".join(numbers) + " \\\\")
         previous = group
     out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
     return "\n".join(out)

@@ -100,7 +100,7 @@ def test_cells_are_mean_and_sem_over_seeds_in_the_grouped_order() -> None:
     assert "| baseline | finetune | – | 10.00 |" in md
     assert "| reference | joint † | 96.00 ± 1.00 | – |" in md
     tex = scenario_latex(table)
-    assert "85.00 $\\pm$ 5.00" in tex and "joint$^\\dagger$" in tex
+    assert "85.00$\\pm$5.00" in tex and "joint$^\\dagger$" in tex
 
 
 def test_a_report_over_two_scenarios_has_the_table(make_cfg, out) -> None:

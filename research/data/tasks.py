@@ -67,6 +67,11 @@ class TaskSet:
     def all(self) -> list[Task]:
         return self.pretrain + self.finetune
 
+    def learned_before(self, index: int) -> list[Task]:
+        """The tasks learned before fine-tuning task ``index``: the pretraining tasks, then fine-tuning tasks
+        0..index−1."""
+        return [*self.pretrain, *self.finetune[:index]]
+
     @property
     def input_shape(self) -> tuple[int, ...] | None:
         """One example's shape (every task has the same); None for token inputs."""

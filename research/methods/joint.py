@@ -26,11 +26,6 @@ class JointConfig(MethodConfig):
     )
 
 
-def earlier_tasks(ctx: FinetuneContext) -> list:
-    """The tasks learned before the current one: the pretraining tasks, then the sequence's earlier tasks."""
-    return [*ctx.tasks.pretrain, *ctx.tasks.finetune[: ctx.task_index]]
-
-
 @register
 class Joint(Method):
     """Joint training: every step trains on the new task's batch plus examples from ALL of the earlier tasks'
@@ -63,12 +58,13 @@ class Joint(Method):
     def configure_trainable(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
         if self.config.old_data_ratio == 0:
             return  # no old data: nothing to train the old heads on
-        for task in earlier_tasks(ctx):
+        for task in ctx.tasks.learned_before(ctx.task_index):
             model.heads[task.head].requires_grad_(True)
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
-        self.old_tasks = [t.name for t in earlier_tasks(ctx)]
-        pools = [(t.head, *t.splits["train"]) for t in earlier_tasks(ctx)]
+        earlier = ctx.tasks.learned_before(ctx.task_index)
+        self.old_tasks = [t.name for t in earlier]
+        pools = [(t.head, *t.splits["train"]) for t in earlier]
         self.heads = list(dict.fromkeys(h for h, _, _ in pools))
         self.x = to_device(concat([x for _, x, _ in pools]), ctx.device)
         self.y = torch.cat([y for _, _, y in pools]).to(ctx.device)

@@ -125,7 +125,7 @@ def earlier_outputs(tasks: TaskSet, index: int) -> dict[str, int]:
     if index == 0:
         return tasks.pretrain_head_sizes()
     sizes = tasks.head_sizes_at(index - 1)  # as they stood while the previous task trained
-    learned = dict.fromkeys(t.head for t in [*tasks.pretrain, *tasks.finetune[:index]])
+    learned = dict.fromkeys(t.head for t in tasks.learned_before(index))
     return {head: sizes[head] for head in learned}
 
 

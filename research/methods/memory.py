@@ -137,7 +137,7 @@ def absorb_learned_task(
     index = ctx.task_index
     assert index > 0, "the first fine-tuning task has no learned task to take in"
     learned = ctx.tasks.finetune[index - 1]
-    seen = sum(len(t.splits["train"][1]) for t in [*ctx.tasks.pretrain, *ctx.tasks.finetune[: index - 1]])
+    seen = sum(len(t.splits["train"][1]) for t in ctx.tasks.learned_before(index - 1))
     generator = torch.Generator().manual_seed(ctx.seed + 1000 + index)
     return memory.absorb_with_sources(learned, size, selection, seen, generator)
 

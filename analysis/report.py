@@ -517,6 +517,8 @@ def _wise_ft(runs: RunSet) -> pd.DataFrame | None:
     wise = runs.runs[runs.runs["run_id"].isin(table["run_id"])]
     if wise["setting_id"].nunique() > 1:  # pooling different settings would average unlike curves
         return None
+    if "final" in table.columns:  # a sequence's per-task sweeps (method.sweep=every_task) are not the curve
+        table = table[table["final"].fillna(True).astype(bool)]
     acc = table[table["metric"] == "acc"]
     per_run = acc.groupby(["run_id", "alpha", "role"])["value"].mean().unstack("role").reset_index()
     old = aggregate_seeds(per_run, "alpha", "pretrain", CONFIDENCE)

@@ -61,7 +61,11 @@ def test_probe_freezes_the_backbone_then_the_switch_restores_what_was_trainable(
     method.after_step(model, 2)  # update 3 done: the probe is over
     assert all(p.requires_grad for p in top.parameters()) and all(m.training for m in top.modules())
     assert not any(p.requires_grad for p in bottom.parameters()) and not any(m.training for m in bottom.modules())
-    assert method.info() == {"probe_steps": 3, "switched_at_step": 3}
+    assert method.info() == {
+        "probe_steps": 3,
+        "switched_at_step": 3,
+        "tasks": [{"task": ctx.task.name, "switched_at_step": 3}],
+    }
     method.after_step(model, 3)
     assert method.info()["switched_at_step"] == 3
 
@@ -81,7 +85,11 @@ def test_backbone_is_bit_identical_to_pretrained_until_the_switch(make_cfg, monk
     result = run(
         make_cfg("method.name=lp_ft", f"method.probe_steps={probe}", *HARD, "train.lr=0.02", "eval.every_n_steps=3")
     )
-    assert result.summary["method_info"] == {"probe_steps": probe, "switched_at_step": probe}
+    assert result.summary["method_info"] == {
+        "probe_steps": probe,
+        "switched_at_step": probe,
+        "tasks": [{"task": "digits_5_9", "switched_at_step": probe}],
+    }
     steps = result.summary["steps"]
     assert sorted(snapshots) == list(range(1, steps + 1)) and steps > probe + 5
 
@@ -111,7 +119,11 @@ def test_backbone_is_bit_identical_to_pretrained_until_the_switch(make_cfg, monk
 def test_probe_steps_zero_is_exactly_plain_finetuning(make_cfg) -> None:
     ours = run(make_cfg("method.name=lp_ft", "method.probe_steps=0", *HARD))
     reference = run(make_cfg("method.name=finetune", *HARD))
-    assert ours.summary["method_info"] == {"probe_steps": 0, "switched_at_step": 0}
+    assert ours.summary["method_info"] == {
+        "probe_steps": 0,
+        "switched_at_step": 0,
+        "tasks": [{"task": "digits_5_9", "switched_at_step": 0}],
+    }
     assert len(eval_rows(ours.metrics)) > 0
     pd.testing.assert_frame_equal(eval_rows(ours.metrics), eval_rows(reference.metrics), check_exact=True)
 
@@ -119,6 +131,10 @@ def test_probe_steps_zero_is_exactly_plain_finetuning(make_cfg) -> None:
 def test_a_probe_longer_than_training_is_exactly_feature_extraction(make_cfg) -> None:
     ours = run(make_cfg("method.name=lp_ft", "method.probe_steps=100000", *HARD))
     reference = run(make_cfg("method.name=feature_extraction", *HARD))
-    assert ours.summary["method_info"] == {"probe_steps": 100000, "switched_at_step": None}
+    assert ours.summary["method_info"] == {
+        "probe_steps": 100000,
+        "switched_at_step": None,
+        "tasks": [{"task": "digits_5_9", "switched_at_step": None}],
+    }
     assert ours.summary["steps"] == reference.summary["steps"] > 0
     pd.testing.assert_frame_equal(eval_rows(ours.metrics), eval_rows(reference.metrics), check_exact=True)

@@ -38,6 +38,7 @@ SETTINGS = (
 # Settings that give a method something to do within a few steps.
 METHOD_SETTINGS = {
     "lp_ft": ["method.probe_steps=5"],
+    "wise_ft": ["method.sweep=every_task"],  # in a sequence, the first task's sweep must survive the kill
     "agem": ["method.memory_size=40", "method.reference_batch_size=8"],
 }
 

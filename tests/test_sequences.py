@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 import pytest
 
 from research.cli import main
+from research.methods.base import Method, MethodConfig
+from research.methods.registry import register, unregister
 from research.training import run
 
 SEQUENCE = Path(__file__).resolve().parents[1] / "experiments" / "sequence_digits.yaml"
@@ -71,11 +75,34 @@ def test_online_ewc_forgets_less_than_finetune_over_the_sequence(make_cfg) -> No
     assert online["digits_0_3"]["acc"] > finetune["digits_0_3"]["acc"] + 0.03
 
 
-def test_method_without_sequence_support_is_a_config_error(tmp_path: Path, capsys) -> None:
+class OneTaskOnlyConfig(MethodConfig):
+    name: Literal["one_task_only"] = "one_task_only"
+
+
+class OneTaskOnly(Method):
+    """Test-only: a method whose hooks are defined for one fine-tuning task (every shipped method supports
+    sequences, but a user's own may not)."""
+
+    name = "one_task_only"
+    Config = OneTaskOnlyConfig
+    neutral: ClassVar[dict[str, Any] | None] = {}
+
+
+@pytest.fixture
+def one_task_only() -> Iterator[None]:
+    register(OneTaskOnly)
+    try:
+        yield
+    finally:
+        unregister(OneTaskOnly.name)
+
+
+def test_method_without_sequence_support_is_a_config_error(one_task_only: None, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    assert main(["run", str(SEQUENCE), f"out={out}", "method.name=lp_ft"]) == 2
-    err = capsys.readouterr().err
-    assert "finetune.tasks" in err and "online_ewc" in err
+    assert main(["run", str(SEQUENCE), f"out={out}", "method.name=one_task_only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "finetune.tasks" in err and "online_ewc" in err and "lp_ft" in err
     assert not out.exists()
 
 

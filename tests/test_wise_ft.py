@@ -29,7 +29,8 @@ def test_sweep_ends_at_the_fine_tuned_model_and_starts_at_the_pretrained_backbon
     result = run(make_cfg("method.name=wise_ft", f"model.batchnorm={str(batchnorm).lower()}", "train.lr=0.02"))
     sweep = pd.read_parquet(result.run_dir / "method.parquet")
     assert result.summary["method_table"] == "method.parquet"
-    assert list(sweep.columns) == ["alpha", "task", "role", "metric", "value"]
+    assert list(sweep.columns) == ["alpha", "task", "role", "metric", "value", "after_task", "final"]
+    assert set(sweep.after_task) == {"digits_5_9"} and sweep.final.all()
     assert sorted(sweep.alpha.unique()) == [0.0, 0.25, 0.5, 0.75, 1.0]
     at = {(r.alpha, r.task, r.metric): r.value for r in sweep.itertuples()}
     # α = 1 is exactly the fine-tuned model that the final evaluation scored.

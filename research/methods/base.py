@@ -9,6 +9,8 @@ the new task's batch and does the update; a method contributes only through thes
 - ``loss_terms``: extra loss terms, returned by name so each is logged under its own name;
 - ``after_backward`` / ``after_step``: only where a method needs them, around the update the module performs
   (gradient projection such as A-GEM; importance accumulation such as SI);
+- ``end_task``: after each fine-tuning task's last update and evaluation, extra measurements of the model as
+  that task left it (WiSE-FT's per-task sweep), returned as tidy rows for ``<run dir>/method.parquet``;
 - ``finish``: after the last update, extra measurements of the fine-tuned model (WiSE-FT's interpolation
   sweep), returned as tidy rows that the run stores as ``<run dir>/method.parquet``;
 - ``info``: what the run's summary should record about the method (estimator used, timings).
@@ -185,6 +187,14 @@ class Method:
 
     def after_step(self, model: MultiHeadNet, step: int) -> None:
         """The optimizer has applied update number ``step + 1``."""
+
+    def end_task(
+        self, model: MultiHeadNet, ctx: FinetuneContext, score: Callable[[MultiHeadNet], dict[str, dict[str, float]]]
+    ) -> list[dict[str, Any]]:
+        """After the last update and evaluation of fine-tuning task ``ctx.task`` (every task, the last included,
+        before ``finish``); ``score`` as in ``finish``. Must leave ``model`` unchanged. Returns rows for
+        method.parquet; a checkpoint keeps them, so a resumed run does not measure an earlier task's end again."""
+        return []
 
     def finish(
         self, model: MultiHeadNet, ctx: FinetuneContext, score: Callable[[MultiHeadNet], dict[str, dict[str, float]]]

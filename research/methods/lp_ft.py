@@ -47,9 +47,17 @@ class LPFT(Method):
     changes its rates. ``probe_steps=0`` is plain fine-tuning; a probe longer than training is feature extraction. The
     probe is counted in updates, not epochs, so it is independent of the dataset size: use
     ``probe_steps = k · steps_per_epoch`` for a k-epoch probe.
+
+    In a sequence of fine-tuning tasks every task starts with its own probe: for its first ``probe_steps``
+    updates (counted within the task) the backbone is frozen and in eval mode and only that task's head trains
+    (with a shared head, the whole shared head, as in one task), then the task is fully fine-tuned. Each task
+    is fitted with an optimizer of its own, so the optimizer state of every task starts afresh at its probe, and
+    the backbone's at its switch. ``method_info.tasks`` records each task's switch (in updates within the task;
+    None where the task ended during its probe), and ``switched_at_step`` the last task's.
     """
 
     name = "lp_ft"
+    supports_sequences = True
     Config = LPFTConfig
     config: LPFTConfig
     neutral = {"probe_steps": 0}
@@ -58,9 +66,14 @@ class LPFT(Method):
         super().__init__(config)
         self._probed: list[nn.Parameter] = []  # backbone parameters held frozen during the probe
         self._modes: dict[nn.Module, bool] = {}  # backbone submodules' train/eval flags to restore at the switch
-        self.switched_at_step: int | None = None  # updates done when full fine-tuning began
+        self.switched_at_step: int | None = None  # updates into the current task when full fine-tuning began
+        self.task_switches: list[int | None] = []  # the same for every task started so far, in order
+        self.task_names: list[str] = []
 
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        # Earlier tasks' switches are kept (a resume replays them through load_state_dict); this task's is new.
+        self.task_switches = [*self.task_switches[: ctx.task_index], None]
+        self.task_names = [*self.task_names[: ctx.task_index], ctx.task.name]
         self.switched_at_step = None
         self._probed, self._modes = [], {}
         if self.config.probe_steps == 0:
@@ -83,20 +96,30 @@ class LPFT(Method):
         for module, training in self._modes.items():
             module.training = training
         self.switched_at_step = updates
+        self.task_switches[-1] = updates
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Whether (and when) the switch to full fine-tuning happened: a resumed run re-prepares the probe and
-        then switches again if the checkpoint was taken after the switch."""
-        return {"switched_at_step": torch.tensor(-1 if self.switched_at_step is None else self.switched_at_step)}
+        """Whether (and when) the switch to full fine-tuning happened in the current task, and in every task
+        before it: a resumed run re-prepares the probe and then switches again if the checkpoint was taken after
+        the switch."""
+        return {
+            "switched_at_step": torch.tensor(-1 if self.switched_at_step is None else self.switched_at_step),
+            "task_switches": torch.tensor([-1 if s is None else s for s in self.task_switches], dtype=torch.long),
+        }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if "task_switches" in state:  # checkpoints written before sequences were supported lack it
+            earlier = [None if s < 0 else int(s) for s in state["task_switches"].tolist()]
+            self.task_switches = [*earlier[:-1], self.task_switches[-1]] if earlier else self.task_switches
         switched = int(state["switched_at_step"])
         if switched >= 0 and self.switched_at_step is None:
             self._switch(switched)
 
     def info(self) -> dict[str, Any]:
+        # With probe_steps 0 the switch is at update 0; None: the task ended during its probe.
+        switches = [0 if self.config.probe_steps == 0 else s for s in self.task_switches]
         return {
             "probe_steps": self.config.probe_steps,
-            # None: training ended before the probe did (the whole run was a linear probe).
-            "switched_at_step": 0 if self.config.probe_steps == 0 else self.switched_at_step,
+            "switched_at_step": switches[-1] if switches else None,
+            "tasks": [{"task": t, "switched_at_step": s} for t, s in zip(self.task_names, switches, strict=True)],
         }

@@ -4,6 +4,7 @@ pretrained and fine-tuned weights in weight space, θ_α = (1 − α)·θ₀ + �
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -31,6 +32,12 @@ class WiSEFTConfig(MethodConfig):
             raise ValueError(f"every alpha must lie in [0, 1]; got {alphas}")
         return sorted(set(alphas))
 
+    sweep: Literal["end", "every_task"] = Field(
+        "end",
+        description="end: one sweep after the last task; every_task: in a sequence, also one after each earlier "
+        "task, between θ₀ and the weights that task ended with",
+    )
+
 
 @register
 class WiSEFT(Method):
@@ -43,44 +50,89 @@ class WiSEFT(Method):
     the paper's fine-tuned linear head sits on interpolated features, so both head layouts mean the same thing
     (α = 0 is the pretrained model plus the fine-tuned new outputs, never a random head). BatchNorm running
     statistics are interpolated like the weights. The sweep goes to ``method.parquet`` (alpha, task, role,
-    metric, value) so the trade-off curve can be drawn; training itself is plain fine-tuning, so its forgetting
-    curves are finetune's.
+    metric, value, after_task, final) so the trade-off curve can be drawn; training itself is plain
+    fine-tuning, so its forgetting curves are finetune's.
+
+    In a sequence of fine-tuning tasks θ₀ stays the pretrained model, the weights before the first task (taken
+    once, at the first task's start), and the sweep after the last task interpolates between θ₀ and the
+    sequence's final weights θ_K: everything created during the sequence (each later task's head, every row a
+    shared head grew) keeps its final value, as in one task. In domain-incremental sequences nothing is created,
+    so α = 0 is the pretrained model itself. With ``sweep: every_task`` each earlier task k also gets a sweep
+    between θ₀ and the weights θ_k it ended with, right after its last evaluation, over the tasks that model can
+    score (``after_task`` names k; ``final`` marks the last task's sweep, the one the report draws). These are
+    measurements only: training continues from θ_k, never from an interpolated model (that would be a different
+    method, weight averaging along the sequence). The sweeps' wall time is fine-tuning time not spent training;
+    ``method_info.sweep_seconds`` reports it.
     """
 
     name = "wise_ft"
     supports_ddp = True
+    supports_sequences = True
     Config = WiSEFTConfig
     config: WiSEFTConfig
     neutral = {}  # training is plain fine-tuning; the sweep only adds measurements after it
 
+    def __init__(self, config: WiSEFTConfig) -> None:
+        super().__init__(config)
+        self.sweep_seconds = 0.0
+
     def prepare(self, model: MultiHeadNet, ctx: FinetuneContext) -> None:
+        if ctx.task_index > 0:  # θ₀ is the model before the sequence, not before each task
+            return
         # θ₀: the pretrained model's own parameters and rows; a shared head's grown rows are not part of it.
         self.start = {n: t.clone() for n, t in values_at(model, ctx.pretrained_rows).items()}
         # BatchNorm running statistics belong to the pretrained model too.
         self.start_buffers = {n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()}
 
+    def end_task(
+        self, model: MultiHeadNet, ctx: FinetuneContext, score: Callable[[MultiHeadNet], dict[str, dict[str, float]]]
+    ) -> list[dict[str, Any]]:
+        last = ctx.task_index == len(ctx.tasks.finetune) - 1
+        if self.config.sweep != "every_task" or last:  # the last task's sweep is ``finish``'s
+            return []
+        return self._sweep(model, ctx, score, final=False)
+
     def finish(
         self, model: MultiHeadNet, ctx: FinetuneContext, score: Callable[[MultiHeadNet], dict[str, dict[str, float]]]
     ) -> list[dict[str, Any]]:
+        return self._sweep(model, ctx, score, final=True)
+
+    def _sweep(
+        self,
+        model: MultiHeadNet,
+        ctx: FinetuneContext,
+        score: Callable[[MultiHeadNet], dict[str, dict[str, float]]],
+        final: bool,
+    ) -> list[dict[str, Any]]:
+        """Every task the model can score, at every α, between θ₀ and the model as it is now."""
+        started = time.perf_counter()
         roles = {t.name: t.role for t in ctx.tasks.all}
+        where = {"after_task": ctx.task.name, "final": final}
         rows = []
         for alpha in self.config.alphas:
             results = score(interpolate(model, self.start, self.start_buffers, alpha))
             for task, metrics in results.items():
                 for metric, value in metrics.items():
-                    rows.append({"alpha": alpha, "task": task, "role": roles[task], "metric": metric, "value": value})
+                    rows.append(
+                        {"alpha": alpha, "task": task, "role": roles[task], "metric": metric, "value": value, **where}
+                    )
+        self.sweep_seconds += time.perf_counter() - started
         return rows
 
     def info(self) -> dict[str, Any]:
-        return {"alphas": self.config.alphas}
+        return {"alphas": self.config.alphas, "sweep": self.config.sweep, "sweep_seconds": self.sweep_seconds}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {
             **{f"start.{n}": t for n, t in self.start.items()},
             **{f"start_buffer.{n}": t for n, t in self.start_buffers.items()},
+            # So that a resumed run's sweep_seconds counts the sweeps done before the kill too.
+            "sweep_seconds": torch.tensor(self.sweep_seconds, dtype=torch.float64),
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if "sweep_seconds" in state:
+            self.sweep_seconds = float(state["sweep_seconds"])
         self.start = {n.removeprefix("start."): t for n, t in state.items() if n.startswith("start.")}
         self.start_buffers = {
             n.removeprefix("start_buffer."): t for n, t in state.items() if n.startswith("start_buffer.")

@@ -121,7 +121,7 @@ class FinetuneOutcome:
     method_info: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)  # what the backbone is (research.models.adapters)
     ability_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # each ability's data (research.abilities)
-    method_rows: list[dict[str, Any]] = field(default_factory=list)  # from Method.finish, for method.parquet
+    method_rows: list[dict[str, Any]] = field(default_factory=list)  # Method.end_task/finish's, for method.parquet
     drift: list[dict[str, Any]] = field(default_factory=list)  # weight drift per block, for diagnostics.parquet
     task_ends: list[dict[str, Any]] = field(default_factory=list)  # each fine-tuning task's last step, in order
     history: TaskHistory = field(default_factory=TaskHistory)  # what a resume replays (resume.py)
@@ -157,19 +157,24 @@ def run_finetune(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model, context = finetune_model(cfg, tasks, method, state, records)
     stage = FinetuneStage(cfg, tasks, method, model, context, tracker, outcome, checkpointing, started)
+
+    def scorer(m: MultiHeadNet) -> dict[str, dict[str, float]]:
+        return score(m, stage.evaluator.sets, cfg.eval.batch_size)
+
     try:
         for index in range(stage.first_task, len(tasks.finetune)):
             if index > 0:
                 start_task(model, context, method, index)
             stage.fit_task(index)
             outcome.task_ends.append({"task": tasks.finetune[index].name, "step": outcome.steps})
+            outcome.method_rows.extend(method.end_task(model, context, scorer))
     finally:
         outcome.seconds = stage.elapsed()
         outcome.eval_seconds = stage.evaluator.seconds
         outcome.ability_seconds = stage.evaluator.ability_seconds
         outcome.evaluations = stage.evaluator.evaluations
     outcome.model_info = adapter(cfg.model.arch).describe(cfg.model, model.backbone)
-    outcome.method_rows = method.finish(model, context, lambda m: score(m, stage.evaluator.sets, cfg.eval.batch_size))
+    outcome.method_rows.extend(method.finish(model, context, scorer))
     outcome.method_info = method.info()
     outcome.method_state_bytes = tensor_bytes(method.state_dict())
     return outcome
@@ -336,6 +341,7 @@ class FinetuneStage:
         outcome.records[:] = resume["records"]
         outcome.drift[:] = resume["drift"]
         outcome.task_ends[:] = resume["task_ends"]
+        outcome.method_rows[:] = resume.get("method_rows", [])  # absent from checkpoints written before end_task
         outcome.steps, outcome.epochs = resume["steps_before"], resume["epochs_before"]
         outcome.history = TaskHistory(resume["task_starts"], resume["method_ends"], resume["task_rngs"])
         outcome.resumes = [*resume["resumes"], {"from_step": resume["global_step"]}]
@@ -357,6 +363,7 @@ class FinetuneStage:
                 "steps_before": outcome.steps,
                 "epochs_before": outcome.epochs,
                 "task_ends": outcome.task_ends,
+                "method_rows": outcome.method_rows,
                 "records": outcome.records,
                 "drift": outcome.drift,
                 "evaluator": {**self.evaluator.state(), "start": cpu_copy(self.evaluator.state()["start"])},

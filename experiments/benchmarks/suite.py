@@ -41,6 +41,7 @@ BENCHMARKS = {
     "memory": "peak RSS of a research run and of a grid worker vs processes that only import torch / the stack",
     "minilm": "MiniLM: fine-tuning steps vs a bare transformers loop, peak RSS of an EWC run, the Fisher's cost",
     "minilm_study": "the MiniLM study: ability scoring at 21 evaluation points vs training; LoRA vs finetune",
+    "sequences": "each method's state per learned task vs the model's size; the three-scenarios grid's wall time",
     "tools": "reading W&B offline runs back in-process vs one wandb subprocess per run; the CLI's start time",
 }
 

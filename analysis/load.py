@@ -7,6 +7,11 @@ public API. All three give the same :class:`RunSet`, so everything downstream wo
   (the run directory's ``metrics.parquet`` with the run id added).
 - ``method_tables``: what methods measured after training (``wise_ft``'s α sweep), with the run id added.
 
+A run directory that cannot be read (a truncated or malformed ``summary.json``, ``config.yaml`` or parquet file,
+or a run whose summary says completed but whose ``metrics.parquet`` is missing) is not an error here: it becomes a
+``runs`` row with status ``unreadable`` and the reason as its ``error``, so that one bad run leaves the others
+analysable and is named wherever left-out runs are listed, instead of taking a report down or vanishing from n.
+
 ``setting`` is a label that tells the loaded runs apart without their seed: the method, then each method
 hyperparameter that varies among that method's runs, then every other config key that varies among all runs
 (e.g. ``ewc lam=1000``, ``finetune train.lr=0.01``). ``setting_id`` hashes the config without seed, output
@@ -20,19 +25,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import yaml
 
 from research.labels import flatten_config, is_missing, setting_id, setting_labels
 
 METRIC_COLUMNS = ["run_id", "step", "epoch", "task", "role", "metric", "value"]
 CACHE_FOLDER = ".analysis-cache"
-CACHE_FORMAT = 6  # bump whenever the tables change shape, so an old cache is not read
+UNREADABLE = "unreadable"  # the status of a run directory whose files cannot be read (see the module docstring)
+CACHE_FORMAT = 7  # bump whenever the tables change shape, so an old cache is not read
 
 
 @dataclass
@@ -43,7 +51,11 @@ class RunSet:
 
     def completed(self) -> RunSet:
         """Only the runs that completed (a failed run's partial measurements would bias every mean)."""
-        keep = self.runs[self.runs["status"] == "completed"]
+        keep = self.runs[self.runs["status"] == "completed"].copy()
+        seeds = keep["seed"]
+        # A left-out run whose config could not be read has no seed, which turned the column to float: undone.
+        if seeds.dtype.kind == "f" and seeds.notna().all() and (seeds % 1 == 0).all():
+            keep["seed"] = seeds.astype("int64")
         ids = set(keep["run_id"])
         return RunSet(
             keep.reset_index(drop=True),
@@ -75,18 +87,132 @@ def load_runs(runs_dir: str | Path, cache: bool = True) -> RunSet:
         return cached
     rows, metrics, method_tables = [], [], []
     for run_dir in run_dirs:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        rows.append(_run_row(run_dir.name, summary, config))
-        if (run_dir / "metrics.parquet").is_file():
-            frame = pd.read_parquet(run_dir / "metrics.parquet")
+        row, frame, table = _read_run(run_dir)
+        rows.append(row)
+        if frame is not None:
             metrics.append(frame.assign(run_id=run_dir.name))
-        if (run_dir / "method.parquet").is_file():
-            method_tables.append(pd.read_parquet(run_dir / "method.parquet").assign(run_id=run_dir.name))
+        if table is not None:
+            method_tables.append(table.assign(run_id=run_dir.name))
     result = _assemble(rows, metrics, method_tables)
-    if cache and (result.runs["status"] == "completed").any():  # a folder with nothing to analyse stays untouched
+    # A folder with nothing to analyse stays untouched; one with unreadable runs is read afresh next time, since
+    # what made a file unreadable (its permissions, a file system) may be fixed without changing its mtime.
+    statuses = result.runs["status"]
+    if cache and (statuses == "completed").any() and not (statuses == UNREADABLE).any():
         _write_cache(root, key, result)
     return result
+
+
+class _Unreadable(Exception):
+    """A run directory's file that cannot be used; the message is the reason the report shows."""
+
+
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame | None, pd.DataFrame | None]:
+    """One run directory as its ``runs`` row, metrics and method table; a file that cannot be read gives an
+    ``unreadable`` row naming why (and no tables), so the caller can go on with the other runs."""
+    config: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    try:
+        config = _read_mapping(run_dir / "config.yaml", "config.yaml", "not valid YAML", _parse_yaml)
+        summary = _read_mapping(run_dir / "summary.json", "summary.json", "not valid JSON", json.loads)
+        row = _layout_checked_row(run_dir.name, summary, config)
+    except _Unreadable as err:
+        return _unreadable_row(run_dir.name, summary, config, str(err)), None, None
+    if row["status"] != "completed":  # left out anyway, under its own status and error; its tables are not used
+        return row, _optional(_read_metrics, run_dir), _optional(_read_method_table, run_dir)
+    try:
+        if not (run_dir / "metrics.parquet").is_file():
+            raise _Unreadable("summary.json says completed but metrics.parquet is missing")
+        return row, _read_metrics(run_dir), _read_method_table(run_dir)
+    except _Unreadable as err:
+        return _unreadable_row(run_dir.name, summary, config, str(err)), None, None
+
+
+def _layout_checked_row(run_id: str, summary: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_run_row`, with a summary or config whose fields have the wrong types (``method: ewc``,
+    ``timings: 5``) as :class:`_Unreadable`."""
+    try:
+        return _run_row(run_id, summary, config)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise _Unreadable(
+            f"summary.json or config.yaml has an unexpected layout ({type(err).__name__}: {err})"
+        ) from None
+
+
+def _parse_yaml(text: str) -> Any:
+    """``yaml.safe_load``, a syntax error as a ValueError saying where (the YAML message itself is long)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise ValueError(f"line {mark.line + 1}" if mark is not None else "") from err
+
+
+def _read_mapping(path: Path, name: str, invalid: str, parse: Callable[[str], Any]) -> dict[str, Any]:
+    """The object in ``path`` (JSON or YAML by ``parse``); anything else is :class:`_Unreadable` with a reason."""
+    try:
+        value = parse(path.read_text())
+    except OSError as err:
+        raise _Unreadable(f"{name} unreadable: {err.strerror or type(err).__name__}") from None
+    except ValueError as err:  # JSONDecodeError, a YAML error (_parse_yaml), bytes that are not UTF-8
+        detail = str(err) if isinstance(err.__cause__, yaml.YAMLError) and str(err) else ""
+        raise _Unreadable(f"{name} is {invalid}{f' ({detail})' if detail else ''}") from None
+    if not isinstance(value, dict):
+        kind = "empty" if value is None else f"a {type(value).__name__}"
+        raise _Unreadable(f"{name} is not a mapping of keys to values ({kind})")
+    return value
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise _Unreadable(f"{path.name} unreadable: {_short_reason(err, path)}") from None
+
+
+def _read_metrics(run_dir: Path) -> pd.DataFrame | None:
+    """``metrics.parquet`` (None if there is none); one without the tidy columns is :class:`_Unreadable`."""
+    if not (run_dir / "metrics.parquet").is_file():
+        return None
+    frame = _read_table(run_dir / "metrics.parquet")
+    lacking = [c for c in METRIC_COLUMNS if c != "run_id" and c not in frame.columns]
+    if lacking:
+        raise _Unreadable(f"metrics.parquet lacks column(s) {', '.join(lacking)}")
+    return frame
+
+
+def _read_method_table(run_dir: Path) -> pd.DataFrame | None:
+    return _read_table(run_dir / "method.parquet") if (run_dir / "method.parquet").is_file() else None
+
+
+def _optional(read: Callable[[Path], pd.DataFrame | None], run_dir: Path) -> pd.DataFrame | None:
+    """A left-out run's table if it can be read (kept for whoever looks at failed runs), else none."""
+    try:
+        return read(run_dir)
+    except _Unreadable:
+        return None
+
+
+def _short_reason(err: BaseException, path: Path) -> str:
+    """The gist of an OS or Arrow error, without the path (the report names the run already) or advice:
+    'Parquet magic bytes not found in footer' rather than two sentences around the full path."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).replace(f"'{path}'", "").replace(str(path), "").strip()
+    text = text.splitlines()[0] if text else type(err).__name__
+    text = re.split(r"(?<=[a-z0-9)])\. ", text.rsplit(": ", 1)[-1].strip())[0].rstrip(".")
+    return text[:160] or type(err).__name__
+
+
+def _unreadable_row(run_id: str, summary: dict[str, Any], config: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The row of a run that cannot be used: whatever its readable files tell (its setting and seed, so the
+    report can say which run it was), status ``unreadable`` and the reason."""
+    for known in ((summary, config), ({}, config), ({}, {})):  # as much as still fits the row's layout
+        try:
+            row = _run_row(run_id, *known)
+            break
+        except (AttributeError, TypeError, ValueError):
+            continue
+    return {**row, "status": UNREADABLE, "error": reason}
 
 
 def _run_row(run_id: str, summary: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +272,9 @@ def _assemble(rows: list[dict], metrics: list[pd.DataFrame], method_tables: list
     runs["study"] = [study_of(g, e) for g, e in zip(runs["grid"], runs["experiment"], strict=True)]
     labels = pd.Series(index=runs.index, dtype=object)
     for _, members in runs.groupby("study", sort=False):  # within each study only (see study_of)
+        members = members[[not is_missing(m) for m in members["method"]]]  # no config read: no setting to name
+        if members.empty:
+            continue
         # Columns no run of this study has would otherwise count as varying (NaN against a value elsewhere).
         own = members.dropna(axis="columns", how="all")
         labels[members.index] = setting_labels(own)

@@ -31,7 +31,7 @@ import pandas as pd
 
 from analysis import figures
 from analysis.abilities import ability_curves, ability_summary, ability_table
-from analysis.load import RunSet, load_runs
+from analysis.load import UNREADABLE, RunSet, load_runs
 from analysis.metrics import aggregate_seeds, pareto_front
 from analysis.protocol import eval_sizes, protocol
 from analysis.scenarios import scenario_accuracies, scenario_html, scenario_latex, scenario_markdown, scenario_table
@@ -45,6 +45,7 @@ from analysis.summarize import (
     setting_summary,
 )
 from analysis.tables import REFERENCE_NOTE, Row, latex_table, markdown_table, table_rows
+from research.labels import is_missing
 
 CONFIDENCE = 0.95
 FAMILY_PANELS_FROM = 9  # settings from which the forgetting curves are drawn as small multiples per family
@@ -58,6 +59,7 @@ class Report:
     data: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # figures that had nothing to show, and why
     studies: list[str] = field(default_factory=list)  # what the report compares within (grids, experiments)
+    left_out: list[str] = field(default_factory=list)  # selected runs not reported: "<run id>: <status> — <why>"
 
 
 class NoRuns(ValueError):
@@ -132,11 +134,13 @@ def build_report(
         found = len(everything.runs)
         raise NoRuns(
             f"{runs_dir}: no completed runs to report on ({found} run director{'y' if found == 1 else 'ies'}"
-            f"{' selected' if (grid, experiment, run_ids) != (None, None, None) else ''})"
+            f"{' selected' if (grid, experiment, run_ids) != (None, None, None) else ''}{_unreadable_note(everything)})"
         )
     out = Path(out_dir)
     _clear(out)
     report = Report(html=out / "report.html")
+    left = everything.runs[everything.runs["status"] != "completed"]
+    report.left_out = [f"{r.run_id}: {r.status} — {r.error}" for r in left.itertuples()]
     report.studies = list(dict.fromkeys(runs.runs["study"]))
     several = len(report.studies) > 1
     sections, all_settings, all_summaries = [], [], []
@@ -159,6 +163,15 @@ def build_report(
         report.data.append(path)
     report.html.write_text(_html(everything, runs, sections, report))
     return report
+
+
+def _unreadable_note(runs: RunSet) -> str:
+    """'; 2 unreadable, e.g. <id>: <why>' for the message that nothing is left to report (empty if none)."""
+    bad = runs.runs[runs.runs["status"] == UNREADABLE]
+    if bad.empty:
+        return ""
+    first = bad.iloc[0]
+    return f"; {len(bad)} unreadable, e.g. {first['run_id']}: {first['error']}"
 
 
 def _clear(out: Path) -> None:
@@ -643,12 +656,10 @@ def _html(everything: RunSet, runs: RunSet, studies: list[Study], report: Report
             f"its data changed); each run counts in n:</p><ul>{items}</ul>"
         )
     if len(failed):
-        items = "".join(
-            f"<li><code>{html.escape(r.run_id)}</code> {html.escape(str(r.setting))} seed {r.seed}: "
-            f"{html.escape(str(r.status))} — {html.escape(str(r.error))}</li>"
-            for r in failed.itertuples()
+        items = "".join(_left_out_html(r) for r in failed.itertuples())
+        parts.append(
+            f"<p>Left out: {len(failed)} run(s) that did not complete or could not be read:</p><ul>{items}</ul>"
         )
-        parts.append(f"<p>Left out: {len(failed)} run(s) that did not complete:</p><ul>{items}</ul>")
     for study in studies:
         parts += _study_html(study, report, several=len(studies) > 1)
     parts.append("<h2>What the metrics mean</h2><dl>")
@@ -660,6 +671,17 @@ def _html(everything: RunSet, runs: RunSet, studies: list[Study], report: Report
         "<code>table*</code>). Tidy data: <code>data/</code>.</p></body></html>"
     )
     return "\n".join(parts)
+
+
+def _left_out_html(run) -> str:
+    """One left-out run: its id, its setting and seed where its config could be read, its status and why."""
+    known = not is_missing(run.method) and not is_missing(run.seed)
+    seed = int(run.seed) if isinstance(run.seed, float) and run.seed.is_integer() else run.seed  # NaN-padded column
+    which = f" {html.escape(str(run.setting))} seed {html.escape(str(seed))}" if known else ""
+    return (
+        f"<li><code>{html.escape(run.run_id)}</code>{which}: "
+        f"{html.escape(str(run.status))} — {html.escape(str(run.error))}</li>"
+    )
 
 
 def _anchor(name: str) -> str:

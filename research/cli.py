@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunFailed as err:
         print(f"research: {err}", file=sys.stderr)
-        return 1
+        return getattr(err, "exit_code", 1)  # RunInterrupted: 130, as for any program stopped by Ctrl-C
     except BrokenPipeError:  # `research ... | head` closed our output: stop quietly, as other tools do
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not raise again

@@ -12,5 +12,11 @@ class RunFailed(RuntimeError):
     """A run that started and then failed; its summary.json records why (exit code 1)."""
 
 
+class RunInterrupted(RunFailed):
+    """A run stopped by Ctrl-C; its summary.json records "interrupted" and how to resume (exit code 130)."""
+
+    exit_code = 130
+
+
 class RunBusy(RuntimeError):
     """Another process holds this run's lock right now (raised only when asked not to wait for it)."""

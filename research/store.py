@@ -82,10 +82,19 @@ def is_completed(run_dir: Path) -> bool:
 
 
 def start_run_dir(run_dir: Path, config: dict[str, Any], summary: dict[str, Any]) -> None:
-    """Create a fresh run directory (removing what an earlier failed or interrupted attempt left)."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    """Create a fresh run directory (removing what an earlier failed or interrupted attempt left, except a
+    checkpoint set aside as unusable, ``checkpoint.pt.unusable``, kept for inspection)."""
+    if run_dir.is_dir() and not run_dir.is_symlink():
+        for child in run_dir.iterdir():
+            if child.name.endswith(".unusable") and child.is_file() and not child.is_symlink():
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    elif run_dir.exists() or run_dir.is_symlink():
+        run_dir.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "summary.json", {**summary, "status": "running", "error": None})
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 

@@ -163,7 +163,9 @@ def test_an_unusable_checkpoint_means_starting_over(make_cfg, monkeypatch, capsy
     checkpoint.write_bytes(b"not a checkpoint")
     result = run(cfg)
     assert result.summary["status"] == "completed" and result.summary["resumes"] == []
-    assert "ignoring unreadable checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot resume from checkpoint" in err and "unreadable" in err and "set aside" in err
+    assert (checkpoint.parent / f"{CHECKPOINT_FILE}.unusable").read_bytes() == b"not a checkpoint"
 
 
 def test_checkpoint_is_loaded_without_unpickling_code(make_cfg, monkeypatch, tmp_path: Path) -> None:

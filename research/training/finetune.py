@@ -17,7 +17,7 @@ from torch import Tensor
 from research.abilities import build_abilities
 from research.config import ExperimentConfig
 from research.data.batches import TensorBatches
-from research.data.tasks import TaskSet
+from research.data.tasks import Task, TaskSet
 from research.evaluation.drift import trained_blocks
 from research.evaluation.evaluator import Evaluator, epoch_of_step, eval_sets, score
 from research.methods.base import FinetuneContext, Method
@@ -28,7 +28,15 @@ from research.tracking import Tracker, tracked_name, trained_drift
 from research.training.module import ClassifierModule
 from research.training.pretrain import load_pretrained, pretrained_skeleton
 from research.training.progress import finetune_stage, make_progress
-from research.training.resume import TaskHistory, cpu_copy, rng_state, save_checkpoint, set_rng_state
+from research.training.resume import (
+    Expected,
+    TaskHistory,
+    UnusableCheckpoint,
+    cpu_copy,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from research.training.trainer import make_trainer
 
 
@@ -126,6 +134,7 @@ class FinetuneOutcome:
     task_ends: list[dict[str, Any]] = field(default_factory=list)  # each fine-tuning task's last step, in order
     history: TaskHistory = field(default_factory=TaskHistory)  # what a resume replays (resume.py)
     resumes: list[dict[str, Any]] = field(default_factory=list)  # each resume of this run: from which step
+    checkpoint_step: int | None = None  # the step of the run's latest checkpoint (saved or resumed from)
 
 
 @dataclass
@@ -191,6 +200,34 @@ def tensor_bytes(state: Any) -> int:
     return 0
 
 
+def task_schedule(cfg: ExperimentConfig, task: Task) -> tuple[TensorBatches, int, int]:
+    """A fine-tuning task's seeded batches, its updates per epoch, and its updates in all."""
+    x, y = task.splits["train"]
+    batches = TensorBatches(
+        x,
+        y,
+        torch.zeros(len(y), dtype=torch.long),
+        batch_size=cfg.train.batch_size,
+        seed=cfg.seed,
+        workers=cfg.data.workers,
+    )
+    steps_per_epoch = -(-len(batches) // cfg.train.accumulate_grad_batches)  # the last update takes what is left
+    total = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps:
+        total = min(total, cfg.train.max_steps)
+    return batches, steps_per_epoch, total
+
+
+def expected_checkpoint(cfg: ExperimentConfig, tasks: TaskSet, method: Method) -> Expected:
+    """What this run's checkpoint must match (research.training.resume.checkpoint_problem): each task's
+    updates, and the model's tensors as the first task starts (built without weights)."""
+    model, _ = finetune_model(cfg, tasks, method, state=None)
+    return Expected(
+        task_updates=[task_schedule(cfg, task)[2] for task in tasks.finetune],
+        model={name: tuple(t.shape) for name, t in model.state_dict().items()},
+    )
+
+
 class FinetuneStage:
     """One run's fine-tuning: the model, the method, the evaluator, and the bookkeeping that checkpoints and
     resumes need."""
@@ -239,22 +276,10 @@ class FinetuneStage:
         cfg, task, outcome = self.cfg, self.tasks.finetune[index], self.outcome
         resume = self.resume if index == self.first_task else None
         done = self.resumed_steps if resume is not None else 0  # this task's updates before this fit
-        x, y = task.splits["train"]
-        batches = TensorBatches(
-            x,
-            y,
-            torch.zeros(len(y), dtype=torch.long),
-            batch_size=cfg.train.batch_size,
-            seed=cfg.seed,
-            workers=cfg.data.workers,
-        )
+        batches, steps_per_epoch, total = task_schedule(cfg, task)
         accumulate = cfg.train.accumulate_grad_batches
-        steps_per_epoch = -(-len(batches) // accumulate)  # updates per epoch: the last one takes what is left
         epochs_done, updates_into_epoch = divmod(done, steps_per_epoch)
         batches.resume_at(epochs_done * len(batches) + updates_into_epoch * accumulate)
-        total = steps_per_epoch * cfg.train.epochs
-        if cfg.train.max_steps:
-            total = min(total, cfg.train.max_steps)
         step_offset, epoch_offset = outcome.steps, outcome.epochs
         self.evaluator.start_segment(step_offset, epoch_offset, steps_per_epoch, done)
 
@@ -317,6 +342,14 @@ class FinetuneStage:
     def _restore(self, module: ClassifierModule, resume: dict[str, Any]) -> None:
         """Rebuild the state of the checkpoint step: replay the method's preparation of every task so far on
         the weights each started from, then load the checkpoint's weights, optimizer and method state."""
+        try:
+            self._replay(module, resume)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+            # What checkpoint_problem cannot see before the fit: a method state that does not fit the method,
+            # an optimizer state that does not fit the optimizer.
+            raise UnusableCheckpoint(f"checkpoint does not fit this run: {type(err).__name__}: {err}") from err
+
+    def _replay(self, module: ClassifierModule, resume: dict[str, Any]) -> None:
         model, context, method, history = self.model, self.context, self.method, self.outcome.history
         device = module.device
         for j in range(self.first_task + 1):
@@ -345,6 +378,7 @@ class FinetuneStage:
         outcome.steps, outcome.epochs = resume["steps_before"], resume["epochs_before"]
         outcome.history = TaskHistory(resume["task_starts"], resume["method_ends"], resume["task_rngs"])
         outcome.resumes = [*resume["resumes"], {"from_step": resume["global_step"]}]
+        outcome.checkpoint_step = resume["global_step"]
         self.previous_seconds = resume["finetune_seconds"]
 
     # ------------------------------------------------------------------------------------------ saving
@@ -378,6 +412,7 @@ class FinetuneStage:
                 "resumes": outcome.resumes,
             },
         )
+        outcome.checkpoint_step = outcome.steps + task_step
 
 
 class _Saver(L.Callback):

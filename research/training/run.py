@@ -26,7 +26,7 @@ from research.abilities import build_abilities
 from research.config import ExperimentConfig, missing_files, resolved, run_id
 from research.data.fingerprint import content_fingerprints
 from research.data.tasks import TaskSet, build_tasks
-from research.errors import ConfigError, RunBusy, RunFailed
+from research.errors import ConfigError, RunBusy, RunFailed, RunInterrupted
 from research.methods import build_method
 from research.methods.applicability import refusal
 from research.models.adapters import adapter
@@ -52,9 +52,22 @@ from research.tracking import (
     tracked_name,
     wandb_config,
 )
-from research.training.finetune import Checkpointing, FinetuneOutcome, finetune_model, run_finetune
+from research.training.finetune import (
+    Checkpointing,
+    FinetuneOutcome,
+    expected_checkpoint,
+    finetune_model,
+    run_finetune,
+)
 from research.training.pretrain import Pretrained, check_checkpoint, pretrained_weights
-from research.training.resume import load_checkpoint, remove_checkpoint
+from research.training.resume import (
+    CHECKPOINT_FILE,
+    Expected,
+    UnusableCheckpoint,
+    load_checkpoint,
+    remove_checkpoint,
+    set_aside,
+)
 
 
 def distributed_rank() -> int:
@@ -140,9 +153,23 @@ def run(cfg: ExperimentConfig, force: bool = False, wait: bool = True, command_l
         if is_completed(run_dir) and not force:
             return RunResult(rid, run_dir, read_summary(run_dir) or {}, skipped=True)
         # An earlier attempt that was killed or failed mid-training goes on from its last checkpoint.
-        resume = None if force else load_checkpoint(run_dir, rid)
+        resume = None if force else load_checkpoint(run_dir, rid, _expected(cfg, tasks, run_dir))
         command = shlex.join(sys.argv) if command_line else None  # quoted, so it can be pasted back
         return _run_locked(cfg, tasks, rid, run_dir, started, resume, command)
+
+
+def _expected(cfg: ExperimentConfig, tasks: TaskSet, run_dir: Path) -> Expected | None:
+    """What a checkpoint in ``run_dir`` must match; built only when there is one (it builds the model)."""
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        return None
+    return expected_checkpoint(cfg, tasks, build_method(cfg.method))
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Ctrl-C: a KeyboardInterrupt, or the SystemExit(1) Lightning turns one into after its own shutdown."""
+    return isinstance(error, KeyboardInterrupt) or (
+        isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt)
+    )
 
 
 def run_lock_path(out: Path, rid: str) -> Path:
@@ -257,6 +284,11 @@ def _run_locked(
     if error is not None:
         summary["status"] = "failed"
         summary["error"] = f"{type(error).__name__}: {error}"
+        if _interrupted(error):
+            summary["error"] = interrupted_reason(run_dir, outcome)
+        elif isinstance(error, UnusableCheckpoint) and (run_dir / CHECKPOINT_FILE).is_file():
+            aside = set_aside(run_dir / CHECKPOINT_FILE, str(error))
+            summary["error"] += f"; the checkpoint was set aside as {aside.name}: run again to start over"
     if tracker is not None:
         finish_started = time.perf_counter()
         finish_tracker(tracker, summary, outcome)
@@ -273,6 +305,8 @@ def _run_locked(
     if error is not None:
         summary["traceback"] = "".join(traceback.format_exception(error))[-4000:]
         write_json(run_dir / "summary.json", summary)
+        if _interrupted(error):
+            raise RunInterrupted(f"run {rid} {summary['error']}") from error
         if isinstance(error, KeyboardInterrupt | SystemExit):
             raise error
         raise RunFailed(f"run {rid} failed: {summary['error']} (see {run_dir / 'summary.json'})") from error
@@ -280,6 +314,19 @@ def _run_locked(
     write_json(run_dir / "summary.json", summary)
     remove_checkpoint(run_dir)  # after the summary: a kill in between leaves a completed run, never a lost one
     return RunResult(rid, run_dir, summary)
+
+
+def interrupted_reason(run_dir: Path, outcome: FinetuneOutcome) -> str:
+    """What a run stopped by Ctrl-C records, and how to go on."""
+    if (run_dir / CHECKPOINT_FILE).is_file() and outcome.checkpoint_step is not None:
+        return (
+            f"interrupted (Ctrl-C) at step {outcome.steps}; run the same command again to resume from its "
+            f"checkpoint at step {outcome.checkpoint_step}"
+        )
+    return (
+        f"interrupted (Ctrl-C) at step {outcome.steps}, before any checkpoint (checkpoint.every_n_steps / "
+        "every_n_seconds); run the same command again to start over"
+    )
 
 
 def _run_distributed_worker(cfg: ExperimentConfig, tasks: TaskSet, rid: str, run_dir: Path, force: bool) -> RunResult:

@@ -59,10 +59,22 @@ def exclusive_lock(path: Path, wait: bool = True) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+@contextmanager
+def temporary_beside(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to before renaming it into place; removed if the write fails
+    (a full disk, a file-size limit), so a failed write leaves no ``.tmp`` file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with temporary_beside(path) as tmp:
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -138,9 +150,9 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_frame(path: Path, frame: pd.DataFrame) -> None:
     """Parquet written to a temporary name and renamed into place: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with temporary_beside(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
 
 
 @functools.cache

@@ -13,9 +13,11 @@ run starts from bit-identical weights, pretraining happens once, and no reader e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,13 +143,64 @@ def pretrained_weights(cfg: ExperimentConfig, tasks: TaskSet) -> Pretrained:
     entry = root / key
     root.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(root / f".{key}.lock"):
-        cached = (entry / MANIFEST_FILE).is_file()
+        cached = entry.is_dir() or entry.is_symlink()
+        problem = entry_problem(entry) if cached else None
+        if problem is not None:  # a damaged entry would fail, or silently change, every run that uses it
+            print(
+                f"warning: pretrained cache entry {entry} does not verify ({problem}); rebuilding it", file=sys.stderr
+            )
+            _discard(entry)
+            cached = False
         if not cached:
             _train_and_store(cfg, tasks, key, entry)
-    state = read_state_dict(entry / WEIGHTS_FILE)
+    where = f"the pretrained cache entry {entry}"
+    state = read_state_dict(entry / WEIGHTS_FILE, key=where)
     manifest = json.loads((entry / MANIFEST_FILE).read_text())
     records = {name: load_file(str(entry / f"{name}.safetensors")) for name in manifest.get("records", [])}
     return Pretrained(state, manifest, cached, time.perf_counter() - started, entry, records)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def entry_problem(entry: Path) -> str | None:
+    """Why a pretrained cache entry cannot be trusted, or None: its manifest must be a JSON object whose
+    ``sha256`` lists every file the entry holds besides itself (weights, records), each with the hash it was
+    written with. An entry from before the hashes were kept cannot be verified, so it is rebuilt too."""
+    if entry.is_symlink() or not entry.is_dir():
+        return "not a folder"
+    try:
+        manifest = json.loads((entry / MANIFEST_FILE).read_text())
+    except (OSError, ValueError) as err:
+        return f"{MANIFEST_FILE} unreadable: {type(err).__name__}"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256"), dict):
+        return "no content hashes in its manifest"
+    expected = manifest["sha256"]
+    names = {WEIGHTS_FILE, *(f"{name}.safetensors" for name in manifest.get("records", []))}
+    if set(expected) != names:
+        return "its manifest's hashes do not list its files"
+    for name, digest in expected.items():
+        file = entry / name
+        if file.is_symlink() or not file.is_file():
+            return f"{name} missing"
+        if file_sha256(file) != digest:
+            return f"{name} does not match its hash"
+    return None
+
+
+def _discard(entry: Path) -> None:
+    """Move a damaged entry out of the way at once (a rename), then delete it."""
+    trash = entry.with_name(f".{entry.name}.damaged.{os.getpid()}")
+    os.replace(entry, trash)
+    if trash.is_dir() and not trash.is_symlink():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        trash.unlink(missing_ok=True)
 
 
 def pretrain_stage(tasks: TaskSet, batches: int, train: OptimConfig, loss: TrainLoss) -> Stage:
@@ -222,8 +275,10 @@ def _train_and_store(cfg: ExperimentConfig, tasks: TaskSet, key: str, entry: Pat
             {k: v.detach().cpu().contiguous() for k, v in recorder.state_dict().items()},
             str(tmp / f"{name}.safetensors"),
         )
+    hashes = {file.name: file_sha256(file) for file in sorted(tmp.glob("*.safetensors"))}
     manifest = {
         "key": key,
+        "sha256": hashes,  # verified whenever the entry is used (entry_problem)
         "tasks": [t.model_dump(mode="json") for t in cfg.pretrain.tasks],
         "heads": tasks.pretrain_head_sizes(),
         "input_shape": list(tasks.input_shape) if tasks.input_shape is not None else None,

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from research.store import temporary_beside
+
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
 
@@ -74,9 +76,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> None:
     """Atomically replace the run's checkpoint."""
     path = run_dir / CHECKPOINT_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    with temporary_beside(path) as tmp:
+        torch.save({"format": FORMAT, **payload}, tmp)
+        os.replace(tmp, path)
 
 
 SET_ASIDE = ".unusable"  # an unusable checkpoint is renamed to checkpoint.pt.unusable

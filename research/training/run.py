@@ -149,6 +149,7 @@ def run(cfg: ExperimentConfig, force: bool = False, wait: bool = True, command_l
     run_dir = Path(cfg.out) / rid
     if distributed_rank() > 0:
         return _run_distributed_worker(cfg, tasks, rid, run_dir, force)
+    writable_out(Path(cfg.out))
     with exclusive_lock(run_lock_path(Path(cfg.out), rid), wait=wait):
         if is_completed(run_dir) and not force:
             return RunResult(rid, run_dir, read_summary(run_dir) or {}, skipped=True)
@@ -170,6 +171,19 @@ def _interrupted(error: BaseException) -> bool:
     return isinstance(error, KeyboardInterrupt) or (
         isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt)
     )
+
+
+def writable_out(out: Path) -> None:
+    """Refuse an ``out`` that cannot be written (read-only, not a folder, full) before anything else is: a
+    file is created in ``out/.locks`` and removed again. Raises ConfigError naming ``out``."""
+    try:
+        locks = out / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        probe = locks / f".probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"out: cannot write to {out} ({err.strerror or type(err).__name__})") from None
 
 
 def run_lock_path(out: Path, rid: str) -> Path:
@@ -228,9 +242,7 @@ def _run_locked(
     }
     if command is not None:  # started from the command line: how to run it again
         summary["command"] = command
-    if resume is None:
-        start_run_dir(run_dir, config, summary)
-    else:
+    if resume is not None:
         summary["resumed_from_step"] = resume["global_step"]
         if resume.get("commit") != summary["git"]["commit"]:  # the numbers before and after come from different code
             summary["checkpoint_commit"] = resume.get("commit")
@@ -239,7 +251,16 @@ def _run_locked(
                 f"now at {summary['git']['commit']}",
                 file=sys.stderr,
             )
-        reopen_run_dir(run_dir, config, summary)
+    try:
+        if resume is None:
+            start_run_dir(run_dir, config, summary)
+        else:
+            reopen_run_dir(run_dir, config, summary)
+    except OSError as err:  # a full disk: the run could not even start
+        summary.update(status="failed", error=f"could not write the run directory ({type(err).__name__}: {err})")
+        recorded = run_dir.is_dir() and record_failure(run_dir, summary)
+        where = f"see {run_dir / 'summary.json'}" if recorded else "nothing could be recorded"
+        raise RunFailed(f"run {rid} failed: {summary['error']} ({where})") from err
 
     timings = {"data_seconds": data_seconds}
     outcome = FinetuneOutcome()
@@ -295,25 +316,57 @@ def _run_locked(
         summary["timings"]["wandb_finish_seconds"] = time.perf_counter() - finish_started
         summary["wandb"] = {**destination.record(), "run_id": tracker.run_id, "problem": tracker.problem}
 
+    try:
+        write_results(run_dir, outcome, summary)
+    except OSError as err:  # a full disk, a file-size limit, a file system gone read-only
+        written = f"could not write the run's results ({type(err).__name__}: {err})"
+        summary["error"] = written if error is None else f"{summary['error']}; {written}"
+        error = error or err
+        summary["status"] = "failed"
+    summary["timings"]["total_seconds"] = time.perf_counter() - started
+    if error is None:
+        summary["status"] = "completed"
+        try:
+            write_json(run_dir / "summary.json", summary)
+        except OSError as err:  # the results are there, but nothing says so: not a completed run
+            summary.update(status="failed", error=f"could not write summary.json ({type(err).__name__}: {err})")
+            error = err
+        else:
+            remove_checkpoint(run_dir)  # after the summary: a kill in between leaves a completed run, never a lost one
+            return RunResult(rid, run_dir, summary)
+    summary["traceback"] = "".join(traceback.format_exception(error))[-4000:]
+    recorded = record_failure(run_dir, summary)
+    if _interrupted(error):
+        raise RunInterrupted(f"run {rid} {summary['error']}") from error
+    if isinstance(error, KeyboardInterrupt | SystemExit):
+        raise error
+    where = f"see {run_dir / 'summary.json'}" if recorded else "summary.json could not be written either"
+    raise RunFailed(f"run {rid} failed: {summary['error']} ({where})") from error
+
+
+def write_results(run_dir: Path, outcome: FinetuneOutcome, summary: dict[str, Any]) -> None:
+    """The run's tables: metrics, weight drift, and what the method measured (summary.json comes after)."""
     write_metrics(run_dir, outcome.records)
     if outcome.drift:
         write_table(run_dir / "diagnostics.parquet", outcome.drift)
     if outcome.method_rows:
         write_table(run_dir / "method.parquet", outcome.method_rows)
         summary["method_table"] = "method.parquet"
-    summary["timings"]["total_seconds"] = time.perf_counter() - started
-    if error is not None:
-        summary["traceback"] = "".join(traceback.format_exception(error))[-4000:]
+
+
+def record_failure(run_dir: Path, summary: dict[str, Any]) -> bool:
+    """Write a failed run's summary; where the whole of it cannot be written (a full disk), at least its
+    status and reason, so that the run never stays ``running``. Returns whether either could be written."""
+    try:
         write_json(run_dir / "summary.json", summary)
-        if _interrupted(error):
-            raise RunInterrupted(f"run {rid} {summary['error']}") from error
-        if isinstance(error, KeyboardInterrupt | SystemExit):
-            raise error
-        raise RunFailed(f"run {rid} failed: {summary['error']} (see {run_dir / 'summary.json'})") from error
-    summary["status"] = "completed"
-    write_json(run_dir / "summary.json", summary)
-    remove_checkpoint(run_dir)  # after the summary: a kill in between leaves a completed run, never a lost one
-    return RunResult(rid, run_dir, summary)
+        return True
+    except OSError:
+        pass
+    try:
+        write_json(run_dir / "summary.json", {k: summary.get(k) for k in ("status", "error", "run_id", "name")})
+        return True
+    except OSError:
+        return False
 
 
 def interrupted_reason(run_dir: Path, outcome: FinetuneOutcome) -> str:

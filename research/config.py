@@ -394,6 +394,11 @@ class ExperimentConfig(Strict):
     """the folder run directories go to, one per run id"""
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """where training runs; auto: a GPU when there is one"""
+    threads: PositiveInt = 1
+    """torch's intra-op CPU threads for this run (``torch.set_num_threads``), whatever the machine or the number
+    of grid workers: how a reduction is split over threads changes the last bits of every number, so the same
+    run id must always run on as many; part of the run id when not 1. Raise it for one large model on many cores
+    (keep workers × threads within the cores)"""
     data: DataConfig = Field(default_factory=DataConfig)
     """how every task's data is split and read"""
     scenario: Literal["task", "domain", "class"] | None = None
@@ -764,6 +769,8 @@ def run_id(cfg: ExperimentConfig, extra: dict[str, str] | None = None) -> str:
     data = without_file_paths(resolved(cfg))
     if data["scenario"] is None:  # as before the key existed: model.heads alone says the layout
         data.pop("scenario")
+    if data["threads"] == 1:  # the default: run ids from before the key existed stay as they were
+        data.pop("threads")
     for dotted in NOT_IN_RUN_ID:
         *parents, leaf = dotted.split(".")
         section = data

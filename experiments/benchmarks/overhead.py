@@ -4,7 +4,9 @@ Both sides do the same updates (same pretrained weights, same new-head initialis
 optimizer) and the same evaluations (every task at step 0, every N steps and at the end); the framework side
 also writes the run directory and a W&B offline run. Pretraining is cached before timing, so only the
 fine-tuning stage is compared. Repetitions alternate between the two sides, and the median ratio is printed.
-W&B's one-off service start (the first ``wandb.init`` of a process) is measured and reported on its own.
+W&B's one-off service start (the first ``wandb.init`` of a process) is measured and reported on its own. Both
+sides compute with the same CPU threads: the run's ``threads`` (``--threads``, default 1), which a research run
+sets for itself.
 
     uv run python experiments/benchmarks/overhead.py [--epochs 40] [--repeats 5] [--json PATH]
     uv run python experiments/benchmarks/overhead.py --quick     # smoke test: 2 epochs, 1 repetition
@@ -29,6 +31,7 @@ from research.data import TensorBatches, build_tasks
 from research.training import run
 from research.training.checkpoints import load_into
 from research.training.pretrain import pretrained_skeleton, pretrained_weights
+from research.training.trainer import cpu_threads
 
 CONFIG = {
     **mnist1d_mlp512("benchmark_overhead"),
@@ -94,10 +97,11 @@ def framework(cfg: ExperimentConfig) -> tuple[float, dict[str, float]]:
 SIZES = [("MLP 40-512-512, batch 64", [512, 512], 64), ("MLP 40-1024-1024, batch 256", [1024, 1024], 256)]
 
 
-def measure(label: str, hidden: list[int], batch_size: int, epochs: int, repeats: int, out: str) -> dict:
+def measure(label: str, hidden: list[int], batch_size: int, epochs: int, repeats: int, out: str, threads: int) -> dict:
     raw = {
         **CONFIG,
         "out": out,
+        "threads": threads,
         "model": {"arch": "mlp", "hidden": hidden},
         "train": {**CONFIG["train"], "epochs": epochs, "batch_size": batch_size},
     }
@@ -107,7 +111,8 @@ def measure(label: str, hidden: list[int], batch_size: int, epochs: int, repeats
     framework(cfg)  # warm-up: the first W&B init in a process starts its service (reported separately below)
     bare_times, framework_times = [], []
     for _ in range(repeats):  # alternate, so drifts in machine load hit both sides alike
-        t_bare, bare_scores = bare_loop(cfg)
+        with cpu_threads(cfg.threads):  # the run's own thread count, which research run sets for itself
+            t_bare, bare_scores = bare_loop(cfg)
         t_fw, fw_scores = framework(cfg)
         bare_times.append(t_bare)
         framework_times.append(t_fw)
@@ -134,6 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="the runs' threads (the config key), both sides")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 epochs, 1 repetition")
     parser.add_argument("--json", help="write the result rows to this file")
     args = parser.parse_args()
@@ -148,7 +154,10 @@ def main() -> None:
         run_.finish()
         service = time.perf_counter() - cold
         print(f"one-off cost per process: starting W&B's service took {service:.2f} s")
-        results = [measure(label, hidden, batch, args.epochs, args.repeats, out) for label, hidden, batch in SIZES]
+        results = [
+            measure(label, hidden, batch, args.epochs, args.repeats, out, args.threads)
+            for label, hidden, batch in SIZES
+        ]
         print(
             "\nfine-tuning stage, research run / bare loop: "
             + ", ".join(f"{r['ratio']:.3f}" for r in results)

@@ -321,7 +321,8 @@ def make_config(setting: Setting, out: str, method: str, seed: int, wandb: str) 
     raw = read_experiment(base) if isinstance(base, Path) else copy.deepcopy(base)
     for section, values in COMMON.items():
         raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
-    raw.update(out=out, seed=seed, device=COMMON["device"])
+    # Ours computes with as many CPU threads as avalanche's side, which runs with the process's own.
+    raw.update(out=out, seed=seed, device=COMMON["device"], threads=torch.get_num_threads())
     raw["train"]["epochs"] = setting.epochs
     raw["eval"]["every_n_steps"] = setting.eval_every
     raw["logging"]["wandb"] = wandb

@@ -34,7 +34,9 @@ SHUTDOWN_GRACE_SECONDS = 15.0
 
 
 def default_threads(workers: int) -> int:
-    """Torch threads per worker: the cores shared out. More threads than cores makes small models crawl."""
+    """A worker's default threads (OpenMP's, and torch's between runs): the cores shared out, since more threads
+    than cores makes small models crawl. Each run sets torch's own to its ``threads`` while it works
+    (research.training.trainer.cpu_threads), so no run's numbers depend on this."""
     return max(1, (os.cpu_count() or 1) // workers)
 
 

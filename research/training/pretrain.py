@@ -99,6 +99,7 @@ def pretrain_key(cfg: ExperimentConfig, tasks: TaskSet) -> str:
             "train": cfg.pretrain.train.model_dump(mode="json"),
             "seed": cfg.pretrain.seed,
             "device": cfg.device,
+            **({"threads": cfg.threads} if cfg.threads != 1 else {}),  # the split of every reduction
         }
     )
 

@@ -68,6 +68,7 @@ from research.training.resume import (
     remove_checkpoint,
     set_aside,
 )
+from research.training.trainer import cpu_threads
 
 
 def distributed_rank() -> int:
@@ -134,7 +135,8 @@ def check(cfg: ExperimentConfig, command_line: bool = False) -> TaskSet:
 
 
 def pretrain_only(cfg: ExperimentConfig) -> Pretrained:
-    return pretrained_weights(cfg, check(cfg))
+    with cpu_threads(cfg.threads):
+        return pretrained_weights(cfg, check(cfg))
 
 
 def run(cfg: ExperimentConfig, force: bool = False, wait: bool = True, command_line: bool = False) -> RunResult:
@@ -142,7 +144,12 @@ def run(cfg: ExperimentConfig, force: bool = False, wait: bool = True, command_l
 
     One process at a time per run id: a second one waits for the lock, then finds the run completed and skips
     it. With ``wait=False`` it raises :class:`~research.errors.RunBusy` instead of waiting (a grid worker then
-    does other runs first)."""
+    does other runs first). It computes with ``cfg.threads`` CPU threads, whatever the process's own setting."""
+    with cpu_threads(cfg.threads):
+        return _run(cfg, force, wait, command_line)
+
+
+def _run(cfg: ExperimentConfig, force: bool, wait: bool, command_line: bool) -> RunResult:
     started = time.perf_counter()
     tasks = check(cfg, command_line)
     rid = run_id(cfg, content_fingerprints(cfg))

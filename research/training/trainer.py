@@ -1,11 +1,14 @@
-"""The Lightning Trainer both stages use, set up for short, lean runs."""
+"""The Lightning Trainer both stages use, set up for short, lean runs, and the CPU threads a run computes with."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -47,3 +50,16 @@ def make_trainer(
         num_sanity_val_steps=0,
         callbacks=[*callbacks, display] if display is not None else callbacks,
     )
+
+
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` (the run's ``threads``) while a run or pretraining works,
+    then set back: the run's numbers then depend on its own setting, not on the process it happens to run in
+    (a grid worker's share of the cores, a notebook's default)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -231,12 +232,40 @@ class ModelConfig(Strict):
             raise ValueError(f"model.arch={self.arch} needs model.name (a {self.arch} model name, e.g. resnet18)")
         return self
 
+    @model_validator(mode="after")
+    def _size_can_be_built(self) -> ModelConfig:
+        # Refused before torch tries to allocate it (a width of 10^11 is a typo, not a model): the failed
+        # allocation would be a traceback deep inside nn.Linear instead of a line naming the key.
+        key = {"mlp": "hidden", "cnn": "channels"}.get(self.arch)
+        if key is None:
+            return self
+        widths = getattr(self, key)
+        least = least_parameters(widths)
+        if least > MAX_PARAMETERS:
+            raise ValueError(
+                f"model.{key}: {widths} makes a model of at least {least:.2g} parameters ({least * 4 / 2**30:.3g} GiB "
+                f"as float32), above the limit of {MAX_PARAMETERS:.0e}; each entry is one block's width, e.g. "
+                "[256, 256]"
+            )
+        return self
+
     @property
     def external(self) -> bool:
         """Whether the backbone comes pretrained from outside the lab (no pretraining of ours trains it)."""
         from research.models.adapters import adapter
 
         return adapter(self.arch).external
+
+
+# Parameters above which a built-in model (mlp, cnn) is refused: 4e10 bytes of float32 weights, before gradients
+# and optimizer state, is beyond any machine this lab trains on.
+MAX_PARAMETERS = 10**10
+
+
+def least_parameters(widths: list[int]) -> int:
+    """A lower bound of the parameters of a stack of blocks of these widths: every block takes at least one input
+    per unit of the one below (the first at least one input feature), and a head reads at least the top one."""
+    return widths[0] + sum(a * b for a, b in itertools.pairwise(widths)) + widths[-1]
 
 
 class OptimConfig(Strict):
@@ -624,10 +653,20 @@ def parse_override(item: str) -> tuple[str, Any]:
         parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
     except OmegaConfBaseException as err:
         raise ConfigError(f"override '{item}': cannot parse the value ({str(err).splitlines()[0]})") from None
+    except yaml.YAMLError as err:  # an unclosed ``[`` or ``{``: OmegaConf hands the value to the yaml package
+        raise ConfigError(f"override '{item}': cannot parse the value as YAML ({_yaml_problem(err)})") from None
     if key in SECTIONS and not isinstance(parsed, dict):  # Hydra's config groups: `method=ewc`
         example = f"{key}.name={value}" if key == "method" else SECTIONS[key]
         raise ConfigError(f"override '{item}': {key} is a section, not a value; set one of its keys, e.g. {example}")
     return key, parsed
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The yaml package's reason in one line, without its marks into the ``<unicode string>`` OmegaConf parsed
+    (they point into ``value=...``, not into what the user typed)."""
+    parts = [getattr(err, "context", None), getattr(err, "problem", None)]
+    text = ": ".join(p for p in parts if p) or " ".join(str(err).split())
+    return f"{text}; quote the value if it is text, or close its brackets"
 
 
 # The config's sections, with an example override of each (for the hint when one is given a plain value).

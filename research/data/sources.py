@@ -9,12 +9,20 @@ a ``.npz`` of arrays (used as stored unless the task sets ``scale``), a folder o
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import math
+import os
+import stat
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from research.config import SOURCES
 from research.data.text import read_text_table, relation_pairs, text_labels
@@ -123,25 +131,139 @@ def _npz(path: str, scale: float | None = None) -> SourceData:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"npz source: file not found: {path}")
+    _check_npz_headers(file, path)  # before anything is allocated: a header may declare terabytes
     try:
         with np.load(file, allow_pickle=False) as arrays:
-            if "x" not in arrays or "y" not in arrays:
-                raise ConfigError(f"npz source {path}: needs arrays 'x' and 'y'; found {sorted(arrays.files)}")
             x, y = arrays["x"], arrays["y"]
             names = arrays.get("class_names", None)
-    except ConfigError:
-        raise
-    except (ValueError, OSError) as err:
-        raise ConfigError(f"npz source {path}: cannot read it ({err})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # e.g. a bad CRC inside
+        raise ConfigError(f"npz source {path}: cannot read it ({' '.join(str(err).split())})") from None
     if len(x) != len(y) or len(x) == 0:
         raise ConfigError(f"npz source {path}: x has {len(x)} rows and y has {len(y)}; they must match and be > 0")
     if scale is not None:
         x = x / scale  # integer x divides in float64: scale 255 gives exactly what the old automatic /255 gave
     x = np.asarray(x, dtype=np.float32)
+    _check_finite(x, path)
     if x.ndim == 3:
         x = x[:, None]
     labels, class_names = _npz_labels(y, names, path)
     return SourceData(x, labels, class_names)
+
+
+# The arrays an npz source reads; any other member of the file is left alone (and unread).
+NPZ_ARRAYS = ("x", "y", "class_names")
+NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats: what becomes float32 features
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory, the limit above which an npz file is refused before it is read (the whole
+    file is held in memory, and x again as float32); None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_npz_headers(file: Path, path: str) -> None:
+    """Refuse an npz file from its zip directory and .npy headers alone, before any array is allocated: not a zip
+    of .npy arrays, no ``x`` or ``y``, a header that declares more bytes than its member holds (a corrupt or
+    crafted file: numpy would allocate what it declares first), an ``x`` that is not numbers or not one example
+    per row, or arrays larger than this machine's memory."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            members = sorted(info.filename.removesuffix(".npy") for info in archive.infolist())
+            headers = {
+                info.filename.removesuffix(".npy"): _npy_header(archive, info, path)
+                for info in archive.infolist()
+                if info.filename.removesuffix(".npy") in NPZ_ARRAYS
+            }
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        raise ConfigError(
+            f"npz source {path}: not a readable .npz file (a zip of .npy arrays, as numpy.savez writes): "
+            f"{' '.join(str(err).split())}"
+        ) from None
+    if "x" not in headers or "y" not in headers:
+        raise ConfigError(f"npz source {path}: needs arrays 'x' and 'y'; found {members}")
+    (x_shape, x_dtype, _), (y_shape, _, _) = headers["x"], headers["y"]
+    if x_dtype.kind not in NUMERIC_KINDS:
+        raise ConfigError(
+            f"npz source {path}: x must hold numbers (integers, floats or booleans); found dtype {x_dtype.str} "
+            f"({_dtype_kind(x_dtype)})"
+        )
+    if len(x_shape) < 2:
+        what = "a single number" if not x_shape else f"one number per example, shape {x_shape}"
+        raise ConfigError(
+            f"npz source {path}: x must be one example per row, shape (N, features) or (N, ...); found {what} "
+            "(reshape it to (N, 1) for one feature per example)"
+        )
+    if 0 in x_shape[1:]:
+        raise ConfigError(f"npz source {path}: x has shape {x_shape}: its examples have no features")
+    if len(y_shape) != 1:
+        raise ConfigError(f"npz source {path}: y must be one label per example, shape (N,); found {y_shape}")
+    needed = sum(size for _, _, size in headers.values()) + 4 * math.prod(x_shape)  # and x again as float32
+    limit = memory_bytes()
+    if limit is not None and needed > limit:
+        raise ConfigError(
+            f"npz source {path}: x of shape {x_shape} would take {_size(needed)} in memory (as stored and as "
+            f"float32), more than this machine's {_size(limit)}"
+        )
+
+
+def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, bytes of data) of one .npy member, read from its header; refused when the header is
+    unreadable, declares Python objects (never unpickled), or declares other than the bytes the member holds."""
+    name = info.filename.removesuffix(".npy")
+    try:
+        with archive.open(info) as member:
+            version = npy_format.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = npy_format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, _, dtype = npy_format.read_array_header_2_0(member)
+            else:
+                raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+            header = member.tell()
+    except ValueError as err:
+        raise ConfigError(f"npz source {path}: array '{name}' has no readable .npy header ({err})") from None
+    if dtype.hasobject:
+        raise ConfigError(
+            f"npz source {path}: array '{name}' holds Python objects (a pickle), which are never loaded; save it as "
+            "numbers or strings"
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    held = info.file_size - header
+    if declared != held:
+        raise ConfigError(
+            f"npz source {path}: array '{name}' declares shape {shape} of {dtype.str} ({_size(declared)}) but holds "
+            f"{_size(max(held, 0))}: the file is corrupt or truncated"
+        )
+    return shape, dtype, declared
+
+
+def _check_finite(x: np.ndarray, path: str) -> None:
+    """NaN or Inf features make every loss NaN, so the run would fail at its first evaluation: refuse them here."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = int(np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))[0])
+        raise ConfigError(
+            f"npz source {path}: x holds {int(bad.sum())} non-finite value{'s' * (int(bad.sum()) > 1)} (NaN or Inf, "
+            f"or beyond float32's range), the first in example {first}; remove or replace them"
+        )
+
+
+def _dtype_kind(dtype: np.dtype) -> str:
+    kinds = {"U": "text", "S": "bytes", "c": "complex numbers", "M": "dates", "m": "time spans", "V": "records"}
+    return kinds.get(dtype.kind, dtype.name)
+
+
+def _size(count: int) -> str:
+    """Bytes as a human reads them (``7.3 TiB``)."""
+    size = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if size < 1024 or unit == "PiB":
+            return f"{count} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{count} bytes"
 
 
 def _npz_labels(y: np.ndarray, names: np.ndarray | None, path: str) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -196,8 +318,6 @@ def _image_folder(path: str, stream: str = "never", budget_mb: float = 4096.0) -
     are always scaled to [0, 1] (8-bit values / 255), so a folder task takes no ``scale``. Only the headers are
     read first; the pixels are read now, or, when they would exceed the memory budget (or ``stream`` is
     ``always``), whenever examples are taken (research.data.stream)."""
-    from PIL import Image
-
     root = Path(path)
     if not root.is_dir():
         raise ConfigError(f"folder source: not a directory: {path}")
@@ -214,11 +334,8 @@ def _image_folder(path: str, stream: str = "never", budget_mb: float = 4096.0) -
         raise ConfigError(f"folder source {path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     headers = []
     for file, _ in files:
-        try:
-            with Image.open(file) as img:  # the header only: size and mode
-                headers.append((img.size, img.mode))
-        except OSError as err:
-            raise ConfigError(f"folder source: cannot read image {file}: {err}") from None
+        with open_image(file) as img:  # the header only: size and mode
+            headers.append((img.size, img.mode))
     mode = "L" if all(m in GREY_MODES for _, m in headers) else "RGB"
     sizes = {size for size, _ in headers}
     if len(sizes) > 1:
@@ -236,14 +353,64 @@ def _image_folder(path: str, stream: str = "never", budget_mb: float = 4096.0) -
 
 def read_images(files: np.ndarray, mode: str) -> np.ndarray:
     """Images as float32 (N, C, H, W) in [0, 1], converted to ``mode`` (``L``: grey, one channel; ``RGB``)."""
-    from PIL import Image
-
     arrays = []
     for file in files:
-        try:
-            with Image.open(file) as img:
+        with open_image(file) as img:
+            try:
                 arrays.append(np.asarray(img.convert(mode), dtype=np.float32) / 255.0)
-        except OSError as err:
-            raise ConfigError(f"folder source: cannot read image {file}: {err}") from None
+            except OSError as err:
+                raise ConfigError(f"folder source: cannot read image {file}: {err}") from None
     x = np.stack(arrays)
     return x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)
+
+
+@contextlib.contextmanager
+def open_image(file: str | Path) -> Iterator:
+    """A PIL image of a regular file, refused as a ConfigError naming the file when it is not one (a FIFO would
+    block the read forever, a device could be endless), when PIL cannot read it, or when it has more pixels than
+    PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``; above it PIL only warns, below twice it, and
+    the pixels would then be decoded into memory: both are refused here)."""
+    from PIL import Image
+
+    with _regular_file(file) as handle, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(handle)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ConfigError(
+                f"folder source: image {file} is too large to read safely ({str(err).rstrip('.')}; "
+                "PIL.Image.MAX_IMAGE_PIXELS sets the limit)"
+            ) from None
+        except OSError as err:
+            raise ConfigError(f"folder source: cannot read image {file}: {err}") from None
+        with img:
+            yield img
+
+
+@contextlib.contextmanager
+def _regular_file(file: str | Path) -> Iterator:
+    """``file`` opened for reading in binary, if it is a regular file (links followed). Checked before opening,
+    and again on the opened file (opened without blocking, so a FIFO put there in between cannot hang it)."""
+    try:
+        if not stat.S_ISREG(os.stat(file).st_mode):
+            raise ConfigError(_not_regular(file, os.stat(file).st_mode))
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise ConfigError(f"folder source: cannot read image {file}: {err.strerror or err}") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(_not_regular(file, mode))
+        yield handle
+
+
+def _not_regular(file: str | Path, mode: int) -> str:
+    kinds = [
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"folder source: {file} is {kind}, not an image file; remove it from the folder or rename it"

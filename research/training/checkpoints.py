@@ -5,8 +5,10 @@ Nothing here unpickles arbitrary objects, so a pickle disguised as a checkpoint 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -29,15 +31,18 @@ def read_state_dict(path: str | Path, key: str = "pretrain.checkpoint") -> dict[
     .ckpt; a Lightning checkpoint's ``state_dict`` with its ``model.`` prefix is accepted). ``key``: the config
     key that named the file, which every refusal names."""
     file = Path(path)
+    if key == "pretrain.checkpoint":  # the manifest beside it is read with the weights: refuse a bad one now
+        read_manifest(file, key)
     if file.is_dir():
         file = file / WEIGHTS_FILE
     if not file.is_file():
         raise ConfigError(f"{key}: file not found: {file}")
     if file.suffix == ".safetensors":
         try:
-            return load_file(str(file))
+            state = load_file(str(file))
         except (SafetensorError, OSError, ValueError) as err:
             raise ConfigError(f"{key}: {file} is not a readable safetensors file ({err})") from None
+        return _finite(state, file, key)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError and friends: refuse, never execute
@@ -48,7 +53,38 @@ def read_state_dict(path: str | Path, key: str = "pretrain.checkpoint") -> dict[
         state = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConfigError(f"{key}: {file} does not hold a state dict of tensors")
+    return _finite(state, file, key)
+
+
+def _finite(state: dict[str, Tensor], file: Path, key: str) -> dict[str, Tensor]:
+    """The state, unless a floating-point tensor holds NaN or Inf: such weights make every loss NaN, so a run
+    from them would only fail at its first evaluation (this lab's own pretraining never stores them)."""
+    broken = [
+        name for name, tensor in state.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if broken:
+        shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        raise ConfigError(f"{key}: {file} has non-finite weights (NaN or Inf) in {shown}")
     return state
+
+
+def read_manifest(path: str | Path, key: str = "pretrain.checkpoint") -> dict[str, Any]:
+    """The manifest.json of a checkpoint (in its folder, or beside its file) as a dict; {} when there is none.
+    A manifest that is not valid JSON, or not a JSON object, is refused naming ``key``."""
+    where = Path(path)
+    manifest = (where if where.is_dir() else where.parent) / MANIFEST_FILE
+    if not manifest.is_file():
+        return {}
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{key}: {manifest} is not valid JSON ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        kind = {"list": "a list", "str": "a string", "int": "a number", "float": "a number", "bool": "a boolean"}
+        raise ConfigError(
+            f"{key}: {manifest} must hold a JSON object ({{...}}), not {kind.get(type(data).__name__, 'null')}"
+        )
+    return data
 
 
 def weights_only_failure(err: Exception) -> str:

@@ -364,6 +364,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print(f"  figures: {len(report.figures)} files in {report.html.parent / 'figures'}")
     for reason in report.skipped:
         print(f"  not drawn: {reason}")
+    for line in report.left_out:  # runs that failed or could not be read: named, never silently dropped
+        print(f"  left out: {line}")
     return 0
 
 

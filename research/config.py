@@ -695,7 +695,33 @@ def set_key(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     raw.update(OmegaConf.to_container(merged, resolve=False))  # type: ignore[arg-type]
 
 
+# An OmegaConf resolver call, ``${name:...}`` (``${oc.env:HOME}``, ``${oc.decode:...}``); a reference to another
+# key (``${train.lr}``, ``${..lr}``) has no colon.
+RESOLVER = re.compile(r"\$\{\s*([\w.\-]+)\s*:")
+
+
+def refuse_resolvers(value: Any, key: str = "") -> None:
+    """Only references to other keys may be interpolated. A resolver would put what it returns into config.yaml,
+    summary.json and the W&B run: ``${oc.env:WANDB_API_KEY}`` in a shared config would copy a secret into a W&B
+    project, and a value read from the environment is not reproducible from the config. ConfigError names the
+    key and the resolver."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            refuse_resolvers(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            refuse_resolvers(item, f"{key}.{index}")
+    elif isinstance(value, str) and (match := RESOLVER.search(value)):
+        raise ConfigError(
+            f"{key or 'config'}: the interpolation '${{{match.group(1)}:...}}' calls a resolver, which this lab does "
+            "not allow (its value would be recorded in config.yaml, summary.json and W&B); only references to "
+            "other keys, e.g. '${train.lr}', are allowed; write the value itself (on the command line the shell "
+            "can fill it in: key=$NAME)"
+        )
+
+
 def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
+    refuse_resolvers(raw)
     try:
         raw = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)  # type: ignore[assignment]
     except OmegaConfBaseException as err:

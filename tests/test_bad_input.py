@@ -287,6 +287,25 @@ CASES = [
     pytest.param(
         lambda tmp: ("grid", str(tmp / "nope.yaml"), []), ["config file not found", "nope.yaml"], id="grid-missing"
     ),
+    # --- interpolation: references to other keys only; a resolver's value would be recorded everywhere
+    pytest.param(
+        run_with("logging.project=${oc.env:WANDB_API_KEY}"),
+        ["logging.project", "${oc.env:...}", "resolver", "${train.lr}"],
+        id="env-resolver-in-an-override",
+    ),
+    pytest.param(
+        run_file(SPLIT.read_text() + "\nlogging:\n  tags: ['${oc.env:HOME}']\n"),
+        ["logging.tags.0", "${oc.env:...}", "resolver"],
+        id="env-resolver-in-a-file",
+    ),
+    pytest.param(
+        run_with("train.lr=${oc.decode:'0.1'}"), ["train.lr", "${oc.decode:...}", "resolver"], id="any-other-resolver"
+    ),
+    pytest.param(
+        grid_spec(overrides={"logging.project": "${oc.env:HOME}"}),
+        ["logging.project", "${oc.env:...}", "resolver"],
+        id="env-resolver-in-a-grid",
+    ),
 ]
 
 

@@ -314,3 +314,11 @@ def test_out_and_logging_do_not_change_run_id(tmp_path: Path) -> None:
     )
     # How often training scalars are recorded decides which rows metrics.parquet holds: part of the identity.
     assert run_id(load_config(SPLIT, ["logging.log_every_n_steps=3"])) != base
+
+
+def test_references_to_other_keys_still_interpolate() -> None:
+    """Only resolvers are refused (tests/test_bad_input.py); ``${train.lr}`` is resolved, after overrides."""
+    from conftest import EXPERIMENTS
+
+    cfg = load_config(EXPERIMENTS / "split_digits.yaml", ["train.lr=0.02", "pretrain.train.lr=${train.lr}"])
+    assert cfg.pretrain.train.lr == 0.02

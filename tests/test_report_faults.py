@@ -97,16 +97,19 @@ def finetune_n(results_md: Path) -> int:
     return int(row.split("|")[2])
 
 
-def report(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, Path, str]:
+def report(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, Path, str, str]:
+    """``research report``'s exit code, its folder, its stderr and its stdout."""
     out = runs_dir.parent / "report"
     code = main(["report", str(runs_dir), "--out", str(out)])
-    return code, out, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return code, out, captured.err, captured.out
 
 
 def test_intact_runs_are_all_reported(runs_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The baseline the cases below are measured against: n = 3 and nothing left out."""
-    code, out, err = report(runs_copy, capsys)
+    code, out, err, printed = report(runs_copy, capsys)
     assert code == 0, err
+    assert "left out:" not in printed
     assert finetune_n(out / "results.md") == 3
     text = (out / "report.html").read_text()
     assert "3 completed runs" in text and left_out(text) == ""
@@ -119,13 +122,15 @@ def test_a_corrupt_run_is_named_and_the_others_reported(
     corrupt, reason = CORRUPTIONS[case]
     victim = real_runs.ids[VICTIM_SEED]
     corrupt(runs_copy / victim)
-    code, out, err = report(runs_copy, capsys)
+    code, out, err, printed = report(runs_copy, capsys)
     assert code == 0, err
     assert (out / "report.html").is_file() and (out / "results.md").is_file() and (out / "results.tex").is_file()
     text = (out / "report.html").read_text()
     listed = left_out(text)
     assert "Left out: 1 run(s)" in listed, listed
     assert victim in listed and f"unreadable — {reason}" in listed, listed
+    named = [line for line in printed.splitlines() if "left out:" in line]  # the command says so too
+    assert len(named) == 1 and victim in named[0] and reason in named[0], printed
     assert not any(real_runs.ids[s] in listed for s in SEEDS if s != VICTIM_SEED), listed
     assert str(runs_copy) not in listed  # a short reason, not an OS or Arrow message around the full path
     # The two good runs are reported exactly as they would be without the third.
@@ -144,8 +149,8 @@ def test_nothing_usable_is_still_the_one_line_refusal(
     for run_id in real_runs.ids.values():
         truncate(runs_copy / run_id / "summary.json")
     before = sorted(p.relative_to(runs_copy.parent) for p in runs_copy.parent.rglob("*"))
-    code, out, err = report(runs_copy, capsys)
-    assert code == 2
+    code, out, err, printed = report(runs_copy, capsys)
+    assert code == 2 and printed == ""
     assert len(err.strip().splitlines()) == 1 and "no completed runs to report on" in err, err
     assert "3 unreadable" in err and "summary.json is not valid JSON" in err, err
     assert not out.exists()

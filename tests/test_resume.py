@@ -5,6 +5,7 @@ to a ``research run`` process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 
 from research.errors import RunFailed
 from research.methods import method_class, method_names
@@ -277,3 +279,37 @@ def test_short_runs_take_no_checkpoint_by_default(make_cfg, monkeypatch: pytest.
     monkeypatch.setattr(finetune, "save_checkpoint", lambda *args: saved.append(args))
     result = run(cfg)
     assert result.summary["status"] == "completed" and saved == []
+
+
+def test_a_sequence_killed_in_its_second_task_resumes_with_identical_numbers(tmp_path: Path, make_cfg) -> None:
+    """SIGKILL to a real ``research run`` of a sequence while it trains its second task (EWC: one penalty per
+    learned task, so the resume must replay the first task's end): the next run finishes it with exactly the
+    numbers of an uninterrupted run."""
+    overrides = [*SETTINGS, "method.name=ewc", "train.epochs=30", "checkpoint.every_n_steps=20"]
+    experiment = Path(__file__).resolve().parents[1] / "experiments" / "sequence_digits.yaml"
+    reference = run(make_cfg(*overrides, experiment="sequence_digits.yaml"))
+    first_task_steps = reference.summary["task_ends"][0]["step"]
+    out = tmp_path / "victim"  # the reference ran in tmp_path / "out"
+    command = [sys.executable, "-m", "research", "run", str(experiment), *TINY, f"out={out}", *overrides]
+    root = Path(__file__).resolve().parents[1]
+    log = (tmp_path / "victim.log").open("w")
+    victim = subprocess.Popen(command, cwd=root, stdout=log, stderr=log)
+    deadline = time.monotonic() + 300
+    step = -1
+    while step <= first_task_steps and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+        for path in out.glob(f"*/{CHECKPOINT_FILE}"):
+            with contextlib.suppress(Exception):  # replaced between the glob and the read: look again
+                step = torch.load(path, weights_only=True)["global_step"]
+    assert step > first_task_steps, (
+        f"no checkpoint in task 2 (last: step {step}): {(tmp_path / 'victim.log').read_text()}"
+    )
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+    finished = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    run_dir = out / reference.run_id
+    summary = read_summary(run_dir)
+    assert summary["status"] == "completed" and summary["resumed_from_step"] > first_task_steps
+    assert_same_run(run_dir, reference.run_dir)

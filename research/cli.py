@@ -16,6 +16,9 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 DEMO_GRID = EXPERIMENTS / "grids" / "demo.yaml"
 TEXT_GRID = EXPERIMENTS / "grids" / "minilm.yaml"
+# research.grid.spec.MAX_RUNS, written out so that parsing the command line imports no grid code (the grid
+# command's default; tests/test_grid_bad_input.py checks that the two agree).
+GRID_MAX_RUNS = 10_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +191,13 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     _grid_options(grid)
     grid.add_argument("--dry-run", action="store_true", help="print the expanded runs and their ids; run nothing")
+    grid.add_argument(
+        "--max-runs",
+        type=_positive,
+        default=GRID_MAX_RUNS,
+        metavar="N",
+        help="refuse a grid file that expands to more runs than this (counted before anything is expanded)",
+    )
     grid.set_defaults(handler=_cmd_grid)
 
     report = sub.add_parser(
@@ -288,16 +298,16 @@ def _run_grid(path: Path | str, overrides: list[str], args: argparse.Namespace, 
         slurm = SlurmOptions(args.partition, args.time, args.gpus, args.cpus, args.mem_gb, args.submitit_cluster)
         slurm.check()
     with LocalExecutor(args.workers) as local:
-        grid = load_grid(path, overrides)
+        grid = load_grid(path, overrides, getattr(args, "max_runs", GRID_MAX_RUNS))  # `research demo`: no option
         if dry_run:
             print(describe_plan(grid, check_grid(grid), force))
             return 0
         # A grid with nothing left to run starts no worker and checks nothing (its runs passed the checks when
         # they ran, and the run ids would differ had their configs or data changed since).
         if runs_to_do(grid, force):
-            if slurm is None:
-                local.start()  # the workers import torch & co. while this process checks the grid
             check_grid(grid)
+            if slurm is None:
+                local.start()  # only now: a grid refused by its checks starts no worker process
         if not force:
             _note_other_code(grid)
         if slurm is not None:

@@ -11,11 +11,13 @@ very end, so a crash at any point leaves a run that does not look completed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from research.errors import RunBusy
+from research.errors import ConfigError, RunBusy
 
 METRIC_COLUMNS = ["step", "epoch", "task", "role", "metric", "value"]
 PACKAGES = (
@@ -46,9 +48,20 @@ PACKAGES = (
 def exclusive_lock(path: Path, wait: bool = True) -> Iterator[None]:
     """An exclusive advisory lock (flock) held for the duration; other processes asking for it wait, or with
     ``wait=False`` get :class:`~research.errors.RunBusy` at once. The kernel releases it when the holder dies,
-    so a killed process never leaves a stale lock behind."""
+    so a killed process never leaves a stale lock behind.
+
+    The lock file is never followed through a symbolic link, nor truncated: a link planted at its path would
+    otherwise create or clobber a file anywhere the user can write. Such a path raises ConfigError naming it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise ConfigError(f"lock file {path} is a symbolic link, which is never followed; remove it") from None
+    with os.fdopen(fd, "r+") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"lock file {path} is not a regular file; remove it")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -41,8 +41,8 @@ def default_threads(workers: int) -> int:
 
 
 class LocalExecutor:
-    """``start()`` may be called early (the CLI calls it before reading the grid), so that the workers' imports
-    overlap the grid's own loading and checks; a started worker writes nothing until it gets its first run.
+    """``start()`` spawns the workers; the CLI calls it only once the grid has passed its checks, so that a
+    refused grid starts no process. A started worker writes nothing until it gets its first run.
     ``close()`` (or leaving the ``with`` block) stops workers that never got one."""
 
     def __init__(self, workers: int, log_dir: Path | None = None, threads: int | None = None) -> None:

@@ -49,6 +49,7 @@ def check_grid(grid: Grid) -> int:
 
     keys, checked = set(), set()
     for run in grid.runs:
+        check_lock(run)
         # The checks do not depend on the seed: check each setting once.
         setting = stable_hash({**resolved(run.config), "seed": None, "logging": None})
         if setting in checked:
@@ -61,6 +62,16 @@ def check_grid(grid: Grid) -> int:
         if not run.config.pretrain.checkpoint:
             keys.add(pretrain_key(run.config, tasks))
     return len(keys)
+
+
+def check_lock(run: GridRun) -> None:
+    """Refuse a run whose lock file is a symbolic link now, before the grid writes its records: the run itself
+    would refuse it (the lock is never followed), but only once the grid had started."""
+    from research.training.run import run_lock_path
+
+    lock = run_lock_path(run.run_dir.parent, run.run_id)
+    if lock.is_symlink():
+        raise ConfigError(f"lock file {lock} is a symbolic link, which is never followed; remove it")
 
 
 def disk_status(run: GridRun) -> str:

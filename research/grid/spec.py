@@ -21,6 +21,8 @@ which and why. Such a sub-grid sets no method hyperparameter: those belong to on
 
 Every expanded config is validated, and its run id is the hash of the resolved config (seed included), so
 two sub-grids that resolve to the same run are one run, and rerunning a grid finds what already completed.
+The runs are counted first, without expanding anything: a grid of more than ``MAX_RUNS`` runs is refused at once
+(``research grid --max-runs N`` raises the limit), so a slip that multiplies two long lists costs no hours.
 
 W&B: every run records its grid (``logging.grid``) and its setting's readable label (``logging.setting``, the
 label the analysis gives it: research.labels), and the runs of one setting, all its seeds, share the W&B group
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +65,12 @@ from research.tracking import setting_group, short_tag
 NOT_IN_SUBGRIDS = ("seed", "out")
 # ``method.name: all`` in a sub-grid: every registered method.
 ALL_METHODS = "all"
+# The most runs a grid file may expand to unless the user raises it (``research grid --max-runs N``): a typo that
+# multiplies two long lists must be refused at once, not expanded and checked run by run for hours.
+MAX_RUNS = 10_000
+# A grid's name is a folder under ``<out>/grids``: plain, and not ``.``, ``..`` or a hidden name.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+PLAIN_FORM = "letters, digits, '_', '-' and '.', not starting with '.'"
 
 
 class GridFile(Strict):
@@ -76,8 +85,8 @@ class GridFile(Strict):
     @field_validator("name")
     @classmethod
     def _usable_as_folder(cls, name: str | None) -> str | None:
-        if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ValueError(f"grid name '{name}' may only contain letters, digits, '_', '-' and '.'")
+        if name is not None and not PLAIN_NAME.fullmatch(name):
+            raise ValueError(f"grid name '{name}' may only contain {PLAIN_FORM}")
         return name
 
     @field_validator("seeds")
@@ -142,9 +151,10 @@ class Grid:
         return self.out / "grids" / self.name
 
 
-def load_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
+def load_grid(path: str | Path, overrides: list[str] | None = None, max_runs: int = MAX_RUNS) -> Grid:
     """Read and expand a grid file; ``overrides`` (``key=value``) apply to every run, after the sub-grids.
-    Every expanded config is validated here: a bad grid raises ConfigError before anything runs."""
+    Every expanded config is validated here: a bad grid raises ConfigError before anything runs. A grid that
+    would expand to more than ``max_runs`` runs is refused before any run is expanded."""
     path = Path(path)
     raw = read_yaml_mapping(path, "a grid file")
     try:
@@ -152,8 +162,18 @@ def load_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
     except ValidationError as err:
         raise ConfigError(f"{path}: {describe_validation_error(err, GridFile, raw)}") from None
     name = spec.name or path.stem
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"{path}: the grid's file name '{name}' cannot name a folder; set 'name:' in the file")
+    if not PLAIN_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{path}: the grid's file name gives the grid name '{name}', which cannot name a folder (use "
+            f"{PLAIN_FORM}); set 'name:' in the file"
+        )
+    total = count_runs(spec, path)
+    if total > max_runs:
+        seeds = f"{len(spec.seeds)} seed{'s' * (len(spec.seeds) != 1)}"
+        raise ConfigError(
+            f"{path}: the grid expands to {total} runs (its sub-grids x {seeds}), more than the limit "
+            f"of {max_runs}; split the grid, or raise the limit with `research grid --max-runs N`"
+        )
     base_path = (path.parent / spec.base).resolve()
     base = read_experiment(base_path)
     if "seed" in spec.overrides:
@@ -193,6 +213,16 @@ def load_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
         raise ConfigError(f"{path}: nothing to run on {base_path.name}, every method is left out: {why}")
     label_settings(name, list(runs.values()))
     return Grid(name=name, path=path, runs=list(runs.values()), duplicates=duplicates, left_out=left_out)
+
+
+def count_runs(spec: GridFile, path: Path) -> int:
+    """How many runs the grid file expands to, before duplicates and left-out methods: each sub-grid's product
+    of list lengths, times the seeds, summed. Counted without expanding anything, so it is instant at 10^6."""
+    total = 0
+    for index, subgrid in enumerate(spec.grid):
+        subgrid, _ = registered_methods(subgrid, f"{path}: grid[{index}]")
+        total += math.prod(len(v) if isinstance(v, list) else 1 for v in subgrid.values()) * len(spec.seeds)
+    return total
 
 
 def label_settings(grid_name: str, runs: list[GridRun]) -> None:

@@ -125,7 +125,16 @@ def test_ctrl_c_records_interrupted_and_how_to_resume(tmp_path: Path, tiny_overr
     overrides = [*tiny_overrides, *SETTINGS, "train.epochs=60", "checkpoint.every_n_steps=20"]
     command = [sys.executable, "-m", "research", "run", "experiments/split_digits.yaml", *overrides]
     out = Path(next(o for o in overrides if o.startswith("out=")).removeprefix("out="))
-    victim = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell without job control starts background commands with SIGINT ignored, and the child would
+        # inherit that: give it the terminal's default, as a foreground command has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     checkpoints: list[Path] = []
     while not checkpoints and time.monotonic() < deadline and victim.poll() is None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import EXPERIMENTS
 
 from research.cli import main
@@ -28,6 +29,24 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 from research.cli import main
 sys.exit(main(sys.argv[2:]))
 """
+
+
+@pytest.fixture(autouse=True)
+def compiled_beforehand() -> None:
+    """Every module the limited processes import has its .pyc already. The lab turns bytecode writing on
+    (research/__init__.py), and CPython writes a .pyc with one unchecked write, so under the limit a module
+    compiled for the first time would be left as a .pyc cut short that breaks every later import of it."""
+    import compileall
+
+    import lightning  # noqa: F401
+    import wandb  # noqa: F401
+
+    import research.grid.execute
+    import research.grid.local
+    import research.training.run  # noqa: F401
+
+    for package in ("research", "analysis"):
+        compileall.compile_dir(ROOT / package, quiet=1)
 
 
 def test_a_run_that_cannot_write_its_results_is_marked_failed_with_the_os_error(tiny_overrides: list[str]) -> None:
@@ -61,3 +80,37 @@ def test_an_out_that_cannot_be_written_is_refused_before_anything_is_written(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "out: cannot write to" in err and "Not a directory" in err
     assert sorted(tmp_path.rglob("*")) == before and blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    ("limit", "grid_records_fit"),
+    [(4096, True), (650, False)],
+    ids=["runs_cannot_write_their_results", "nor_the_grid_its_records"],
+)
+def test_a_grid_on_a_full_disk_finishes_and_marks_each_run_failed(
+    limit: int, grid_records_fit: bool, tmp_path: Path, tiny_overrides: list[str]
+) -> None:
+    """The same limit on a whole ``research grid``: every run fails with the OS error in its own summary, the
+    grid goes on to the end instead of crashing while it writes its own records (at 650 bytes its event log and
+    summary.json no longer fit, nor does a run's first summary.json), and no ``.tmp`` is left."""
+    import yaml
+
+    overrides = [*tiny_overrides, "train.epochs=4", "checkpoint.every_n_seconds=0"]
+    assert main(["pretrain", str(EXPERIMENT), *overrides]) == 0
+    out = Path(next(o for o in overrides if o.startswith("out=")).removeprefix("out="))
+    grid = tmp_path / "g.yaml"
+    spec = {"name": "full", "base": str(EXPERIMENT), "seeds": [0, 1], "grid": [{"method.name": "finetune"}]}
+    grid.write_text(yaml.safe_dump(spec))
+    command = [sys.executable, "-c", LIMITED, str(limit), "grid", str(grid), *overrides, "--workers", "1"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "2 failed" in proc.stdout or "failed 2" in proc.stdout, proc.stdout
+    runs = [p for p in out.iterdir() if (p / "summary.json").exists()]  # at 650 bytes, no room for config.yaml
+    assert len(runs) == 2
+    for run_dir in runs:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "failed" and "File too large" in summary["error"]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    warned = "could not write" in proc.stderr and "summary.json" in proc.stderr
+    assert warned is not grid_records_fit, proc.stderr

@@ -141,8 +141,11 @@ def run_grid(
         raise ConfigError(f"--force: the {executor_name} executor cannot rerun completed runs")
     started = time.monotonic()
     stream = stream or sys.stdout
-    grid.folder.mkdir(parents=True, exist_ok=True)
-    write_json(grid.folder / "grid.json", _expansion(grid))
+    try:
+        grid.folder.mkdir(parents=True, exist_ok=True)
+        write_json(grid.folder / "grid.json", _expansion(grid))
+    except OSError as err:  # nothing has run yet: say so in one line
+        raise ConfigError(f"out: cannot write the grid's records in {grid.folder} ({err.strerror or err})") from None
     events = _EventLog(grid.folder / "events.jsonl")
 
     outcomes: dict[str, Outcome] = {run.run_id: Outcome("skipped", "not run") for run in grid.runs}
@@ -209,7 +212,14 @@ def run_grid(
     finally:
         progress.close()
         result = GridResult(grid, outcomes, time.monotonic() - started)
-        write_json(grid.folder / "summary.json", _summary(result, executor_name, workers, interrupted, force))
+        try:
+            write_json(grid.folder / "summary.json", _summary(result, executor_name, workers, interrupted, force))
+        except OSError as err:  # a full disk: the runs' own summaries still say how each ended
+            print(
+                f"warning: could not write {grid.folder / 'summary.json'} ({type(err).__name__}: {err}); "
+                "each run's own summary.json says how it ended",
+                file=sys.stderr,
+            )
     return result
 
 
@@ -279,6 +289,7 @@ class _EventLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.failed = False  # a write failed (a full disk): said once, and the grid goes on without its log
 
     def write(self, run: GridRun, event: str, reason: str | None = None, seconds: float | None = None) -> None:
         record = {
@@ -291,8 +302,16 @@ class _EventLog:
             "seconds": seconds,
         }
         line = (json.dumps(record) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            if not self.failed:
+                print(
+                    f"warning: could not append to {self.path} ({err.strerror or err}); going on without it",
+                    file=sys.stderr,
+                )
+            self.failed = True

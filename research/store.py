@@ -196,6 +196,9 @@ def git_commit(root: Path | None = None) -> dict[str, Any]:
             text=True,
             timeout=10,
             check=True,
+            # Read only: `git status` otherwise refreshes the index under .git/index.lock, which races with the
+            # user's own git commands while a grid's workers start runs, and which a full disk leaves behind.
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
         ).stdout
         changed = [line for line in status.splitlines() if line.strip()]
         return {"commit": commit, "dirty": bool(changed), "changed": len(changed)}

@@ -64,6 +64,7 @@ def test_a_run_that_cannot_write_its_results_is_marked_failed_with_the_os_error(
     assert summary["status"] == "failed" and "File too large" in summary["error"]  # never left "running"
     assert not list(run_dir.glob(".*.tmp")) and not list(run_dir.glob("*.tmp"))
     assert not (run_dir / "metrics.parquet").exists()
+    assert not (ROOT / ".git" / "index.lock").exists()  # the run's `git status` wrote nothing into the repository
     # With room again, the same command runs it from the start and completes.
     assert main(["run", str(EXPERIMENT), *overrides]) == 0
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"

@@ -395,7 +395,7 @@ def test_a_completed_grid_starts_no_worker_and_force_reruns_it(
     assert main(["grid", str(grid_file), f"out={out}", "--force"]) == 0
     printed = capsys.readouterr().out
     assert "1 to run (--force: completed ones too)" in printed and "1 completed, 0 failed, 0 skipped" in printed
-    assert order == ["workers", "checks"]  # with work to do the workers import while the grid is checked
+    assert order == ["checks", "workers"]  # with work to do, workers start once the grid passed its checks
     summary = read_summary(done.run_dir)
     assert summary["status"] == "completed" and summary["process"]["pid"] != os.getpid()  # rerun by a worker
     assert [e["event"] for e in events(out, "done")][-2:] == ["started", "completed"]

@@ -18,7 +18,7 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -54,6 +54,28 @@ def one_line(err: str) -> str:
     text = err.removesuffix("\n")
     assert text.strip() and "\n" not in text, f"expected one line on stderr, got:\n{err}"
     return text
+
+
+def refused_in_one_line(
+    argv: list[str],
+    root: Path,
+    capfd: pytest.CaptureFixture[str],
+    expected: Iterable[str],
+    listed: Callable[[Path], list[str]] = listing,
+) -> pytest.CaptureResult[str]:
+    """Run the CLI with ``argv``: it must exit 2 with one ``research: error:`` line holding every part of
+    ``expected``, and change nothing under ``root`` (as ``listed`` lists it). Returns what it printed (``err``
+    is that line), for the caller's own further checks."""
+    before = listed(root)
+    code = main(argv)
+    captured = capfd.readouterr()
+    assert code == 2, captured.err
+    line = one_line(captured.err)
+    assert line.startswith("research: error: "), line
+    for part in expected:
+        assert part in line, f"{part!r} not in {line!r}"
+    assert listed(root) == before
+    return captured
 
 
 # --------------------------------------------------------------------------------------------- the corpus
@@ -399,17 +421,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
 ) -> None:
     command, path, overrides = make_argv(tmp_path)
     out = tmp_path / "out"
-    before = listing(tmp_path)
-    code = main([command, path, *TINY, f"out={out}", *overrides])
-    captured = capfd.readouterr()
-    assert code == 2, captured.err
-    line = one_line(captured.err)
-    assert line.startswith("research: error: "), line
-    for part in expected:
-        assert part in line, f"{part!r} not in {line!r}"
+    captured = refused_in_one_line([command, path, *TINY, f"out={out}", *overrides], tmp_path, capfd, expected)
     assert captured.out == ""
     assert not out.exists() or not any(out.iterdir())
-    assert listing(tmp_path) == before
 
 
 def constrained_hyperparameters(name: str) -> set[str]:

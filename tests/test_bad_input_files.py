@@ -20,9 +20,8 @@ import torch
 from conftest import TINY
 from numpy.lib import format as npy_format
 from PIL import Image
-from test_bad_input import SPLIT, listing, one_line
+from test_bad_input import SPLIT, refused_in_one_line
 
-from research.cli import main
 from research.config import ModelConfig
 from research.models import build_model
 from research.training.checkpoints import save_weights
@@ -37,17 +36,9 @@ def refused(argv: Argv, expected: list[str], tmp: Path, capfd: pytest.CaptureFix
     written under ``tmp``."""
     command, path, overrides = argv
     out = tmp / "out"
-    before = listing(tmp)
-    code = main([command, path, *TINY, f"out={out}", *overrides])
-    captured = capfd.readouterr()
-    assert code == 2, captured.err
-    line = one_line(captured.err)
-    assert line.startswith("research: error: "), line
-    for part in expected:
-        assert part in line, f"{part!r} not in {line!r}"
+    captured = refused_in_one_line([command, path, *TINY, f"out={out}", *overrides], tmp, capfd, expected)
     assert captured.out == ""
     assert not out.exists()
-    assert listing(tmp) == before
 
 
 # --------------------------------------------------------------------------------------------- overrides

@@ -13,14 +13,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from test_resume import SETTINGS, run_interrupted
+from test_resume import SETTINGS, run_interrupted, wait_for_checkpoint
 
 from research.errors import RunFailed
 from research.store import read_summary
@@ -135,12 +134,7 @@ def test_ctrl_c_records_interrupted_and_how_to_resume(tmp_path: Path, tiny_overr
         # inherit that: give it the terminal's default, as a foreground command has.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.monotonic() + 120
-    checkpoints: list[Path] = []
-    while not checkpoints and time.monotonic() < deadline and victim.poll() is None:
-        time.sleep(0.05)
-        checkpoints = list(out.glob(f"*/{CHECKPOINT_FILE}"))
-    assert checkpoints, "no checkpoint appeared"
+    checkpoints = wait_for_checkpoint(victim, out)
     victim.send_signal(signal.SIGINT)
     _, stderr = victim.communicate(timeout=120)
     assert victim.returncode == 130, stderr

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import EXPERIMENTS, TINY
+from test_bad_input import one_line, refused_in_one_line
 
 from research.cli import main
 from research.config import load_config, run_id
@@ -45,12 +46,6 @@ def listing(root: Path) -> list[str]:
     return sorted(found)
 
 
-def one_line(err: str) -> str:
-    text = err.removesuffix("\n")
-    assert text.strip() and "\n" not in text, f"expected one line on stderr, got:\n{err}"
-    return text
-
-
 @contextmanager
 def at_most(seconds: int) -> Iterator[None]:
     """Fail, instead of hanging for hours, when the block takes longer than ``seconds``."""
@@ -69,16 +64,7 @@ def at_most(seconds: int) -> Iterator[None]:
 
 def refused(argv: list[str], tmp_path: Path, capfd: pytest.CaptureFixture[str], *says: str) -> str:
     """Run the CLI; it must exit 2 with one line saying ``says`` and change nothing under ``tmp_path``."""
-    before = listing(tmp_path)
-    code = main(argv)
-    captured = capfd.readouterr()
-    assert code == 2, captured.err
-    line = one_line(captured.err)
-    assert line.startswith("research: error: "), line
-    for part in says:
-        assert part in line, f"{part!r} not in {line!r}"
-    assert listing(tmp_path) == before
-    return line
+    return refused_in_one_line(argv, tmp_path, capfd, says, listed=listing).err.removesuffix("\n")
 
 
 # --------------------------------------------------------------------------------------------- grid names

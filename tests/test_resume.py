@@ -186,6 +186,17 @@ def test_checkpoint_is_loaded_without_unpickling_code(make_cfg, monkeypatch, tmp
     assert result.summary["status"] == "completed" and result.summary["resumes"] == []
 
 
+def wait_for_checkpoint(process: subprocess.Popen, out: Path, seconds: float = 120) -> list[Path]:
+    """The checkpoints under ``out`` once one appears while ``process`` runs (fails if none does in time)."""
+    deadline = time.monotonic() + seconds
+    checkpoints: list[Path] = []
+    while not checkpoints and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        checkpoints = list(out.glob(f"*/{CHECKPOINT_FILE}"))
+    assert checkpoints, "no checkpoint appeared"
+    return checkpoints
+
+
 def test_a_killed_run_process_resumes_from_its_checkpoint(tmp_path: Path, tiny_overrides: list[str]) -> None:
     """SIGKILL, no chance to clean up: the next ``research run`` resumes, and the metrics are complete."""
     overrides = [*tiny_overrides, *SETTINGS, "train.epochs=40", "checkpoint.every_n_steps=20"]
@@ -193,12 +204,7 @@ def test_a_killed_run_process_resumes_from_its_checkpoint(tmp_path: Path, tiny_o
     root = Path(__file__).resolve().parents[1]
     out = Path(next(o for o in overrides if o.startswith("out=")).removeprefix("out="))
     victim = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    checkpoints: list[Path] = []
-    while not checkpoints and time.monotonic() < deadline and victim.poll() is None:
-        time.sleep(0.05)
-        checkpoints = list(out.glob(f"*/{CHECKPOINT_FILE}"))
-    assert checkpoints, "no checkpoint appeared"
+    checkpoints = wait_for_checkpoint(victim, out)
     time.sleep(0.3)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
